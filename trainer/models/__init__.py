@@ -1,0 +1,29 @@
+"""Networks of I2VDA: the DeepLab-v2 segmenter M (and its proxy M'), the discriminator D, and their weight loaders."""
+
+from trainer.models.checkpoints import load_deeplab_imagenet, load_segmenter_weights, load_torchvision_resnet
+from trainer.models.deeplab import (
+    IMG_MEAN_BGR,
+    SEGMENTERS,
+    DeepLabV2,
+    build_segmenter,
+    caffe_normalize,
+    deeplab_r50,
+    deeplab_r101,
+    deeplab_tiny,
+)
+from trainer.models.discriminator import FCDiscriminator
+
+__all__ = [
+    "IMG_MEAN_BGR",
+    "SEGMENTERS",
+    "DeepLabV2",
+    "FCDiscriminator",
+    "build_segmenter",
+    "caffe_normalize",
+    "deeplab_r50",
+    "deeplab_r101",
+    "deeplab_tiny",
+    "load_deeplab_imagenet",
+    "load_segmenter_weights",
+    "load_torchvision_resnet",
+]
