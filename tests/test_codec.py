@@ -1,0 +1,87 @@
+"""The png16x64 shard flow codec: precision, range, layout (read back with Pillow), size bound, corrupt bytes."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import webdataset as wds
+from PIL import Image
+
+from pipeline.errors import InputError
+from pipeline.flow.codec import FLOW_CODEC, FLOW_EXT, FLOW_MAX_PX, FLOW_MIN_PX, decode_flow, encode_flow
+from pipeline.flow.dis import DISEstimator
+
+STEP_PX = 1.0 / 64  # the precision the design requires
+NPY_BUDGET = 0.40  # at most 40% of DA-VSN's int16 x10 .npy bytes
+
+
+def test_round_trip_within_half_a_step_for_large_negative_and_odd_sized_flows():
+    rng = np.random.default_rng(0)
+    for size_hw in [(1, 1), (7, 5), (3, 513), (64, 48)]:
+        flow = rng.uniform(-511.0, 511.0, size_hw + (2,)).astype(np.float32)
+        decoded = decode_flow(encode_flow(flow))
+        assert decoded.shape == size_hw + (2,) and decoded.dtype == np.float32
+        assert np.abs(decoded - flow).max() <= STEP_PX / 2 + 1e-4  # float32 inputs near 511 carry 3e-5 px
+        assert np.all(decoded * 64 == np.round(decoded * 64))  # every value lies on the 1/64 px grid
+
+
+def test_hand_worked_values_and_range_limits():
+    flow = np.array([[[0.3, -0.3], [-512.0, 511.984375], [1000.0, -1000.0], [0.0, 2.0 / 64]]], np.float32)
+    decoded = decode_flow(encode_flow(flow))
+    # 0.3 * 64 = 19.2 -> 19 -> 0.296875; the range ends are exact; beyond them the flow is clipped.
+    expected = [[[0.296875, -0.296875], [-512.0, 511.984375], [511.984375, -512.0], [0.0, 0.03125]]]
+    np.testing.assert_array_equal(decoded, np.array(expected, np.float32))
+    assert (FLOW_MIN_PX, FLOW_MAX_PX) == (-512.0, 511.984375)
+
+
+def test_layout_read_back_with_pillow():
+    flow = np.zeros((2, 3, 2), np.float32)
+    flow[..., 0] = [[1.0, -1.0, 0.5], [0.0, 2.25, -0.015625]]
+    flow[..., 1] = [[-3.0, 0.0, 4.0], [7.5, -0.5, 100.0]]
+    with Image.open(io.BytesIO(encode_flow(flow))) as png:
+        assert png.format == "PNG" and png.size == (3, 4)  # W, 2H
+        codes = np.array(png).astype(np.int64)
+    expected = np.concatenate((flow[..., 0], flow[..., 1]), axis=0) * 64 + 2**15  # u rows on top of v rows
+    np.testing.assert_array_equal(codes, expected.astype(np.int64))
+
+
+def test_out_of_range_can_raise_and_non_finite_always_raises():
+    flow = np.zeros((4, 4, 2), np.float32)
+    flow[1, 2, 0] = -600.0
+    with pytest.raises(InputError, match="beyond the png16x64 range"):
+        encode_flow(flow, on_overflow="raise")
+    assert decode_flow(encode_flow(flow, on_overflow="clip"))[1, 2, 0] == FLOW_MIN_PX
+    flow[0, 0, 1] = np.nan
+    with pytest.raises(InputError, match="non-finite"):
+        encode_flow(flow)
+
+
+def test_corrupt_bytes_raise_input_error():
+    data = encode_flow(np.random.default_rng(1).normal(0, 5, (40, 30, 2)))
+    truncated = data[: len(data) // 2]
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    eight_bit = cv2.imencode(".png", np.zeros((80, 30), np.uint8))[1].tobytes()
+    odd_height = cv2.imencode(".png", np.zeros((81, 30), np.uint16))[1].tobytes()
+    for bad in [b"", b"not a png", truncated, bytes(flipped), eight_bit, odd_height]:
+        with pytest.raises(InputError, match="shard_0.tar:key.flow01"):
+            decode_flow(bad, name="shard_0.tar:key.flow01")
+
+
+def test_real_flow_fits_the_size_budget():
+    left, right, _ = skimage.data.stereo_motorcycle()
+    flow = DISEstimator("medium")(left, right)  # a real estimated flow, 741x500
+    npy = io.BytesIO()
+    np.save(npy, np.int16(flow * 10))  # DA-VSN's format
+    assert len(encode_flow(flow)) < NPY_BUDGET * len(npy.getvalue())
+
+
+def test_webdataset_autodecoder_leaves_the_member_alone():
+    data = encode_flow(np.ones((8, 8, 2), np.float32))
+    sample = {"__key__": "k", f"flow01.{FLOW_EXT}": data, "frame0.png": cv2.imencode(".png", np.zeros((8, 8, 3)))[1]}
+    sample["frame0.png"] = sample["frame0.png"].tobytes()
+    decoded = wds.autodecode.Decoder([wds.autodecode.imagehandler("rgb8")])(sample)
+    assert decoded[f"flow01.{FLOW_EXT}"] == data and isinstance(decoded["frame0.png"], np.ndarray)
+    assert FLOW_CODEC == "png16x64"
