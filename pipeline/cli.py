@@ -1,0 +1,157 @@
+"""`i2vda-prep`: build the stores the trainer reads (flows, source, val), inspect them, render the demo world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.demo.command import demo_world
+from pipeline.errors import InputError, one_line_errors
+from pipeline.plan import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SAMPLES_PER_SHARD,
+    DEFAULT_SIZE_WH,
+    DEFAULT_TC_WINDOW,
+    ON_ERROR,
+    PrepConfig,
+    parse_size,
+)
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_KIND
+from pipeline.sources.protocols import default_protocol, get_protocol
+
+TARGET_SOURCES = ("cityscapes_seq",)
+SOURCE_DATASETS = ("viper", "synthia")
+DEFAULT_OUT = "stores"
+INTERRUPTED = 130  # the shell's exit status for a process stopped by SIGINT
+
+
+def _choice(flag: str, value: str, allowed) -> str:
+    if value not in allowed:
+        raise InputError(f"{flag} {value}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _size(text: str | None, store: str) -> tuple[int, int]:
+    return DEFAULT_SIZE_WH[store] if text is None else parse_size(text)
+
+
+def _run_and_report(config: PrepConfig) -> None:
+    from pipeline.job import run_shards, run_val, summary_lines  # Ray is imported only by the commands that use it
+
+    manifest = run_val(config) if config.kind == VAL_KIND else run_shards(config)
+    for line in summary_lines(manifest):
+        click.echo(line)
+
+
+def _flow_options(command):
+    """--flow, --flow-ckpt, --dis-preset, --workers, --batch-size, --on-error (shared by flows and val)."""
+    for option in reversed([
+        click.option("--flow", default="dis", show_default=True, help="flow estimator: dis or flownet2"),
+        click.option("--flow-ckpt", default=None, help="FlowNet2_checkpoint.pth.tar (needed by --flow flownet2)"),
+        click.option("--dis-preset", default="medium", show_default=True, help="DIS preset (see pipeline/flow/dis.py)"),
+        click.option("--workers", type=int, default=None, help="actors; default one per GPU (FlowNet2) or CPU"),
+        click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
+                     help="pairs per estimator call (both directions go in one call)"),
+        click.option("--on-error", default="fail", show_default=True,
+                     help="fail: stop at the first bad file; skip: leave it out and list it in the manifest"),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+@click.group()
+def cli() -> None:
+    """Offline side of i2vda: precompute flows and labels into WebDataset shards and HDF5 stores."""
+
+
+@cli.command()
+@click.option("--src", default="cityscapes_seq", show_default=True, help="target video dataset")
+@click.option("--root", required=True, help="Cityscapes root (holds leftImg8bit_sequence/ and gtFine/)")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/<src>/")
+@click.option("--split", default="train", show_default=True)
+@click.option("--pairs", default="all", show_default=True, help="all consecutive pairs, or annotated (DA-VSN's)")
+@click.option("--size", default=None, help="WxH of the stored frames and flows [default: 1024x512]")
+@click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
+@_flow_options
+def flows(src, root, out, split, pairs, size, samples_per_shard, flow, flow_ckpt, dis_preset, workers, batch_size,
+          on_error) -> None:  # fmt: skip
+    """Frame pairs (I0, I1) with F0->1 and F1->0 into OUT/cityscapes_seq/*.tar (resumable)."""
+    src = _choice("--src", src, TARGET_SOURCES)
+    _run_and_report(PrepConfig(
+        kind=TARGET_KIND, src=src, root=root, out=out, size_wh=_size(size, src), split=split, pairs=pairs, flow=flow,
+        flow_ckpt=flow_ckpt, dis_preset=dis_preset, samples_per_shard=samples_per_shard, workers=workers,
+        batch_size=batch_size, on_error=_choice("--on-error", on_error, ON_ERROR)))  # fmt: skip
+
+
+@cli.command()
+@click.option("--src", required=True, help="viper or synthia")
+@click.option("--root", required=True, help="VIPER: folder holding train/; SYNTHIA: the sequence folder")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/<src>/")
+@click.option("--protocol", default=None, help="viper15, synthia11 or synthia12 [default: the paper's for --src]")
+@click.option("--size", default=None, help="WxH [default: viper 896x512, synthia 1280x768]")
+@click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
+@click.option("--workers", type=int, default=None, help="actors; default one per CPU")
+@click.option("--on-error", default="fail", show_default=True, help="fail or skip (see `flows --help`)")
+def source(src, root, out, protocol, size, samples_per_shard, workers, on_error) -> None:
+    """Labelled source images (resized) and protocol train-id labels into OUT/<src>/*.tar."""
+    src = _choice("--src", src, SOURCE_DATASETS)
+    protocol = default_protocol(src) if protocol is None else get_protocol(protocol)
+    if protocol.source != src:
+        raise InputError(f"--protocol {protocol.name} is for {protocol.source}, not --src {src}")
+    _run_and_report(PrepConfig(
+        kind=SOURCE_KIND, src=src, root=root, out=out, size_wh=_size(size, src), protocol=protocol.name, flow=None,
+        samples_per_shard=samples_per_shard, workers=workers,
+        on_error=_choice("--on-error", on_error, ON_ERROR)))  # fmt: skip
+
+
+@cli.command()
+@click.option("--root", required=True, help="Cityscapes root (holds leftImg8bit_sequence/ and gtFine/)")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/cityscapes_val/")
+@click.option("--split", default="val", show_default=True)
+@click.option("--size", default=None, help="WxH of the frames and flows [default: 1024x512]")
+@click.option("--tc-window", type=int, default=DEFAULT_TC_WINDOW, show_default=True,
+              help="frames per TC clip, ending at the annotated frame where the snippet allows (30: whole snippet)")
+@_flow_options
+def val(root, out, split, size, tc_window, flow, flow_ckpt, dis_preset, workers, batch_size, on_error) -> None:
+    """Annotated val frames, labels of every protocol, TC clips and their flows into OUT/cityscapes_val/val.h5."""
+    _run_and_report(PrepConfig(
+        kind=VAL_KIND, src="cityscapes_val", root=root, out=out, size_wh=_size(size, "cityscapes_val"), split=split,
+        flow=flow, flow_ckpt=flow_ckpt, dis_preset=dis_preset, workers=workers, batch_size=batch_size,
+        on_error=_choice("--on-error", on_error, ON_ERROR), tc_window=tc_window))  # fmt: skip
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--out", default=None, help="PNG contact sheet [default: STORE/sheet.png]")
+@click.option("--rows", type=int, default=4, show_default=True, help="samples on the sheet")
+@click.option("--verify", is_flag=True, help="re-hash every file against the manifest's sha256")
+def inspect(store, out, rows, verify) -> None:
+    """Counts, sizes, estimator, codec and bytes of a store, and a sheet of samples (flows in colour)."""
+    from pipeline.inspect_store import describe, write_sheet
+
+    for line in describe(store, verify=verify):
+        click.echo(line)
+    click.echo(f"sheet      {write_sheet(store, out or Path(store) / 'sheet.png', rows)}")
+
+
+cli.add_command(demo_world)
+
+
+def _main(args=None) -> int | None:
+    """Run the group; click's usage errors become one-line InputErrors like every other bad input."""
+    try:
+        code = cli.main(args=args, prog_name="i2vda-prep", standalone_mode=False)
+    except click.exceptions.Abort:  # Ctrl-C: finished shards are kept
+        click.echo("interrupted; rerun the same command to finish the store", err=True)
+        raise SystemExit(INTERRUPTED) from None
+    except click.ClickException as exc:
+        raise InputError(exc.format_message()) from None
+    return code if isinstance(code, int) else None
+
+
+main = one_line_errors(_main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The deterministic plan of a prep job: what a store holds, which samples go into which shard, and the
+manifest bookkeeping that lets a rerun skip verified shards and redo the rest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pipeline.errors import InputError
+from pipeline.flow.codec import FLOW_CODEC
+from pipeline.flow.estimators import ESTIMATOR_NAMES
+from pipeline.shards import PARTIAL_SUFFIX, SOURCE_KIND, TARGET_KIND, VAL_KIND, file_sha256, read_manifest, shard_name
+
+# Input sizes (W, H) of the paper (§4.2); `--size WxH` overrides them.
+DEFAULT_SIZE_WH = {"cityscapes_seq": (1024, 512), "cityscapes_val": (1024, 512), "viper": (896, 512),
+                   "synthia": (1280, 768)}  # fmt: skip
+VAL_STORE = "cityscapes_val"
+# 128 pairs at 1024x512 make shards of a few hundred MB: big enough for sequential reads (WebDataset's advice),
+# small enough that a crash loses minutes of flow estimation and that DDP ranks x loader workers get many shards.
+DEFAULT_SAMPLES_PER_SHARD = 128
+DEFAULT_BATCH_SIZE = 4  # pairs per estimator call (8 flows: both directions); FlowNet2 on a GPU likes batches
+DEFAULT_TC_WINDOW = 30  # a whole Cityscapes snippet: the ETC protocol's 30 frames, 29 consecutive pairs
+ON_ERROR = ("fail", "skip")
+# Config fields repeated at the manifest's top level, where readers (`check_manifest`, the trainer) look for them.
+TOP_LEVEL_FIELDS = ("size_wh", "protocol", "estimator", "estimator_options", "checkpoint_sha256", "codec")
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Everything one `i2vda-prep flows|source|val` run needs, built once from the command line."""
+
+    kind: str  # TARGET_KIND, SOURCE_KIND or VAL_KIND
+    src: str  # "cityscapes_seq", "viper", "synthia" or "cityscapes_val"
+    root: str  # dataset root, absolute
+    out: str  # the stores/ folder
+    size_wh: tuple[int, int]  # (W, H) of the stored frames
+    split: str = "train"
+    pairs: str = "all"  # Cityscapes-Seq: "all" consecutive pairs or the "annotated" ones
+    protocol: str | None = None  # source stores and labels: a class protocol name
+    flow: str | None = "dis"  # estimator name; None for source stores
+    flow_ckpt: str | None = None
+    dis_preset: str = "medium"
+    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
+    workers: int | None = None  # None: one per GPU when the estimator uses one, else one per CPU
+    batch_size: int = DEFAULT_BATCH_SIZE
+    on_error: str = "fail"
+    tc_window: int = DEFAULT_TC_WINDOW
+    checkpoint_sha256: str | None = field(default=None, compare=False)  # filled by `resolve`
+
+    @property
+    def store_dir(self) -> Path:
+        """stores/<name>/"""
+        return Path(self.out) / self.src
+
+    @property
+    def estimator_options(self) -> dict:
+        """Options given to `load_estimator` besides name and checkpoint."""
+        return {"preset": self.dis_preset} if self.flow == "dis" else {}
+
+    def identity(self) -> dict:
+        """The fields that decide a store's content (a rerun with other values is refused)."""
+        return {
+            "src": self.src, "split": self.split, "size_wh": list(self.size_wh), "protocol": self.protocol,
+            "pairs": self.pairs if self.kind == TARGET_KIND else None,
+            "estimator": self.flow if self.kind != SOURCE_KIND else None,
+            "estimator_options": self.estimator_options if self.kind != SOURCE_KIND else {},
+            "checkpoint_sha256": self.checkpoint_sha256 if self.kind != SOURCE_KIND else None,
+            "codec": FLOW_CODEC if self.kind != SOURCE_KIND else None,
+            "samples_per_shard": self.samples_per_shard if self.kind != VAL_KIND else None,
+            "tc_window": self.tc_window if self.kind == VAL_KIND else None,
+        }  # fmt: skip
+
+
+def resolve(config: PrepConfig) -> PrepConfig:
+    """Check the options, make paths absolute and fill in the checkpoint's sha256; bad values raise InputError
+    naming the flag."""
+    if config.on_error not in ON_ERROR:
+        raise InputError(f"--on-error: expected one of {', '.join(ON_ERROR)}, got {config.on_error!r}")
+    for flag, value in (("--samples-per-shard", config.samples_per_shard), ("--batch-size", config.batch_size),
+                        ("--workers", config.workers if config.workers is not None else 1),
+                        ("--tc-window", config.tc_window)):  # fmt: skip
+        if value < 1:
+            raise InputError(f"{flag}: expected a positive number, got {value}")
+    if config.kind != SOURCE_KIND:
+        if config.flow not in ESTIMATOR_NAMES:
+            raise InputError(f"--flow: unknown estimator {config.flow!r}, expected one of {', '.join(ESTIMATOR_NAMES)}")
+        if config.flow == "flownet2" and config.flow_ckpt is None:
+            raise InputError("--flow flownet2 needs --flow-ckpt FlowNet2_checkpoint.pth.tar")
+        if config.flow == "dis" and config.flow_ckpt is not None:
+            raise InputError(f"--flow dis takes no checkpoint, got --flow-ckpt {config.flow_ckpt}")
+    if not Path(config.root).is_dir():
+        raise InputError(f"--root {config.root}: no such directory")
+    # Absolute paths: actors on other nodes (or in other working directories) must find the same files.
+    config = replace(config, root=os.path.abspath(config.root), out=os.path.abspath(config.out))
+    if config.flow_ckpt is not None:
+        if not Path(config.flow_ckpt).is_file():
+            raise InputError(f"--flow-ckpt {config.flow_ckpt}: no such file")
+        ckpt = os.path.abspath(config.flow_ckpt)
+        return replace(config, flow_ckpt=ckpt, checkpoint_sha256=file_sha256(ckpt))
+    return config
+
+
+def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
+    """'1024x512' -> (1024, 512) = (W, H)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise InputError(f"{flag} {text}: expected WIDTHxHEIGHT in pixels, e.g. 1024x512")
+    return int(parts[0]), int(parts[1])
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work: shard `index` of a store, holding `records` (sorted by key)."""
+
+    index: int
+    name: str
+    records: tuple
+
+
+def plan_shards(records: Sequence, store: str, samples_per_shard: int) -> list[ShardTask]:
+    """Records sorted by key, cut into consecutive shards of `samples_per_shard` (the last may be shorter)."""
+    ordered = sorted(records, key=lambda r: r.key)
+    keys = [r.key for r in ordered]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"{store}: the dataset lists a sample key twice (e.g. {keys[0]}); keys must be unique")
+    return [
+        ShardTask(i, shard_name(store, i), tuple(ordered[start : start + samples_per_shard]))
+        for i, start in enumerate(range(0, len(ordered), samples_per_shard))
+    ]
+
+
+def plan_sha256(tasks: Sequence[ShardTask]) -> str:
+    """sha256 of the plan: shard names and the keys in each, so a changed dataset is noticed on rerun."""
+    text = "\n".join(f"{t.name}:{','.join(r.key for r in t.records)}" for t in tasks)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def previous_manifest(config: PrepConfig, plan_digest: str) -> dict | None:
+    """The manifest a former run left in the store folder, if any; one for another config raises InputError."""
+    store_dir = config.store_dir
+    if not (store_dir / "manifest.json").is_file():
+        return None
+    manifest = read_manifest(store_dir)
+    if not manifest.get("complete") and not manifest.get("shards"):
+        return None  # a run that stopped before its first shard: nothing to keep
+    wanted = {**config.identity(), "plan_sha256": plan_digest}
+    have = manifest.get("config", {})
+    differs = sorted(k for k in wanted if have.get(k) != wanted[k])
+    if differs:
+        shown = ", ".join(f"{k}={have.get(k)!r} (now {wanted[k]!r})" for k in differs[:3])
+        raise InputError(f"{store_dir}: holds a store built with {shown}; use another --out or delete the folder")
+    return manifest
+
+
+def finished_shards(store_dir: Path, manifest: dict | None, tasks: Sequence[ShardTask]) -> dict[str, dict]:
+    """Shard entries of the previous manifest whose file exists with the recorded sha256 (verified by reading)."""
+    if manifest is None:
+        return {}
+    planned = {t.name for t in tasks}
+    done = {}
+    for entry in manifest.get("shards", []):
+        path = store_dir / entry["name"]
+        if entry["name"] in planned and path.is_file() and file_sha256(path) == entry["sha256"]:
+            done[entry["name"]] = entry
+    return done
+
+
+def remove_partials(store_dir: Path) -> None:
+    """Delete temporary files a killed run left behind (they never have a shard's final name)."""
+    for path in store_dir.glob(f"*{PARTIAL_SUFFIX}"):
+        path.unlink(missing_ok=True)
+
+
+def store_manifest(config: PrepConfig, plan_digest: str, planned: int, shards: dict[str, dict],
+                   complete: bool, timing: dict | None = None, extra: dict | None = None) -> dict:
+    """The manifest body: deterministic except `timing`; shards sorted by name, skipped samples sorted by key."""
+    entries = [shards[name] for name in sorted(shards)]
+    skipped = sorted((s for e in entries for s in e.get("skipped", [])), key=lambda s: s["key"])
+    return {
+        "name": config.src,
+        "kind": config.kind,
+        **{k: config.identity()[k] for k in TOP_LEVEL_FIELDS},
+        "config": {**config.identity(), "plan_sha256": plan_digest},
+        "run": {"root": config.root, "on_error": config.on_error},
+        "complete": complete,
+        "num_planned": planned,
+        "num_samples": sum(e["samples"] for e in entries),
+        "num_skipped": len(skipped),
+        "bytes": sum(e["bytes"] for e in entries),
+        "shards": entries,
+        "skipped": skipped,
+        "timing": timing or {},
+        **(extra or {}),
+    }

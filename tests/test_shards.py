@@ -1,0 +1,163 @@
+"""The shard format without Ray: sample round trips, atomic byte-stable shards, manifests, WebDataset compatibility."""
+
+import hashlib
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from pipeline.errors import InputError
+from pipeline.flow.codec import FLOW_EXT
+from pipeline.shards import (
+    check_manifest,
+    decode_sample,
+    encode_source_sample,
+    encode_target_sample,
+    read_manifest,
+    read_samples,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+
+H, W = 24, 40
+FLOW_STEP_PX = 1 / 64  # the precision the design requires of the codec; round-to-nearest errs by half a step
+
+
+def _pair(seed):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, size=(2, H, W, 3), dtype=np.uint8)
+    flows = rng.uniform(-30, 30, size=(2, H, W, 2)).astype(np.float32)
+    return frames, flows
+
+
+def _target(seed, key=None):
+    (f0, f1), (fl01, fl10) = _pair(seed)
+    key = key or f"city_000000_{seed:06d}"
+    return encode_target_sample(key, f0, f1, fl01, fl10, {"source_paths": [f"a/{seed}.png", f"b/{seed}.png"]})
+
+
+def test_target_sample_round_trip_exact_frames_and_flows_within_half_a_step():
+    (f0, f1), (fl01, fl10) = _pair(1)
+    raw = encode_target_sample("aachen_000001_000019", f0, f1, fl01, fl10, {"estimator": "dis"})
+    assert sorted(raw) == sorted(["__key__", "frame0.png", "frame1.png", f"flow01.{FLOW_EXT}", f"flow10.{FLOW_EXT}",
+                                  "meta.json"])
+    out = decode_sample(raw)
+    assert out["__key__"] == "aachen_000001_000019"
+    assert out["frame0"].dtype == np.uint8 and np.array_equal(out["frame0"], f0) and np.array_equal(out["frame1"], f1)
+    for name, flow in (("flow01", fl01), ("flow10", fl10)):
+        assert out[name].dtype == np.float32 and out[name].shape == (H, W, 2)
+        assert np.abs(out[name] - flow).max() <= FLOW_STEP_PX / 2 + 1e-6
+    assert out["meta"]["estimator"] == "dis" and out["meta"]["size_wh"] == [W, H] and "codec" in out["meta"]
+
+
+def test_source_sample_round_trip_keeps_a_two_dimensional_label():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+    label = rng.choice(np.array([0, 3, 14, 255], np.uint8), size=(H, W))
+    out = decode_sample(encode_source_sample("viper_001_00010", image, label, {"protocol": "viper15"}))
+    assert np.array_equal(out["image"], image)
+    assert out["label"].shape == (H, W) and out["label"].dtype == np.uint8 and np.array_equal(out["label"], label)
+    assert out["meta"] == {"protocol": "viper15", "size_wh": [W, H]}
+
+
+def test_keys_with_a_dot_are_refused():
+    (f0, f1), (fl01, fl10) = _pair(3)
+    with pytest.raises(ValueError):
+        encode_target_sample("a.b", f0, f1, fl01, fl10, {})
+
+
+def test_write_shard_is_byte_stable_hashed_and_ordered(tmp_path):
+    samples = [_target(s) for s in range(3)]
+    info_a = write_shard(tmp_path / "a.tar", samples)
+    info_b = write_shard(tmp_path / "b.tar", [_target(s) for s in range(3)])
+    data = (tmp_path / "a.tar").read_bytes()
+    assert data == (tmp_path / "b.tar").read_bytes()
+    assert info_a == {"name": "a.tar", "samples": 3, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert info_b["sha256"] == info_a["sha256"]
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        members = tar.getmembers()
+    expected = [f"{s['__key__']}.{field}" for s in samples for field in sorted(k for k in s if k != "__key__")]
+    assert [m.name for m in members] == expected
+    assert {m.mtime for m in members} == {0} and {m.uid for m in members} == {0}
+    for member, name in zip(members, expected):
+        key, field = name.split(".", 1)
+        sample = next(s for s in samples if s["__key__"] == key)
+        assert member.size == len(sample[field])
+
+
+def test_webdataset_reads_our_shards_with_the_same_members(tmp_path):
+    samples = [_target(s) for s in range(4)]
+    write_shard(tmp_path / shard_name("st", 0), samples)
+    ours = list(read_samples(tmp_path / shard_name("st", 0)))
+    theirs = [decode_sample(s) for s in wds.WebDataset(str(tmp_path / shard_name("st", 0)), shardshuffle=False)]
+    assert [s["__key__"] for s in theirs] == [s["__key__"] for s in samples] == [s["__key__"] for s in ours]
+    for a, b in zip(ours, theirs):
+        for field in ("frame0", "frame1", "flow01", "flow10"):
+            assert np.array_equal(a[field], b[field])
+        assert a["meta"] == b["meta"]
+
+
+def test_a_failing_writer_leaves_no_file(tmp_path):
+    def broken():
+        yield _target(0)
+        raise RuntimeError("estimator crashed")
+
+    with pytest.raises(RuntimeError):
+        write_shard(tmp_path / "st-000000.tar", broken())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_store_folder_reads_shards_in_manifest_order(tmp_path):
+    infos = [write_shard(tmp_path / shard_name("st", i), [_target(10 * i + j) for j in range(2)]) for i in (1, 0)]
+    write_manifest(tmp_path, {"name": "st", "kind": "target_pairs", "complete": True,
+                              "shards": sorted(infos, key=lambda s: s["name"])})
+    keys = [s["__key__"] for s in read_samples(tmp_path)]
+    assert keys == [f"city_000000_{n:06d}" for n in (0, 1, 10, 11)]
+    keys_list = [s["__key__"] for s in read_samples([tmp_path / shard_name("st", 1)])]
+    assert keys_list == [f"city_000000_{n:06d}" for n in (10, 11)]
+
+
+def test_a_truncated_shard_is_an_input_error_naming_it(tmp_path):
+    write_shard(tmp_path / "st-000000.tar", [_target(s) for s in range(2)])
+    path = tmp_path / "st-000000.tar"
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(InputError, match="st-000000.tar"):
+        list(read_samples(path))
+
+
+def test_manifest_round_trip_and_checks(tmp_path):
+    write_manifest(tmp_path, {"name": "viper", "kind": "source", "protocol": "viper15", "size_wh": [896, 512],
+                              "complete": True, "shards": []})
+    manifest = read_manifest(tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    assert manifest["tool_version"] and manifest["size_wh"] == [896, 512]
+    check_manifest(manifest, kind="source", protocol="viper15", size_wh=(896, 512), estimator=None)
+    check_manifest(tmp_path, size_hw=(512, 896))
+    for wrong in ({"protocol": "synthia11"}, {"size_wh": (1024, 512)}, {"kind": "target_pairs"}):
+        with pytest.raises(InputError) as err:
+            check_manifest(manifest, **wrong)
+        field = next(iter(wrong))
+        assert field in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InputError, match="incomplete"):
+        check_manifest({**manifest, "complete": False})
+
+
+def test_missing_or_foreign_manifest_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(InputError, match="not an i2vda store"):
+        read_manifest(tmp_path)
+    with pytest.raises(InputError, match="no such store"):
+        list(read_samples(tmp_path / "nowhere"))
+
+
+def test_decode_sample_names_a_corrupt_member():
+    raw = dict(_target(5))
+    raw["frame0.png"] = io.BytesIO(b"not a png").getvalue()
+    with pytest.raises(InputError, match="frame0.png"):
+        decode_sample(raw)
