@@ -1,0 +1,157 @@
+"""Algorithm 1 on tiny learnable stores: the proxy copy, the launch of L_tc, the baselines, and learning itself.
+
+`make_stores` (also used by test_resume, test_ddp and test_train_cli) writes a source and a target store of 64x32
+pictures made of 8x8 blocks whose class sets their colour, so the label is a function of the colour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.shards import (
+    SOURCE_KIND,
+    TARGET_KIND,
+    encode_source_sample,
+    encode_target_sample,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+from trainer.config import TrainConfig
+from trainer.loop import train
+
+SIZE_HW = (32, 64)
+BLOCK_PX = 8
+NUM_CLASSES = 15  # viper15
+PALETTE = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [220, 220, 60]], np.uint8)  # train ids 0..3
+NOISE = 20  # +- grey levels on every pixel, so that colour (not exact value) decides the class
+SHIFT_XY = (2, 1)  # frame 1 is frame 0 moved by this many pixels: F_0->1 = SHIFT_XY, F_1->0 = -SHIFT_XY
+SOURCE, TARGET = "src", "tgt"
+
+
+def _blocks(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A (H, W, 3) uint8 picture of coloured blocks and its (H, W) uint8 label."""
+    h, w = SIZE_HW
+    classes = rng.integers(0, len(PALETTE), size=(h // BLOCK_PX, w // BLOCK_PX))
+    label = np.kron(classes, np.ones((BLOCK_PX, BLOCK_PX), np.int64)).astype(np.uint8)
+    image = PALETTE[label].astype(np.int16) + rng.integers(-NOISE, NOISE + 1, size=(h, w, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def make_stores(root: Path, shards: int = 2, per_shard: int = 6, seed: int = 0) -> Path:
+    """root/src (source, viper15) and root/tgt (target pairs, DIS flows) with `shards` shards each; -> root."""
+    rng = np.random.default_rng(seed)
+    source_dir, target_dir = root / SOURCE, root / TARGET
+    source_dir.mkdir(parents=True)
+    target_dir.mkdir(parents=True)
+    source_info, target_info = [], []
+    h, w = SIZE_HW
+    flow_01 = np.broadcast_to(np.array(SHIFT_XY, np.float32), (h, w, 2)).copy()
+    for s in range(shards):
+        samples = [encode_source_sample(f"s{s}_{j}", *_blocks(rng), {}) for j in range(per_shard)]
+        source_info.append(write_shard(source_dir / shard_name(SOURCE, s), samples))
+        samples = []
+        for j in range(per_shard):
+            frame0, _ = _blocks(rng)
+            frame1 = np.roll(frame0, SHIFT_XY[::-1], axis=(0, 1))
+            samples.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow_01, -flow_01, {}))
+        target_info.append(write_shard(target_dir / shard_name(TARGET, s), samples))
+    write_manifest(source_dir, {"name": SOURCE, "kind": SOURCE_KIND, "complete": True, "protocol": "viper15",
+                                "size_wh": [w, h], "shards": source_info})  # fmt: skip
+    write_manifest(target_dir, {"name": TARGET, "kind": TARGET_KIND, "complete": True, "size_wh": [w, h],
+                                "estimator": "dis", "estimator_options": {"preset": "ultrafast"},
+                                "shards": target_info})  # fmt: skip
+    return root
+
+
+def tiny_config(stores: Path, out: Path, **overrides) -> TrainConfig:
+    """A CPU run of deeplab_tiny on the tiny stores, logging every iteration."""
+    settings = dict(out=str(out), shards=str(stores), source=SOURCE, target=TARGET, arch="deeplab_tiny",
+                    device="cpu", num_workers=0, log_interval=1, shuffle_buffer=4, block_iters=4, lr=1e-3)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> Path:
+    return make_stores(tmp_path_factory.mktemp("stores"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Convolutions on 64x32 maps gain nothing from threads, and threads fight over a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_proxy_is_a_frozen_copy_and_tc_starts_at_launch(stores, tmp_path):
+    run = tmp_path / "run"
+    # Copies at iterations 0, 2, 4; L_tc from iteration 2 on; the online flow is DIS, as the store's.
+    # delta = 1 keeps every confident-or-not, non-occluded pixel in PL, so L_tc is not zero from the start.
+    train(tiny_config(stores, run, max_iter=5, iter_copy=2, iter_launch=2, checkpoint_interval=1, delta=1.0))
+    ckpt = {k: load(run / "checkpoints" / f"iter_{k:07d}.pt") for k in range(1, 6)}
+    # Checkpoint k holds M after k iterations; the copy at iteration c happens before its update: M' = M(c).
+    assert same_state(ckpt[2]["proxy"], ckpt[1]["proxy"])  # untouched by the step of iteration 1
+    for k in (3, 4):
+        assert same_state(ckpt[k]["proxy"], ckpt[2]["model"])  # equal to M right after the copy at 2, then frozen
+    assert same_state(ckpt[5]["proxy"], ckpt[4]["model"])
+    assert not same_state(ckpt[3]["model"], ckpt[2]["model"])  # M moved, so the equalities above are not trivial
+    assert not same_state(ckpt[2]["proxy"], ckpt[3]["proxy"])
+    log = read_log(run)
+    assert [e["iteration"] for e in log] == list(range(5))
+    assert all("loss_tc" not in e and "pl_coverage" not in e for e in log[:2])
+    assert all(e["loss_tc"] > 0 and 0.5 < e["pl_coverage"] <= 1.0 for e in log[2:])
+    assert all({"loss_seg", "loss_adv", "loss_d", "t", "lr", "lr_d"} <= e.keys() for e in log)
+    config = ckpt[5]["config"]
+    assert (config["arch"], config["num_classes"], config["protocol"]) == ("deeplab_tiny", NUM_CLASSES, "viper15")
+    assert config["target_size_hw"] == list(SIZE_HW) and config["flow_estimator"] == "dis"
+    assert json.loads((run / "config.json").read_text()) == config
+    assert ckpt[5]["iteration"] == 5 and {"disc", "opt_seg", "opt_disc", "rng", "data"} <= ckpt[5].keys()
+
+
+@pytest.mark.parametrize("method", ["source_only", "adv_only"])
+def test_baselines_train_only_their_losses(stores, tmp_path, method):
+    run = tmp_path / method
+    train(tiny_config(stores, run, method=method, max_iter=2, checkpoint_interval=2))
+    keys = set().union(*(e.keys() for e in read_log(run)))
+    losses = {k for k in keys if k.startswith("loss_")}
+    assert losses == ({"loss_seg"} if method == "source_only" else {"loss_seg", "loss_adv", "loss_d"})
+    assert "t" not in keys  # no It is synthesized
+    state = load(run / "checkpoints" / "iter_0000002.pt")
+    assert state["proxy"] is None and (state["disc"] is None) == (method == "source_only")
+
+
+def test_no_temporal_aug_keeps_tc_without_synthesis(stores, tmp_path):
+    run = tmp_path / "no_ta"
+    train(tiny_config(stores, run, max_iter=2, iter_launch=0, iter_copy=1, no_temporal_aug=True))
+    log = read_log(run)
+    assert all("loss_tc" in e and "t" not in e for e in log)
+
+
+def test_a_few_dozen_iterations_lower_the_segmentation_loss(stores, tmp_path):
+    run = tmp_path / "learn"
+    train(tiny_config(stores, run, max_iter=24, batch_size=2, iter_copy=8, iter_launch=8, online_flow="linear",
+                      checkpoint_interval=24))  # fmt: skip
+    seg = [e["loss_seg"] for e in read_log(run)]
+    # N(0, 0.01) weights predict a near-uniform distribution: CE = ln(15) at the start.
+    assert seg[0] == pytest.approx(math.log(NUM_CLASSES), abs=0.15)
+    assert np.mean(seg[-6:]) < 0.5 * math.log(NUM_CLASSES)

@@ -1,0 +1,154 @@
+"""Algorithm 1 of I2VDA (and the source-only and adversarial baselines) as one loop, on one process or under torchrun.
+
+Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) every rank streams its own share of the shards,
+M and D are wrapped in DistributedDataParallel (gloo on the CPU, nccl on GPUs), and only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipeline.errors import InputError
+from pipeline.flow.estimators import load_estimator
+from trainer.checkpoint import (
+    check_resumable,
+    checkpoint_path,
+    gather_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    resolve_resume,
+    restore_training_state,
+    save_atomic,
+    training_state,
+)
+from trainer.config import TrainConfig
+from trainer.data import StorePlan, data_position, iteration_batches, open_stores
+from trainer.monitor import Monitor
+from trainer.steps import build_nets, copy_proxy, discriminator_step, segmenter_step, set_learning_rates
+
+CONFIG_NAME = "config.json"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: its rank among `world` processes and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool  # this process started the process group (and ends it)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, shows the bar and writes checkpoints."""
+        return self.rank == 0
+
+
+def start_runtime(config: TrainConfig) -> Runtime:
+    """Pick the device and, under torchrun, join the process group (nccl on GPUs, gloo on the CPU)."""
+    cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if cuda and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible")
+    if config.amp != "off" and not cuda:
+        raise InputError(f"--amp {config.amp}: autocast is used on CUDA only and no CUDA device is in use")
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # input sizes never change, so cuDNN's autotuning pays off
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Runtime(0, 1, torch.device("cuda" if cuda else "cpu"), False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Runtime(dist.get_rank(), dist.get_world_size(), device, owns_group)
+
+
+def online_flow(config: TrainConfig, plan: StorePlan, device: torch.device):
+    """F(I1, It) of Eq. 5 with the target store's estimator family, or None where no estimator is called."""
+    if not config.uses_tc or config.no_temporal_aug or config.online_flow == "linear":
+        return None
+    estimator = load_estimator(config.flow_estimator, checkpoint=config.flow_ckpt, device=str(device),
+                               **plan.estimator_options)  # fmt: skip
+    return estimator.estimate_torch
+
+
+def to_device(batch: dict, device: torch.device, it: int) -> dict:
+    """Move a batch's tensors to the device; the stream must hand over iteration `it`'s batch."""
+    if batch["iteration"] != it:
+        raise RuntimeError(f"data stream out of step: got the batch of iteration {batch['iteration']}, not {it}")
+    return {part: {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch[part].items()}
+            for part in ("source", "target")}  # fmt: skip
+
+
+def write_config(config: TrainConfig) -> None:
+    """RUN/config.json: the resolved settings of this run (rewritten on resume, e.g. with a new max_iter)."""
+    path = Path(config.out) / CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def train(config: TrainConfig) -> dict:
+    """Train M by Algorithm 1 (method "i2vda") or a baseline; -> {"iterations", "checkpoint", "last_log", "model"}."""
+    runtime = start_runtime(config)
+    try:
+        return _train(config, runtime)
+    finally:
+        if runtime.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, rt: Runtime) -> dict:
+    # Setup: stores, resume point, networks, online flow, data stream, records.
+    config, plan = open_stores(config)
+    resume_path = resolve_resume(config.resume, config.out)
+    if resume_path is None and latest_checkpoint(config.out) is not None:
+        raise InputError(f"--out {config.out}: the run already has checkpoints; pass --resume or another --out")
+    state = load_checkpoint(resume_path) if resume_path is not None else None
+    if state is not None:
+        check_resumable(state, config, rt.world, resume_path)
+    nets = build_nets(config, rt.device, distributed=rt.world > 1)
+    start = restore_training_state(nets, state, rt.rank) if state is not None else 0
+    del state
+    estimate_flow = online_flow(config, plan, rt.device)
+    batches = iteration_batches(config, plan, rt.rank, rt.world, start, pin_memory=rt.device.type == "cuda")
+    monitor = Monitor(config, start, enabled=rt.is_main)
+    if rt.is_main:
+        write_config(config)
+    saved = resume_path if rt.is_main else None  # the newest checkpoint of this run so far
+    try:
+        for it in range(start, config.max_iter):
+            lrs = set_learning_rates(nets, config, it)
+            wait_start = time.perf_counter()
+            batch = to_device(next(batches), rt.device, it)
+            data_wait_s = time.perf_counter() - wait_start
+            if config.uses_tc and it % config.iter_copy == 0:  # Algorithm 1 lines 5-7 ("% == 0")
+                copy_proxy(nets)
+            stats, probs, views = segmenter_step(nets, batch, config, it, rt.rank, estimate_flow,
+                                                 want_views=monitor.wants_views(it))  # fmt: skip
+            if nets.disc is not None:
+                stats |= discriminator_step(nets, probs, config)
+            monitor.record(it, stats, lrs, data_wait_s)
+            monitor.pictures(it, views)
+            done = it + 1
+            if done % config.checkpoint_interval == 0 or done == config.max_iter:
+                rng = gather_rng(rt.device)  # every rank takes part; rank 0 writes
+                if rt.is_main:
+                    state = training_state(nets, config, done, rng, data_position(done, config, rt.world))
+                    saved = save_atomic(state, checkpoint_path(config.out, done))
+    finally:  # also on a crash: flush the events, stop the DataLoader workers
+        monitor.close()
+        del batches
+    return {"iterations": max(start, config.max_iter), "checkpoint": None if saved is None else str(saved),
+            "last_log": monitor.last, "model": nets.model}  # fmt: skip

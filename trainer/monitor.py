@@ -1,0 +1,100 @@
+"""What rank 0 shows and keeps of a run: the tqdm bar, RUN/log.jsonl, TensorBoard scalars and pictures.
+
+Other ranks get a Monitor that does nothing. A resumed run drops log lines and events from iterations it redoes,
+so the records read as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.flow.viz import flow_to_color
+from pipeline.sources.protocols import colorize, get_protocol
+from trainer.config import TrainConfig
+
+LOG_NAME = "log.jsonl"
+EVENTS_DIR = "tensorboard"
+
+
+def _truncate_log(path: Path, start: int) -> None:
+    """Keep only the log lines of iterations before `start` (those a resumed run does not redo)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] < start]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class Monitor:
+    """Per-iteration bookkeeping; on rank 0 a bar, a JSON line and TensorBoard scalars every log_interval."""
+
+    def __init__(self, config: TrainConfig, start: int, enabled: bool):
+        self.config, self.enabled = config, enabled
+        self.window_start, self.window_iters, self.window_wait = time.perf_counter(), 0, 0.0
+        self.last: dict = {}
+        if not enabled:
+            return
+        run = Path(config.out)
+        run.mkdir(parents=True, exist_ok=True)
+        self.log_path = run / LOG_NAME
+        _truncate_log(self.log_path, start)
+        from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only: it loads TensorBoard
+
+        self.writer = SummaryWriter(log_dir=str(run / EVENTS_DIR), purge_step=start)
+        self.bar = tqdm(total=config.max_iter, initial=start, desc=f"{config.method} {run.name}", unit="it",
+                        dynamic_ncols=True)  # fmt: skip
+        self.protocol = get_protocol(config.protocol)
+
+    def wants_views(self, it: int) -> bool:
+        """Whether this iteration's pictures will be written (so the step keeps them)."""
+        return self.enabled and it % self.config.image_interval == 0
+
+    def record(self, it: int, stats: dict, lrs: dict, data_wait_s: float) -> dict | None:
+        """Account one iteration; every log_interval (and at the end) write and return the log entry."""
+        self.window_iters += 1
+        self.window_wait += data_wait_s
+        if not self.enabled:
+            return None
+        self.bar.update(1)
+        if (it + 1) % self.config.log_interval != 0 and it + 1 != self.config.max_iter:
+            return None
+        elapsed = time.perf_counter() - self.window_start
+        entry = {"iteration": it, **{k: float(v) for k, v in stats.items()}, **lrs,
+                 "it_per_s": self.window_iters / max(elapsed, 1e-9),
+                 "data_wait_frac": self.window_wait / max(elapsed, 1e-9)}  # fmt: skip
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        for name, value in entry.items():
+            if name != "iteration":
+                self.writer.add_scalar(f"train/{name}", value, it)
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k.startswith("loss_")}, refresh=False)
+        self.window_start, self.window_iters, self.window_wait = time.perf_counter(), 0, 0.0
+        self.last = entry
+        return entry
+
+    def pictures(self, it: int, views: dict) -> None:
+        """It, P1W and PL in the protocol's colours, O in grey, F_1->t and F_1->0 in the flow colour wheel."""
+        if not self.enabled or not views:
+            return
+        for name, value in views.items():
+            array = value.detach().float().cpu().numpy()
+            if name == "It":  # (3, H, W) RGB 0..255
+                picture = array.transpose(1, 2, 0).round().clip(0, 255).astype(np.uint8)
+            elif name in ("P1W", "PL"):  # (H, W) train ids
+                picture = colorize(array.astype(np.int64), self.protocol)
+            elif name == "O":  # (H, W) 1 = not occluded
+                picture = np.repeat((array * 255).astype(np.uint8)[..., None], 3, axis=2)
+            else:  # (2, H, W) flow in pixels
+                picture = flow_to_color(array.transpose(1, 2, 0))
+            self.writer.add_image(f"views/{name}", torch.from_numpy(picture), it, dataformats="HWC")
+
+    def close(self) -> None:
+        """Flush the events and close the bar."""
+        if self.enabled:
+            self.writer.close()
+            self.bar.close()
