@@ -21,7 +21,7 @@ from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_KIND
 from pipeline.sources.protocols import default_protocol, get_protocol
 
 TARGET_SOURCES = ("cityscapes_seq",)
-SOURCE_DATASETS = ("viper", "synthia")
+SOURCE_DATASETS = ("viper", "synthia", "cityscapes")  # cityscapes: annotated train frames, for the oracle
 DEFAULT_OUT = "stores"
 INTERRUPTED = 130  # the shell's exit status for a process stopped by SIGINT
 
@@ -85,19 +85,23 @@ def flows(src, root, out, split, pairs, size, samples_per_shard, flow, flow_ckpt
 
 
 @cli.command()
-@click.option("--src", required=True, help="viper or synthia")
-@click.option("--root", required=True, help="VIPER: folder holding train/; SYNTHIA: the sequence folder")
+@click.option("--src", required=True, help="viper or synthia; cityscapes = its labelled train frames (the oracle)")
+@click.option("--root", required=True,
+              help="VIPER: folder holding train/; SYNTHIA: the sequence folder; Cityscapes: folder holding gtFine/")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/<src>/")
-@click.option("--protocol", default=None, help="viper15, synthia11 or synthia12 [default: the paper's for --src]")
-@click.option("--size", default=None, help="WxH [default: viper 896x512, synthia 1280x768]")
+@click.option("--protocol", default=None,
+              help="viper15, synthia11 or synthia12 [default: the paper's for --src; cityscapes needs it]")
+@click.option("--size", default=None, help="WxH [default: viper 896x512, synthia 1280x768, cityscapes 1024x512]")
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @click.option("--workers", type=int, default=None, help="actors; default one per CPU")
 @click.option("--on-error", default="fail", show_default=True, help="fail or skip (see `flows --help`)")
 def source(src, root, out, protocol, size, samples_per_shard, workers, on_error) -> None:
     """Labelled source images (resized) and protocol train-id labels into OUT/<src>/*.tar."""
     src = _choice("--src", src, SOURCE_DATASETS)
+    if src == "cityscapes" and protocol is None:
+        raise InputError("--src cityscapes needs --protocol (the class protocol of the model it is an oracle for)")
     protocol = default_protocol(src) if protocol is None else get_protocol(protocol)
-    if protocol.source != src:
+    if src != "cityscapes" and protocol.source != src:
         raise InputError(f"--protocol {protocol.name} is for {protocol.source}, not --src {src}")
     _run_and_report(PrepConfig(
         kind=SOURCE_KIND, src=src, root=root, out=out, size_wh=_size(size, src), protocol=protocol.name, flow=None,

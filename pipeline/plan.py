@@ -16,7 +16,7 @@ from pipeline.shards import PARTIAL_SUFFIX, SOURCE_KIND, TARGET_KIND, VAL_KIND, 
 
 # Input sizes (W, H) of the paper (§4.2); `--size WxH` overrides them.
 DEFAULT_SIZE_WH = {"cityscapes_seq": (1024, 512), "cityscapes_val": (1024, 512), "viper": (896, 512),
-                   "synthia": (1280, 768)}  # fmt: skip
+                   "synthia": (1280, 768), "cityscapes": (1024, 512)}  # fmt: skip
 VAL_STORE = "cityscapes_val"
 # 128 pairs at 1024x512 make shards of a few hundred MB: big enough for sequential reads (WebDataset's advice),
 # small enough that a crash loses minutes of flow estimation and that DDP ranks x loader workers get many shards.

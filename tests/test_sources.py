@@ -292,6 +292,17 @@ def test_cityscapes_annotated_pairs_and_snippets(tmp_path):
     assert frames[2].label_path.endswith("gtFine/train/frankfurt/frankfurt_000000_000022_gtFine_labelIds.png")
 
 
+def test_cityscapes_labelled_frames_as_a_source(tmp_path):
+    _cityscapes_tree(tmp_path, ["frankfurt_000000_000022", "aachen_000000_000019"])
+    records = list_source("cityscapes", tmp_path)
+    assert [r.key for r in records] == ["cityscapes_aachen_000000_000019", "cityscapes_frankfurt_000000_000022"]
+    assert records[1].rel_image == f"{IMG}/frankfurt/frankfurt_000000_000022_leftImg8bit.png"
+    assert records[1].rel_label == "gtFine/train/frankfurt/frankfurt_000000_000022_gtFine_labelIds.png"
+    road_label_id, road_train_id = 7, 0  # Table 1's first column
+    cv2.imwrite(str(tmp_path / "l.png"), np.full((2, 3), road_label_id, np.uint8))
+    assert (read_source_label("cityscapes", tmp_path / "l.png", get_protocol("synthia11")) == road_train_id).all()
+
+
 def test_cityscapes_errors(tmp_path):
     _assert_one_line_error(lambda: cityscapes.list_pairs(tmp_path / "nope"), tmp_path / "nope")
     _assert_one_line_error(lambda: cityscapes.list_pairs(tmp_path),

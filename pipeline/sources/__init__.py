@@ -7,21 +7,23 @@ import os
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.sources import synthia, viper
+from pipeline.sources import cityscapes, synthia, viper
 from pipeline.sources.protocols import SOURCE_NAMES, Protocol
 from pipeline.sources.records import SourceRecord
 
-_READERS = {"viper": viper, "synthia": synthia}
+# Labelled-image readers. "cityscapes" (the annotated train frames with gtFine) is the oracle's labelled store.
+_READERS = {"viper": viper, "synthia": synthia, "cityscapes": cityscapes}
+LABELLED_SOURCES = (*SOURCE_NAMES, "cityscapes")
 
 
 def _reader(src: str):
     if src not in _READERS:
-        raise InputError(f"--source: unknown source dataset {src!r}; expected one of {', '.join(SOURCE_NAMES)}")
+        raise InputError(f"--src: unknown labelled dataset {src!r}; expected one of {', '.join(LABELLED_SOURCES)}")
     return _READERS[src]
 
 
 def list_source(src: str, root: str | os.PathLike) -> list[SourceRecord]:
-    """The labelled frames of source dataset `src` ("viper" or "synthia") under `root`."""
+    """The labelled frames of `src` ("viper", "synthia", or "cityscapes": its annotated train frames) under `root`."""
     return _reader(src).list_samples(root)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.sources.images import read_png_unchanged
 from pipeline.sources.protocols import Protocol
-from pipeline.sources.records import existing_root, relative
+from pipeline.sources.records import SourceRecord, existing_root, relative
 
 IMAGE_DIR = "leftImg8bit_sequence"
 LABEL_DIR = "gtFine"
@@ -162,6 +162,20 @@ def list_annotated(root: str | os.PathLike, split: str = "val") -> list[Annotate
         snippet = tuple((number, str(paths[number])) for number in run)
         records.append(AnnotatedFrame(f"{city}_{seq}_{frame:06d}", city, seq, frame, str(image), str(label), snippet))
     return records
+
+
+def list_samples(root: str | os.PathLike, split: str = "train") -> list[SourceRecord]:
+    """The annotated frames of a split as labelled samples (key `cityscapes_<city>_<seq>_<frame>`).
+
+    This is the target-labelled store of the oracle row: the same frames the target pairs end at, with their
+    gtFine labels, which an unsupervised method never sees.
+    """
+    root_path = existing_root(root, "Cityscapes")
+    return [
+        SourceRecord(f"cityscapes_{r.key}", r.image_path, r.label_path, relative(Path(r.image_path), root_path),
+                     relative(Path(r.label_path), root_path))
+        for r in list_annotated(root_path, split)
+    ]  # fmt: skip
 
 
 def read_label(path: str | os.PathLike, protocol: Protocol) -> np.ndarray:
