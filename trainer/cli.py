@@ -54,6 +54,8 @@ def _choice(values) -> click.Choice:
               help="i2vda = Algorithm 1; adv_only = Table 3's baseline (L_seg + 0.01 L_adv on P0); source_only.")
 @click.option("--arch", type=_choice(SEGMENTERS), default=D["arch"], show_default=True,
               help="Segmenter M: DeepLab-v2 ResNet-101 (paper), ResNet-50, or a tiny one for demos.")
+@click.option("--disc-width", type=int, default=D["disc_width"], show_default=True,
+              help="Channels of D's first conv (doubling per layer): 64 as AdaptSegNet; smaller for CPU demos.")
 @click.option("--protocol", default=None, help="Class protocol (viper15, synthia11, synthia12); default: the source "
               "store's, and a different one is refused.")
 @click.option("--target-size", default=None, help="WxH the target store must hold (paper 1024x512); default: its own.")
@@ -90,9 +92,12 @@ def _choice(values) -> click.Choice:
               help="F_1->t: the target store's estimator on (I1, It) (Eq. 5), or linear (1 - t) F_1->0.")
 @click.option("--flow-estimator", default=None, help="Estimator the target store must have used; default: its own.")
 @click.option("--flow-ckpt", default=None, help="FlowNet2_checkpoint.pth.tar for the online flow of a FlowNet2 store.")
-@click.option("--init", default=None, help="ImageNet init of M's backbone (DeepLab_resnet_pretrained_imagenet.pth).")
+@click.option("--init", default=None,
+              help="Initial weights of M: DeepLab_resnet_pretrained_imagenet.pth, a torchvision ResNet, or one of our "
+                   "checkpoints (--init-format segmenter, e.g. a source-only warm-up).")
 @click.option("--init-format", type=_choice(INIT_FORMATS), default=D["init_format"], show_default=True,
-              help="Format of --init: the DeepLab-v2 Caffe conversion or a torchvision ResNet state dict.")
+              help="Format of --init: the DeepLab-v2 Caffe conversion, a torchvision ResNet state dict, or an "
+                   "i2vda checkpoint (whole M, strict).")
 @click.option("--seed", type=int, default=D["seed"], show_default=True, help="Seed of weights, data order and t.")
 @click.option("--checkpoint-interval", type=int, default=D["checkpoint_interval"], show_default=True,
               help="Iterations between checkpoints.")

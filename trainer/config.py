@@ -21,7 +21,7 @@ METHODS = ("i2vda", "source_only", "adv_only")  # adv_only = Table 3's baseline:
 ONLINE_FLOWS = ("estimator", "linear")  # F_1->t = F(I1, It) online (Eq. 5), or (1 - t) F_1->0
 AMP_MODES = ("off", "bf16", "fp16")  # autocast on CUDA only
 DEVICES = ("auto", "cpu", "cuda")
-INIT_FORMATS = ("deeplab", "torchvision")  # DeepLab_resnet_pretrained_imagenet.pth, or a torchvision ResNet
+INIT_FORMATS = ("deeplab", "torchvision", "segmenter")  # DeepLab ImageNet init, a torchvision ResNet, or our own run
 # Settings a resume may change: none of them changes what iteration i computes from its data
 # (max_iter moves the end of the poly schedule, which the paper ties to it; see docs/TRAINING.md).
 RESUMABLE_FIELDS = ("out", "resume", "max_iter", "checkpoint_interval", "log_interval", "image_interval",
@@ -39,6 +39,7 @@ class TrainConfig:
     target: str = "cityscapes_seq"  # target pair store name: stores/<target>/
     method: str = "i2vda"
     arch: str = "deeplab_r101"
+    disc_width: int = 64  # ndf of D's first conv (64-128-256-512, AdaptSegNet); smaller for CPU demos
     protocol: str | None = None  # class protocol; None = the source store's
     target_size_hw: tuple[int, int] | None = None  # checked against the target store; None = the store's
     source_size_hw: tuple[int, int] | None = None  # checked against the source store; None = the store's
@@ -88,8 +89,8 @@ class TrainConfig:
                               ("occlusion_grid", OCCLUSION_GRIDS)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise InputError(f"{_flag(name)}: got {getattr(self, name)!r}, expected one of {', '.join(allowed)}")
-        for name in ("max_iter", "batch_size", "iter_copy", "checkpoint_interval", "log_interval", "image_interval",
-                     "shuffle_buffer", "block_iters"):  # fmt: skip
+        for name in ("max_iter", "batch_size", "disc_width", "iter_copy", "checkpoint_interval", "log_interval",
+                     "image_interval", "shuffle_buffer", "block_iters"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise InputError(f"{_flag(name)}: expected a positive integer, got {getattr(self, name)}")
         if self.iter_launch < 0 or self.num_workers < 0:

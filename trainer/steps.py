@@ -32,6 +32,7 @@ from trainer.models import (
     build_segmenter,
     caffe_normalize,
     load_deeplab_imagenet,
+    load_segmenter_weights,
     load_torchvision_resnet,
 )
 from trainer.temporal import (
@@ -47,7 +48,9 @@ from trainer.temporal import (
 # Seed word of the per-iteration draw of t, kept apart from the data streams' words (trainer/data.py).
 T_STREAM = 2
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-INIT_LOADERS = {"deeplab": load_deeplab_imagenet, "torchvision": load_torchvision_resnet}
+# "segmenter": a whole M from one of our checkpoints (e.g. a source-only warm-up), backbone and classifier.
+INIT_LOADERS = {"deeplab": load_deeplab_imagenet, "torchvision": load_torchvision_resnet,
+                "segmenter": load_segmenter_weights}
 
 
 class MultiInput(nn.Module):
@@ -86,7 +89,9 @@ def build_nets(config: TrainConfig, device: torch.device, distributed: bool) -> 
     memory_format = torch.channels_last if config.channels_last and device.type == "cuda" else torch.preserve_format
     model = model.to(device, memory_format=memory_format)
     proxy = copy.deepcopy(model).eval().requires_grad_(False) if config.uses_tc else None
-    disc = FCDiscriminator(config.num_classes).to(device, memory_format=memory_format) if config.uses_disc else None
+    disc = None
+    if config.uses_disc:
+        disc = FCDiscriminator(config.num_classes, ndf=config.disc_width).to(device, memory_format=memory_format)
     opt_seg = torch.optim.SGD(model.optim_parameters(config.lr), lr=config.lr, momentum=config.momentum,
                               weight_decay=config.weight_decay)  # fmt: skip
     opt_disc = torch.optim.Adam(disc.parameters(), lr=config.lr_d, betas=config.betas_d) if disc else None

@@ -1,0 +1,251 @@
+"""`make demo`: the built-in world -> i2vda-prep -> i2vda-train (baselines, I2VDA) -> i2vda-eval -> table and figure.
+
+The three console commands run as a user would run them, one log per step in OUT/logs/. A step whose outputs are
+complete is skipped, so a rerun after a crash goes on where it stopped (`--fresh` starts over).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import click
+
+from pipeline.errors import InputError, one_line_errors
+from trainer.checkpoint import checkpoint_path
+from trainer.demo_run import (
+    Paths,
+    Step,
+    StepFailed,
+    check_preset,
+    eval_done,
+    read_json,
+    run_steps,
+    step_records,
+    store_done,
+    training_done,
+    world_done,
+)
+from trainer.demo_table import results_markdown, write_figure
+
+PAPER_MAX_ITER, PAPER_ITER_COPY = 50_000, 8000  # §4.2 and Table 4: M' is first copied and L_tc launched at 16%
+VIPER_STORE, TARGET_STORE, VAL_STORE = "viper", "cityscapes_seq", "cityscapes_val"
+ORACLE_STORE = "cityscapes"  # `i2vda-prep source --src cityscapes`: the annotated Cityscapes train frames
+PREFIX = ("source_only", "adv_only", "i2vda")  # the three main rows, in the order of the paper's Table 3
+
+
+def _wh(size_wh: tuple[int, int]) -> str:
+    return f"{size_wh[0]}x{size_wh[1]}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the demo's table: its title, its i2vda-train flags and the source store it learns from."""
+
+    title: str
+    flags: tuple[str, ...]
+    weight: int  # CPU per iteration, to start the longest runs first: source-only 0.13 s < adv 0.6 s < I2VDA 1.0 s
+    source: str = VIPER_STORE
+
+
+_I2VDA = ("--method", "i2vda")
+VARIANTS = {
+    "source_only": Variant("Source only", ("--method", "source_only"), 1),
+    "adv_only": Variant("Adversarial only (Table 3 baseline)", ("--method", "adv_only"), 2),
+    "i2vda": Variant("I2VDA", _I2VDA, 3),
+    "no_temporal_aug": Variant("I2VDA w/o temporal augmentation", (*_I2VDA, "--no-temporal-aug"), 3),
+    "no_tc": Variant("I2VDA w/o temporal consistency", (*_I2VDA, "--no-tc"), 2),
+    "no_occlusion": Variant("I2VDA w/o occlusion mask", (*_I2VDA, "--no-occlusion"), 3),
+    "no_entropy": Variant("I2VDA w/o entropy mask", (*_I2VDA, "--no-entropy"), 3),
+    "online_linear": Variant("I2VDA, linear F(I1, It)", (*_I2VDA, "--online-flow", "linear"), 3),
+    "oracle": Variant("Oracle (target labels)", ("--method", "source_only"), 1, source=ORACLE_STORE),
+}
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """The fixed demo: world, store sizes, network and schedule, sized for `make demo` on a 2-core CPU (< 20 min)."""
+
+    world_seed: int = 0
+    val_snippets: int = 8  # the world's default is 4: more annotated val frames make the demo's mIoU less noisy
+    synthia_frames: int = 0  # the demo adapts VIPER -> Cityscapes only; no SYNTHIA frames to render
+    target_size_wh: tuple[int, int] = (256, 128)  # a quarter of the paper's 1024x512 ...
+    viper_size_wh: tuple[int, int] = (224, 128)  # ... and of VIPER's 896x512
+    flow: str = "dis"  # no FlowNet2 weights can be fetched here
+    arch: str = "deeplab_tiny"
+    max_iter: int = 600
+    batch_size: int = 2  # the paper's 2 (one per GPU on two GPUs)
+    lr: float = 0.01  # from scratch, no ImageNet init: far above the paper's 2.5e-4 for a pretrained R101
+    lr_d: float = 1e-4  # paper §4.2
+    checkpoints: int = 4  # per run: i2vda-eval reports the last one and the best on val
+    num_workers: int = 0  # one core per training run: decoding in the training process
+    shuffle_buffer: int = 200  # about the demo's 240 VIPER frames and 290 target pairs
+
+    @property
+    def iter_copy(self) -> int:
+        """ITER_COPY (= ITER_LAUNCH) at the paper's fraction of the shorter schedule."""
+        return max(1, round(self.max_iter * PAPER_ITER_COPY / PAPER_MAX_ITER))
+
+    @property
+    def world_counts(self) -> dict:
+        """The demo-world options the preset sets (world.json records them)."""
+        return {"val_snippets": self.val_snippets, "synthia_frames": self.synthia_frames}
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return max(1, self.max_iter // self.checkpoints)
+
+    def lines(self) -> list[str]:
+        """The preset in words, for results.md."""
+        return [f"Demo world seed {self.world_seed}; target {_wh(self.target_size_wh)}, VIPER "
+                f"{_wh(self.viper_size_wh)}; {self.flow} flow; {self.arch} from scratch; {self.max_iter} "
+                f"iterations of batch {self.batch_size}, lr {self.lr:g} (D {self.lr_d:g}), ITER_COPY = ITER_LAUNCH "
+                f"= {self.iter_copy}."]  # fmt: skip
+
+
+def plan_prep(preset: DemoPreset, paths: Paths, oracle: bool) -> list[Step]:
+    """World, then the target pairs, the VIPER store, the val store (and the oracle's labelled target store)."""
+    w, s = paths.world, str(paths.stores)
+    world = Step("world", "i2vda-prep", ("demo-world", "--out", str(w), "--seed", str(preset.world_seed),
+                                         "--val-snippets", str(preset.val_snippets),
+                                         "--synthia-frames", str(preset.synthia_frames), "--overwrite"),
+                 partial(world_done, w, preset.world_seed, preset.world_counts),
+                 clears=(paths.stores, paths.runs, paths.evals))  # fmt: skip
+    target = ("--root", str(w / "cityscapes"), "--out", s, "--size", _wh(preset.target_size_wh))
+    steps = [
+        world,
+        Step("prep_flows", "i2vda-prep", ("flows", "--src", TARGET_STORE, *target, "--flow", preset.flow),
+             partial(store_done, paths.stores / TARGET_STORE, preset.target_size_wh)),
+        Step("prep_source", "i2vda-prep", ("source", "--src", VIPER_STORE, "--root", str(w / "viper"), "--out", s,
+                                           "--size", _wh(preset.viper_size_wh)),
+             partial(store_done, paths.stores / VIPER_STORE, preset.viper_size_wh)),
+        Step("prep_val", "i2vda-prep", ("val", *target, "--flow", preset.flow),
+             partial(store_done, paths.stores / VAL_STORE, preset.target_size_wh)),
+    ]  # fmt: skip
+    if oracle:
+        steps.append(Step("prep_oracle", "i2vda-prep", ("source", "--src", ORACLE_STORE, *target, "--protocol",
+                                                        "viper15"),
+                          partial(store_done, paths.stores / ORACLE_STORE, preset.target_size_wh)))  # fmt: skip
+    return steps
+
+
+def train_args(preset: DemoPreset, paths: Paths, variant: str, seed: int) -> tuple[str, ...]:
+    """i2vda-train flags of one run: the preset's, the variant's, and --resume so a crashed run goes on."""
+    p = preset
+    return ("--shards", str(paths.stores), "--source", VARIANTS[variant].source, "--target", TARGET_STORE,
+            "--out", str(paths.run(variant, seed)), "--arch", p.arch, "--max-iter", str(p.max_iter),
+            "--batch-size", str(p.batch_size), "--lr", str(p.lr), "--lr-d", str(p.lr_d),
+            "--iter-copy", str(p.iter_copy), "--iter-launch", str(p.iter_copy), "--seed", str(seed),
+            "--checkpoint-interval", str(p.checkpoint_interval), "--num-workers", str(p.num_workers),
+            "--shuffle-buffer", str(p.shuffle_buffer), *VARIANTS[variant].flags, "--resume", "latest")  # fmt: skip
+
+
+def plan_runs(preset: DemoPreset, paths: Paths, variants, seeds) -> list[list[Step]]:
+    """One chain (train, then eval) per variant and seed, heaviest first so that parallel slots finish together."""
+    chains = []
+    for variant in sorted(variants, key=lambda v: -VARIANTS[v].weight):  # stable: ties keep the given order
+        for seed in seeds:
+            name, run, out = f"{variant}_seed{seed}", paths.run(variant, seed), paths.eval(variant, seed)
+            train = Step(f"train_{name}", "i2vda-train", train_args(preset, paths, variant, seed),
+                         partial(training_done, run, preset.max_iter), progress=(run, preset.max_iter))
+            evaluate = Step(f"eval_{name}", "i2vda-eval", ("--ckpt", str(run), "--val", str(paths.stores / VAL_STORE),
+                                                           "--out", str(out)),
+                            partial(eval_done, out, preset.max_iter))  # fmt: skip
+            chains.append([train, evaluate])
+    return chains
+
+
+def check_oracle_support() -> None:
+    """The oracle needs a labelled store of the target train frames, which `i2vda-prep source` must offer."""
+    from pipeline.cli import SOURCE_DATASETS
+
+    if ORACLE_STORE not in SOURCE_DATASETS:
+        raise InputError(f"--variants oracle: needs `i2vda-prep source --src {ORACLE_STORE}` (the annotated target "
+                         f"train frames), which this i2vda-prep does not offer (it takes {', '.join(SOURCE_DATASETS)})")
+
+
+def _names(text: str, flag: str, allowed) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise InputError(f"{flag} {','.join(bad)}: expected names from {', '.join(allowed)}")
+    return names
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s]
+    except ValueError:
+        raise InputError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def collect_results(paths: Paths, names, seeds, records: dict) -> tuple[list, dict]:
+    """Table rows (title, metrics per seed) and results.json's {method: {seed: scores, commands, wall times}}."""
+    rows, results = [], {}
+    for name in names:
+        runs = [read_json(paths.eval(name, seed) / "metrics.json") for seed in seeds]
+        rows.append((VARIANTS[name].title, runs))
+        results[name] = {str(seed): {"miou": m["miou"], "tc": m.get("tc"), "per_class": m["per_class"],
+                                     "best_miou": m.get("best", {}).get("miou"),
+                                     "train": records[f"train_{name}_seed{seed}"],
+                                     "eval": records[f"eval_{name}_seed{seed}"]}
+                         for seed, m in zip(seeds, runs)}  # fmt: skip
+    return rows, results
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the demo world (and of training).")
+@click.option("--seeds", default=None, help="Training seeds, e.g. 0,1,2: mean ± std [default: --seed].")
+@click.option("--methods", default=",".join(PREFIX), show_default=True, help="Rows: source_only, adv_only, i2vda.")
+@click.option("--variants", default="", help=f"Extra rows: {', '.join(v for v in VARIANTS if v not in PREFIX)}.")
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations per run [default: the preset's].")
+@click.option("--lr", type=float, default=None, help="SGD learning rate of M [default: the preset's].")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Trainings run at once.")
+@click.option("--fresh", is_flag=True, help="Delete what an earlier demo wrote in --out and start over.")
+def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
+    """Render the demo world, prepare it, train source-only, adversarial-only and I2VDA, evaluate, tabulate."""
+    start = time.perf_counter()
+    names = _names(methods, "--methods", PREFIX) + _names(variants, "--variants", VARIANTS)
+    if not names:
+        raise InputError("--methods/--variants: expected at least one method to train")
+    seeds = _seeds(seeds) if seeds is not None else [seed]
+    overrides = {k: v for k, v in (("max_iter", iters), ("lr", lr)) if v is not None}
+    preset = dataclasses.replace(DemoPreset(world_seed=seed), **overrides)
+    paths = Paths(out)
+    if "oracle" in names:
+        check_oracle_support()
+    check_preset(paths, dataclasses.asdict(preset), fresh)
+    prep, chains = plan_prep(preset, paths, "oracle" in names), plan_runs(preset, paths, names, seeds)
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # one core per run: two 1-thread runs beat one 2-thread
+    click.echo(f"demo: {len(names)} method(s) x {len(seeds)} seed(s) into {out}; {jobs} run(s) at a time, "
+               f"{threads} torch thread(s) each; logs in {paths.logs}/")  # fmt: skip
+    try:
+        skipped = run_steps(prep, chains, paths.logs, jobs, threads)
+    except StepFailed as failure:
+        click.echo(failure.report(), err=True)
+        sys.exit(1)
+    records = step_records(paths.logs, [*prep, *(step for chain in chains for step in chain)], skipped)
+    rows, results = collect_results(paths, names, seeds, records)
+    figure = write_figure(out / "figure.png", paths.stores / VAL_STORE,
+                          [(VARIANTS[n].title, checkpoint_path(paths.run(n, seeds[0]), preset.max_iter))
+                           for n in names])  # fmt: skip
+    total_s = time.perf_counter() - start
+    table = results_markdown(rows, preset.lines(), records, total_s)
+    (out / "results.md").write_text(table)
+    summary = {"preset": dataclasses.asdict(preset), "seeds": seeds, "jobs": jobs, "threads": threads,
+               "total_s": round(total_s, 1), "steps": records, "results": results}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    click.echo("\n" + table + f"\nwrote {out / 'results.md'}, {out / 'results.json'}, {figure}")
+
+
+main = one_line_errors(cli)
+
+if __name__ == "__main__":
+    main()
