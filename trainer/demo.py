@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class Variant:
 
     title: str
     flags: tuple[str, ...]
-    weight: int  # CPU per iteration, to start the longest runs first: source-only 0.13 s < adv 0.6 s < I2VDA 1.0 s
+    weight: int  # to start the longest runs first: 600 iterations took 83 s (source-only), 359 s (adv), 552 s (I2VDA)
     source: str = VIPER_STORE
 
 
@@ -199,6 +200,11 @@ def collect_results(paths: Paths, names, seeds, records: dict) -> tuple[list, di
     return rows, results
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the running steps' children are stopped too."""
+    raise SystemExit(128 + signum)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the demo world (and of training).")
@@ -212,10 +218,11 @@ def collect_results(paths: Paths, names, seeds, records: dict) -> tuple[list, di
 def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
     """Render the demo world, prepare it, train source-only, adversarial-only and I2VDA, evaluate, tabulate."""
     start = time.perf_counter()
-    names = _names(methods, "--methods", PREFIX) + _names(variants, "--variants", VARIANTS)
-    if not names:
-        raise InputError("--methods/--variants: expected at least one method to train")
-    seeds = _seeds(seeds) if seeds is not None else [seed]
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    names = list(dict.fromkeys(_names(methods, "--methods", PREFIX) + _names(variants, "--variants", VARIANTS)))
+    seeds = list(dict.fromkeys(_seeds(seeds))) if seeds is not None else [seed]
+    if not names or not seeds:
+        raise InputError("--methods/--variants/--seeds: expected at least one method and one seed to train")
     overrides = {k: v for k, v in (("max_iter", iters), ("lr", lr)) if v is not None}
     preset = dataclasses.replace(DemoPreset(world_seed=seed), **overrides)
     paths = Paths(out)
@@ -223,7 +230,9 @@ def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
         check_oracle_support()
     check_preset(paths, dataclasses.asdict(preset), fresh)
     prep, chains = plan_prep(preset, paths, "oracle" in names), plan_runs(preset, paths, names, seeds)
-    threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # one core per run: two 1-thread runs beat one 2-thread
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    # One core per run: two 30-iteration adv_only runs took 49 s side by side at 1 thread, 366 s in turn at 2 threads.
+    threads = max(1, cores // jobs)
     click.echo(f"demo: {len(names)} method(s) x {len(seeds)} seed(s) into {out}; {jobs} run(s) at a time, "
                f"{threads} torch thread(s) each; logs in {paths.logs}/")  # fmt: skip
     try:
