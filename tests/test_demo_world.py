@@ -259,3 +259,14 @@ def test_command_writes_a_world_and_refuses_bad_options(tmp_path):
     bad = runner.invoke(demo_world, ["--out", str(tmp_path / "x"), "--seed", "-1"])
     assert isinstance(bad.exception, InputError) and "--seed" in str(bad.exception)
     assert not (tmp_path / "x").exists()  # nothing is written before the options are checked
+
+
+def test_colour_gap_moves_only_the_surface_colours():
+    from pipeline.demo.styles import camera_style, game_style
+
+    full, game = camera_style(1.0), game_style()
+    colours_kept = camera_style(1.0, colour_gap=0.0)
+    assert np.array_equal(colours_kept.palette, game.palette) and np.array_equal(colours_kept.parts, game.parts)
+    assert colours_kept.noise == full.noise and colours_kept.blur_px == full.blur_px  # the sensor stays the camera's
+    halfway = camera_style(1.0, colour_gap=0.5)
+    assert np.allclose(halfway.palette, (game.palette + full.palette) / 2)

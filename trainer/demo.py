@@ -84,6 +84,7 @@ class DemoPreset:
     batch_size: int = 2  # the paper's 2 (one per GPU on two GPUs)
     lr: float = 0.01  # from scratch, no ImageNet init: far above the paper's 2.5e-4 for a pretrained R101
     lr_d: float = 1e-4  # paper §4.2
+    disc_width: int = 16  # D's ndf: AdaptSegNet's 64 costs more than deeplab_tiny itself on 2 CPU cores
     checkpoints: int = 4  # per run: i2vda-eval reports the last one and the best on val
     num_workers: int = 0  # one core per training run: decoding in the training process
     shuffle_buffer: int = 200  # about the demo's 240 VIPER frames and 290 target pairs
@@ -106,7 +107,8 @@ class DemoPreset:
         """The preset in words, for results.md."""
         return [f"Demo world seed {self.world_seed}; target {_wh(self.target_size_wh)}, VIPER "
                 f"{_wh(self.viper_size_wh)}; {self.flow} flow; {self.arch} from scratch; {self.max_iter} "
-                f"iterations of batch {self.batch_size}, lr {self.lr:g} (D {self.lr_d:g}), ITER_COPY = ITER_LAUNCH "
+                f"iterations of batch {self.batch_size}, lr {self.lr:g} (D {self.lr_d:g}, ndf {self.disc_width}), "
+                f"ITER_COPY = ITER_LAUNCH "
                 f"= {self.iter_copy}."]  # fmt: skip
 
 
@@ -142,6 +144,7 @@ def train_args(preset: DemoPreset, paths: Paths, variant: str, seed: int) -> tup
     return ("--shards", str(paths.stores), "--source", VARIANTS[variant].source, "--target", TARGET_STORE,
             "--out", str(paths.run(variant, seed)), "--arch", p.arch, "--max-iter", str(p.max_iter),
             "--batch-size", str(p.batch_size), "--lr", str(p.lr), "--lr-d", str(p.lr_d),
+            "--disc-width", str(p.disc_width),
             "--iter-copy", str(p.iter_copy), "--iter-launch", str(p.iter_copy), "--seed", str(seed),
             "--checkpoint-interval", str(p.checkpoint_interval), "--num-workers", str(p.num_workers),
             "--shuffle-buffer", str(p.shuffle_buffer), *VARIANTS[variant].flags, "--resume", "latest")  # fmt: skip

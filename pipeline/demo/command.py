@@ -43,15 +43,18 @@ def _wh(size_wh: tuple[int, int]) -> str:
 @click.option("--synthia-frames", type=int, default=_DEFAULT.synthia_frames, show_default=True)
 @click.option("--style-gap", type=float, default=_DEFAULT.style_gap, show_default=True,
               help="0: the target looks like the sources; 1: the full camera look")  # fmt: skip
+@click.option("--colour-gap", type=float, default=None,
+              help="how far surface colours move to the camera look [default: --style-gap]")  # fmt: skip
 def demo_world(out, seed, train_flow, overwrite, target_size, viper_size, synthia_size, train_snippets, val_snippets,
-               snippet_frames, annotated_index, viper_sequences, viper_frames, synthia_frames, style_gap) -> None:
+               snippet_frames, annotated_index, viper_sequences, viper_frames, synthia_frames, style_gap,
+               colour_gap) -> None:  # fmt: skip
     """Render procedural street scenes as Cityscapes-Seq (target), VIPER and SYNTHIA-SEQS (sources)."""
     config = WorldConfig(
         target_size_wh=_size(target_size, "--target-size"), viper_size_wh=_size(viper_size, "--viper-size"),
         synthia_size_wh=_size(synthia_size, "--synthia-size"), train_snippets=train_snippets,
         val_snippets=val_snippets, snippet_frames=snippet_frames, annotated_index=annotated_index,
         viper_sequences=viper_sequences, viper_frames=viper_frames, synthia_frames=synthia_frames,
-        style_gap=style_gap, train_flow=train_flow,
+        style_gap=style_gap, colour_gap=colour_gap, train_flow=train_flow,
     )  # fmt: skip
     summary = write_world(out, seed, config, overwrite=overwrite)
     counts = summary["counts"]

@@ -108,13 +108,23 @@ def game_style(cast: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Style:
                  cast=np.asarray(cast, dtype=np.float64))  # fmt: skip
 
 
-def camera_style(gap: float) -> Style:
-    """The target's look: `gap` 0 is the game look, 1 a textured, hazy, blurred, noisy camera with other colours."""
+# Fields that are the surfaces' own colours (the rest is texture, weather and sensor).
+COLOUR_FIELDS = ("palette", "parts")
+
+
+def camera_style(gap: float, colour_gap: float | None = None) -> Style:
+    """The target's look: `gap` 0 is the game look, 1 a textured, hazy, blurred, noisy camera with other colours.
+
+    `colour_gap` (default: `gap`) moves only the surface colours: below `gap`, classes keep more of their game
+    colours while texture, haze, blur and noise stay at `gap`, as between a game and real streets.
+    """
+    colour_gap = gap if colour_gap is None else colour_gap
     game = game_style()
     real = Style(_table(_CAMERA, NUM_WORLD_CLASSES), _table(_CAMERA_PARTS, NUM_PARTS), texture=0.35,
                  tile_contrast=0.25, clouds=0.6, haze=0.35, vignette=0.3, blur_px=0.7, noise=4.0,
                  exposure_jitter=0.2, cast_jitter=0.08, cast=np.ones(3))  # fmt: skip
-    return Style(**{f.name: _mix(getattr(game, f.name), getattr(real, f.name), gap) for f in fields(Style)})
+    weights = {f.name: colour_gap if f.name in COLOUR_FIELDS else gap for f in fields(Style)}
+    return Style(**{name: _mix(getattr(game, name), getattr(real, name), w) for name, w in weights.items()})
 
 
 def _mix(game, real, gap: float):

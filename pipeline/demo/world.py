@@ -47,6 +47,7 @@ class WorldConfig:
     viper_frames: int = 240  # labelled frames over all sequences
     synthia_frames: int = 200
     style_gap: float = 1.0  # 0: the target looks like the sources; 1: the full camera look
+    colour_gap: float | None = None  # surface colours' share of the camera look; None = style_gap
     train_flow: bool = False  # also write ground-truth flow for the train snippets
     hfov_deg: float = 60.0  # Cityscapes' camera sees about 50 degrees; a little wider shows more of the street
     max_layers: int = 12  # nearest surfaces per pixel column considered by the ray caster
@@ -68,6 +69,8 @@ class WorldConfig:
             raise InputError("--viper-sequences: expected at least 1 when --viper-frames is not 0")
         if not 0.0 <= self.style_gap <= 1.0:
             raise InputError(f"--style-gap: expected a value in [0, 1], got {self.style_gap}")
+        if self.colour_gap is not None and not 0.0 <= self.colour_gap <= 1.0:
+            raise InputError(f"--colour-gap: expected a value in [0, 1], got {self.colour_gap}")
         if not 10.0 <= self.hfov_deg <= 150.0 or self.max_layers < 1:
             raise InputError("hfov_deg must lie in [10, 150] degrees and max_layers be at least 1")
 
@@ -116,7 +119,7 @@ def _write_snippet(out: Path, seed: int, config: WorldConfig, split: str, index:
 
 def _write_target(out: Path, seed: int, config: WorldConfig, histogram: np.ndarray, samples: list) -> dict:
     """Cityscapes-Seq: train snippets, then val snippets (snippet index = the random stream)."""
-    style = camera_style(config.style_gap)
+    style = camera_style(config.style_gap, config.colour_gap)
     total = {"target_frames": 0, "target_labels": 0, "target_flows": 0}
     jobs = [("train", j, j) for j in range(config.train_snippets)]
     jobs += [("val", config.train_snippets + j, j) for j in range(config.val_snippets)]
