@@ -1,6 +1,6 @@
 """Resumable checkpoints: M, M', D, both optimisers, the iteration, every RNG, the data position and the config.
 
-Files are `RUN/checkpoints/iter_XXXXXXX.pt` (XXXXXXX = iterations done), written under a temporary name and
+Files are `RUN/checkpoints/iter_NNNNNNN.pt` (NNNNNNN = iterations done, 7 digits), written under a temporary name and
 renamed, so a crash never leaves a half file under the final name. Everything inside is a tensor, a number, a
 string, a list, a tuple or a dict, so `torch.load(weights_only=True)` reads it without running pickled code.
 """
@@ -23,7 +23,7 @@ _NAME = re.compile(r"^iter_(\d{7})\.pt$")
 
 
 def checkpoint_path(run_dir: str | Path, iteration: int) -> Path:
-    """RUN/checkpoints/iter_XXXXXXX.pt for a checkpoint taken after `iteration` iterations."""
+    """RUN/checkpoints/iter_NNNNNNN.pt for a checkpoint taken after `iteration` iterations."""
     return Path(run_dir) / CHECKPOINT_DIR / f"iter_{iteration:07d}.pt"
 
 

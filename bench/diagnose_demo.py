@@ -1,0 +1,137 @@
+"""Why does (or doesn't) I2VDA help on the built-in world? Pseudo-label, flow and occlusion quality against its truth.
+
+For each checkpoint given, on the demo's annotated val frames (the world's ground truth):
+- pixel accuracy of argmax(M(I)), and of the Eq. 8 pseudo-labels: coverage (share of labelled pixels kept with
+  E < delta; O is left out here, see below) and precision (share of kept pixels whose PL is right), per class too;
+- the predicted share of each class against its true share (self-training drifts toward the classes it over-predicts).
+Once per world, on the (f-1, f) pair ending at every annotated val frame, at the store's size:
+- end-point error of the stored estimator (DIS) against the world's ground-truth flow, on pixels visible in both;
+- the Eq. 7 occlusion mask from estimated flows against the same check on the ground-truth flows.
+
+    python bench/diagnose_demo.py --world runs/demo/world --val runs/demo/stores/cityscapes_val \
+        --ckpt runs/demo/runs/source_only_seed0 --ckpt runs/demo/runs/i2vda_seed0 [--out bench/out/diagnose_demo.json]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.flow import load_estimator, read_flo
+from pipeline.sources.cityscapes import list_annotated
+from pipeline.sources.images import read_rgb, resize_label, resize_rgb
+from pipeline.sources.protocols import get_protocol
+from pipeline.valstore import ValStore
+from trainer.checkpoint import latest_checkpoint
+from trainer.models import caffe_normalize
+from trainer.predict import load_checkpoint
+from trainer.temporal import DELTA, ETA_PX, normalized_entropy, occlusion_mask
+
+PROTOCOL = "viper15"  # the demo adapts VIPER -> Cityscapes
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """(H, W, C) array -> (1, C, H, W) float tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].float()
+
+
+def pseudo_label_quality(ckpt: str, store: ValStore, delta: float) -> dict:
+    """Accuracy of argmax and of the entropy-filtered pseudo-labels of one checkpoint on the annotated val frames."""
+    model, config, iteration = load_checkpoint(ckpt, "cpu")
+    names = get_protocol(config["protocol"]).class_names
+    k = len(names)
+    confusion, kept = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)  # rows truth, columns prediction
+    for key in store.keys():
+        image = store.image(key)
+        label = resize_label(store.label(key, config["protocol"]), (image.shape[1], image.shape[0]))
+        with torch.no_grad():
+            logits = model(caffe_normalize(_tensor(image)))
+            prob = F.softmax(F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=True), 1)
+        pred = prob.argmax(1)[0].numpy()
+        confident = (normalized_entropy(prob)[0] < delta).numpy()
+        valid = label != 255
+        confusion += np.bincount(label[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
+        sel = valid & confident
+        kept += np.bincount(label[sel] * k + pred[sel], minlength=k * k).reshape(k, k)
+    total = confusion.sum()
+    per_class = {}
+    for c, name in enumerate(names):
+        if confusion[c].sum() == 0 and confusion[:, c].sum() == 0:
+            continue
+        per_class[name] = {"true_share": confusion[c].sum() / total, "pred_share": confusion[:, c].sum() / total,
+                           "pl_precision": kept[c, c] / max(kept[:, c].sum(), 1),
+                           "pl_recall": kept[c, c] / max(confusion[c].sum(), 1)}  # fmt: skip
+    return {"checkpoint": str(ckpt), "iteration": iteration, "pixel_acc": np.trace(confusion) / total,
+            "pl_coverage": kept.sum() / total, "pl_precision": np.trace(kept) / max(kept.sum(), 1),
+            "per_class": per_class}  # fmt: skip
+
+
+def flow_and_occlusion_quality(world: Path, size_wh: tuple[int, int], eta: float) -> dict:
+    """DIS against the world's ground-truth flow, and Eq. 7's mask from DIS against Eq. 7 on the true flows."""
+    estimator = load_estimator("dis")
+    epe, agree, occluded_true, occluded_found, n = [], [], 0, 0, 0
+    root = world / "cityscapes"
+    for record in list_annotated(root, "val"):
+        f1 = record.frame
+        paths = dict(record.snippet)
+        frame0, frame1 = (resize_rgb(read_rgb(paths[f]), size_wh) for f in (f1 - 1, f1))
+        est = estimator(np.stack([frame0, frame1]), np.stack([frame1, frame0]))  # F_0->1, F_1->0
+        folder = root / "flow_gt" / "val" / record.city
+        true = []
+        for a, b in ((f1 - 1, f1), (f1, f1 - 1)):
+            flow = read_flo(folder / f"{record.city}_{record.seq}_{a:06d}_{b:06d}.flo")
+            scale = np.array([size_wh[0] / flow.shape[1], size_wh[1] / flow.shape[0]], np.float32)
+            # Area averaging, as the frames were shrunk; pixel units scale with the size.
+            true.append(cv2.resize(flow, size_wh, interpolation=cv2.INTER_AREA) * scale)
+        o_true = occlusion_mask(_tensor(true[0]), _tensor(true[1]), eta)[0].numpy()  # on I1's grid
+        o_est = occlusion_mask(_tensor(est[0]), _tensor(est[1]), eta)[0].numpy()
+        epe.append(np.linalg.norm(est[1] - true[1], axis=-1)[o_true])
+        agree.append((o_true == o_est).mean())
+        occluded_true += (~o_true).sum()
+        occluded_found += (~o_true & ~o_est).sum()
+        n += o_true.size
+    errors = np.concatenate(epe)
+    return {"pairs": len(agree), "dis_epe_px_mean": float(errors.mean()), "dis_epe_px_median": float(np.median(errors)),
+            "occlusion_mask_accuracy": float(np.mean(agree)), "true_occluded_share": occluded_true / n,
+            "occluded_recall": occluded_found / max(occluded_true, 1)}  # fmt: skip
+
+
+@click.command()
+@click.option("--world", required=True, type=click.Path(exists=True, file_okay=False), help="demo world folder")
+@click.option("--val", "val_store", required=True, help="the val store made from it (stores/cityscapes_val)")
+@click.option("--ckpt", "ckpts", multiple=True, help="checkpoint file or run folder (its latest checkpoint)")
+@click.option("--delta", type=float, default=DELTA, show_default=True)
+@click.option("--eta", type=float, default=ETA_PX, show_default=True)
+@click.option("--out", default="bench/out/diagnose_demo.json", show_default=True)
+def main(world, val_store, ckpts, delta, eta, out) -> None:
+    """Print and save pseudo-label, flow and occlusion-mask quality on the demo world."""
+    torch.set_num_threads(1)
+    store = ValStore(val_store)
+    size_wh = tuple(store.image(store.keys()[0]).shape[1::-1])
+    report = {"delta": delta, "eta": eta, "size_wh": size_wh,
+              "flow": flow_and_occlusion_quality(Path(world), size_wh, eta), "checkpoints": []}  # fmt: skip
+    for ckpt in ckpts:
+        path = latest_checkpoint(ckpt) if Path(ckpt).is_dir() else ckpt
+        report["checkpoints"].append(pseudo_label_quality(str(path), store, delta))
+    f = report["flow"]
+    click.echo(f"flow (DIS vs truth, {f['pairs']} pairs): EPE mean {f['dis_epe_px_mean']:.2f} px, median "
+               f"{f['dis_epe_px_median']:.2f} px; Eq. 7 mask agrees on {100 * f['occlusion_mask_accuracy']:.1f}% of "
+               f"pixels, finds {100 * f['occluded_recall']:.1f}% of the {100 * f['true_occluded_share']:.1f}% occluded")
+    for c in report["checkpoints"]:
+        click.echo(f"{c['checkpoint']}: pixel acc {100 * c['pixel_acc']:.1f}%, PL (E < {delta}) coverage "
+                   f"{100 * c['pl_coverage']:.1f}%, precision {100 * c['pl_precision']:.1f}%")
+        for name, v in c["per_class"].items():
+            click.echo(f"    {name:12s} true {100 * v['true_share']:5.1f}%  predicted {100 * v['pred_share']:5.1f}%  "
+                       f"PL precision {100 * v['pl_precision']:5.1f}%  PL recall {100 * v['pl_recall']:5.1f}%")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
