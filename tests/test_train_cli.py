@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from test_train_loop import SIZE_HW, SOURCE, TARGET, make_stores
 
 from pipeline.errors import EXIT_BAD_INPUT
@@ -24,12 +23,7 @@ def stores(tmp_path_factory) -> Path:
     return make_stores(tmp_path_factory.mktemp("stores"), shards=1, per_shard=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fails(capsys, args: list[str]) -> str:

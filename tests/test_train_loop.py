@@ -94,13 +94,7 @@ def stores(tmp_path_factory) -> Path:
     return make_stores(tmp_path_factory.mktemp("stores"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Convolutions on 64x32 maps gain nothing from threads, and threads fight over a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_proxy_is_a_frozen_copy_and_tc_starts_at_launch(stores, tmp_path):
