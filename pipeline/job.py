@@ -148,8 +148,9 @@ def _records(config: PrepConfig) -> list:
 
 
 def _progress(config: PrepConfig, total: int, initial: int) -> tqdm:
+    # disable=None: a bar on a terminal only, so logs and captured stderr hold just the summary or the error line.
     return tqdm(total=total, initial=initial, unit=UNIT[config.kind], desc=config.src, dynamic_ncols=True,
-                file=sys.stderr)  # fmt: skip
+                file=sys.stderr, disable=None)  # fmt: skip
 
 
 def _timing(start: float, ready_at: float, samples: int) -> dict:
