@@ -5,8 +5,8 @@
 Flows: a demo-like street flow (forward ego-motion over a road plane and facades, plus independently moving cars:
 smooth with motion boundaries), the same with 0.05 px estimation noise, the motorcycle pair's ground truth
 (u = -disparity, unknown set to 0) and DIS (medium) flow on that pair, all at 1024x512; `--demo-world DIR` adds the
-ground-truth flows of a world written by `i2vda-prep demo-world`. Candidates other than ours (`png16x64`, the shard
-codec of `pipeline/flow/codec.py`) are written here only to be measured.
+ground-truth flows of a world written by `i2vda-prep demo-world`. Candidates other than ours (`zstd-dx16x64`, the shard
+codec of `pipeline/flow/codec.py`, and `png16x64`, the one i2vda 0.1 wrote) are written here only to be measured.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
+import zstandard
 
-from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow
+from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow, encode_legacy_png16
 from pipeline.flow.dis import DISEstimator
 from pipeline.flow.flo import read_flo
 
@@ -138,10 +139,23 @@ def _z32_decode(data: bytes, shape: tuple) -> np.ndarray:
     return np.frombuffer(zlib.decompress(data), "<i4").reshape(shape).astype(np.float32) / Q64
 
 
+def _zstd_plain_encode(flow: np.ndarray) -> bytes:
+    """int16 x64 (H, W, 2) as is, zstd level 3: what the left prediction, zigzag and byte split of ours add."""
+    return zstandard.ZstdCompressor(level=3).compress(np.rint(flow * Q64).astype("<i2").tobytes())
+
+
+def _zstd_plain_decode(data: bytes, shape: tuple) -> np.ndarray:
+    return np.frombuffer(zstandard.ZstdDecompressor().decompress(data), "<i2").reshape(shape).astype(np.float32) / Q64
+
+
 NPY = "npy_int16x10 (DA-VSN)"
 CODECS = {  # name: (encode(flow), decode(data, shape of the flow)); the shape stands in for a header
     NPY: (_npy_encode, _npy_decode),
     f"{FLOW_CODEC} (ours)": (encode_flow, lambda data, shape: decode_flow(data)),
+    f"{FLOW_CODEC} zstd level 1": (lambda flow: encode_flow(flow, level=1), lambda data, shape: decode_flow(data)),
+    f"{FLOW_CODEC} zstd level 9": (lambda flow: encode_flow(flow, level=9), lambda data, shape: decode_flow(data)),
+    "int16x64 zstd3, no prediction": (_zstd_plain_encode, _zstd_plain_decode),
+    "png16x64 (i2vda 0.1)": (encode_legacy_png16, lambda data, shape: decode_flow(data)),
     "png16x64 opencv default": (_png_variant([]), lambda data, shape: decode_flow(data)),
     "png16x64 level 6": (_png_variant([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS,
                                        cv2.IMWRITE_PNG_COMPRESSION, 6]), lambda data, shape: decode_flow(data)),
@@ -197,10 +211,10 @@ def main(repeats: int, demo_world: Path | None, out: Path) -> None:
                 "decode_ms": decode_ms, "decode_cpu_ms": decode_cpu_ms,
             })
     print(f"flow codecs, medians of {repeats} runs (wall / process CPU ms); pct = bytes / int16x10 .npy bytes")
-    print(f"{'flow':18s}{'codec':28s}{'MiB':>7s}{'pct':>7s}{'enc wall':>10s}{'enc cpu':>9s}{'dec wall':>10s}"
+    print(f"{'flow':18s}{'codec':34s}{'MiB':>7s}{'pct':>7s}{'enc wall':>10s}{'enc cpu':>9s}{'dec wall':>10s}"
           f"{'dec cpu':>9s}{'max err':>9s}")
     for r in rows:
-        print(f"{r['flow']:18s}{r['codec']:28s}{r['bytes'] / 2**20:7.3f}{r['pct_of_npy']:7.1f}{r['encode_ms']:10.1f}"
+        print(f"{r['flow']:18s}{r['codec']:34s}{r['bytes'] / 2**20:7.3f}{r['pct_of_npy']:7.1f}{r['encode_ms']:10.1f}"
               f"{r['encode_cpu_ms']:9.1f}{r['decode_ms']:10.1f}{r['decode_cpu_ms']:9.1f}{r['max_error_px']:9.4f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"repeats": repeats, "opencv": cv2.__version__, "rows": rows}, indent=2))

@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/bench_read.py [--pairs 16] [--repeats 5] [--out bench/out/bench_read.json]
 
-Input: a demo world rendered at 1024x512, prepped by the plain loop into a shard store. One process, OpenCV and
-torch held to one thread (one DataLoader worker's share): `read_samples` (our reader) and WebDataset's own reader
-with `decode_sample` each decode every member (frames, both flows, meta). Estimation is what prep pays per pair:
-DIS MEDIUM for F0->1 and F1->0 in one call. Medians over `--repeats`; the goal is reading >= 4x faster. Also:
-bytes and speed of the frame PNG settings we considered (`PNG_OPTIONS`), on one frame of the store.
+Input: a demo world rendered at 1024x512, prepped by the plain loop into two shard stores, one per `--frames` mode
+(stored: the default; compressed). One process, OpenCV and torch held to one thread (one DataLoader worker's share):
+`read_samples` (our reader) and WebDataset's own reader with `decode_sample` each decode every member (frames, both
+flows, meta); the readers alternate within each repeat. Estimation is what prep pays per pair: DIS MEDIUM for F0->1
+and F1->0 in one call. Medians over `--repeats`; the goal is reading >= 4x faster. Also: bytes and speed of the frame
+PNG settings we considered (`PNG_OPTIONS`), on one frame of the store and on a real photo (the motorcycle pair's left
+image resized to 1024x512), and the decode time of the i2vda 0.1 flow codec (png16x64) on the same flow.
 """
 
 from __future__ import annotations
@@ -16,19 +18,29 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
 import cv2
 import numpy as np
+import skimage.data
 import webdataset as wds
 from bench_prep import SAMPLES_PER_SHARD, config_for, demo_world_root
 
 from pipeline.build import Builder, pin_threads
-from pipeline.flow.codec import decode_flow, encode_flow
+from pipeline.flow.codec import decode_flow, encode_flow, encode_legacy_png16
 from pipeline.flow.dis import DISEstimator
 from pipeline.plan import plan_shards
-from pipeline.shards import PNG_PARAMS, decode_sample, png_bytes, png_pixels, read_samples, store_shards
+from pipeline.shards import (
+    FRAME_MODES,
+    FRAME_PNG_PARAMS,
+    decode_sample,
+    png_bytes,
+    png_pixels,
+    read_samples,
+    store_shards,
+)
 from pipeline.sources.cityscapes import list_pairs
 
 
@@ -55,9 +67,11 @@ def _median_call(call, repeats: int) -> float:
 
 # Frame PNG settings compared (OpenCV flags): the shards' choice against zlib's default strategy and no compression.
 PNG_OPTIONS = {
-    "level 1, run-length (shards)": PNG_PARAMS,
+    "level 0, no row filter (shards, default)": FRAME_PNG_PARAMS["stored"],
+    "level 0, OpenCV's default row filter": [cv2.IMWRITE_PNG_COMPRESSION, 0],
+    "level 1, run-length (--frames compressed)": FRAME_PNG_PARAMS["compressed"],
     "level 1, default strategy": [cv2.IMWRITE_PNG_COMPRESSION, 1],
-    "level 0 (stored)": [cv2.IMWRITE_PNG_COMPRESSION, 0],
+    "level 1, no row filter": [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],
 }
 
 
@@ -83,24 +97,34 @@ def main(pairs: int, repeats: int, out: str) -> None:
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench_read_"))
     root = demo_world_root(work / "world", pairs)
-    config = config_for(root, work / "stores")
-    config.store_dir.mkdir(parents=True)
     records = list_pairs(root, "train")[:pairs]
-    builder = Builder(config)
-    for task in plan_shards(records, config.src, SAMPLES_PER_SHARD):
-        builder.shard(task)
-    shards = store_shards(config.store_dir)
+    stores, builder = {}, None
+    for frames in FRAME_MODES:  # the same pairs written with stored (default) and compressed frame PNGs
+        config = replace(config_for(root, work / f"stores_{frames}"), frames=frames)
+        config.store_dir.mkdir(parents=True)
+        builder = Builder(config)
+        for task in plan_shards(records, config.src, SAMPLES_PER_SHARD):
+            builder.shard(task)
+        stores[frames] = config.store_dir
+    shards = store_shards(stores["stored"])
 
-    timed = time_readers({"ours": lambda: read_samples(config.store_dir),
-                          "wds": lambda: wds.WebDataset(shards, shardshuffle=False).map(decode_sample)}, repeats)
+    timed = time_readers({"ours": lambda: read_samples(stores["stored"]),
+                          "wds": lambda: wds.WebDataset(shards, shardshuffle=False).map(decode_sample),
+                          "ours, compressed frames": lambda: read_samples(stores["compressed"])}, repeats)
     (ours_s, count), (wds_s, wds_count) = timed["ours"], timed["wds"]
-    assert count == wds_count == len(records)
+    compressed_s = timed["ours, compressed frames"][0]
+    assert count == wds_count == timed["ours, compressed frames"][1] == len(records)
 
-    sample = next(iter(read_samples(config.store_dir)))
+    sample = next(iter(read_samples(stores["stored"])))
     frame_png, flow_bytes = png_bytes(sample["frame0"]), encode_flow(sample["flow01"])
+    legacy_flow = encode_legacy_png16(sample["flow01"])
     decode_ms = {"frame_png": 1000 * _median_call(lambda: png_pixels(frame_png, "frame"), repeats),
-                 "flow": 1000 * _median_call(lambda: decode_flow(flow_bytes), repeats)}  # fmt: skip
-    png_options = frame_png_options(sample["frame0"], repeats)
+                 "flow": 1000 * _median_call(lambda: decode_flow(flow_bytes), repeats),
+                 "flow png16x64 (i2vda 0.1)": 1000 * _median_call(lambda: decode_flow(legacy_flow), repeats),
+                 }  # fmt: skip
+    photo = cv2.resize(skimage.data.stereo_motorcycle()[0], tuple(config.size_wh), interpolation=cv2.INTER_AREA)
+    png_options = {"demo frame": frame_png_options(sample["frame0"], repeats),
+                   "photo (motorcycle, resized)": frame_png_options(photo, repeats)}
     frames0, frames1 = sample["frame0"][None], sample["frame1"][None]
     estimate_s = _median_call(lambda: builder.flows_both_ways(frames0, frames1), repeats)
     fine = DISEstimator("fine")  # for context: the slower, finer DIS preset
@@ -108,11 +132,16 @@ def main(pairs: int, repeats: int, out: str) -> None:
     result = {
         "size_wh": list(config.size_wh), "pairs": count, "repeats": repeats, "threads": 1,
         "read_samples_per_s": count / ours_s, "webdataset_samples_per_s": count / wds_s,
+        "read_samples_per_s (compressed frames)": count / compressed_s,
         "estimate_s_per_pair (dis medium, both directions)": estimate_s,
         "estimate_pairs_per_s": 1 / estimate_s, "estimate_s_per_pair (dis fine, both directions)": fine_s,
         "decode_ms_per_member": decode_ms, "read_ms_per_sample": 1000 * ours_s / count,
+        "read_ms_per_sample (compressed frames)": 1000 * compressed_s / count,
         "read_vs_estimate": (count / ours_s) * estimate_s, "webdataset_read_vs_estimate": (count / wds_s) * estimate_s,
+        "read_vs_estimate (compressed frames)": (count / compressed_s) * estimate_s,
         "read_vs_estimate_dis_fine": (count / ours_s) * fine_s,
+        "shard_bytes_per_pair": {frames: sum(Path(p).stat().st_size for p in store_shards(store)) / count
+                                 for frames, store in stores.items()},
         "frame_png_options": png_options,
         "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
     }  # fmt: skip

@@ -98,7 +98,8 @@ class Builder:
                 meta = {"key": record.key, "city": record.city, "seq": record.seq, "frame0": record.frame - 1,
                         "frame1": record.frame, "source_paths": [record.rel0, record.rel1],
                         "source_size_wh": native_wh, **self.flow_meta}  # fmt: skip
-                yield encode_target_sample(record.key, frame0, frame1, flow01, flow10, meta)
+                yield encode_target_sample(record.key, frame0, frame1, flow01, flow10, meta,
+                                           self.config.frames)
 
     def _source_sample(self, record) -> dict:
         protocol = get_protocol(self.config.protocol)
@@ -114,7 +115,8 @@ class Builder:
                 "source_paths": {"image": record.rel_image, "label": record.rel_label},
                 "source_size_wh": [image.shape[1], image.shape[0]]}  # fmt: skip
         size_wh = self.config.size_wh
-        return encode_source_sample(record.key, resize_rgb(image, size_wh), resize_label(label, size_wh), meta)
+        return encode_source_sample(record.key, resize_rgb(image, size_wh), resize_label(label, size_wh), meta,
+                                    self.config.frames)
 
     def shard(self, task: ShardTask) -> dict:
         """Write shard `task.name` into the store folder; -> its manifest entry (with `skipped` samples)."""
@@ -151,7 +153,8 @@ class Builder:
                 "source_size_wh": [native.shape[1], native.shape[0]],
                 "label_size_wh": [labels[PROTOCOL_NAMES[0]].shape[1], labels[PROTOCOL_NAMES[0]].shape[0]],
                 **self.flow_meta}  # fmt: skip
-        return encode_val_item(record.key, clip, clip_flows, labels, numbers[start:stop], annotated - start, meta)
+        return encode_val_item(record.key, clip, clip_flows, labels, numbers[start:stop], annotated - start, meta,
+                               self.config.frames)
 
     def val_item(self, record: AnnotatedFrame) -> dict:
         """One encoded val item, or {"skipped": [entry]} when it is bad and --on-error skip."""

@@ -17,7 +17,7 @@ from pipeline.plan import (
     PrepConfig,
     parse_size,
 )
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_KIND
+from pipeline.shards import FRAME_MODES, SOURCE_KIND, TARGET_KIND, VAL_KIND
 from pipeline.sources.protocols import default_protocol, get_protocol
 
 TARGET_SOURCES = ("cityscapes_seq",)
@@ -60,6 +60,12 @@ def _flow_options(command):
     return command
 
 
+_frames_option = click.option(
+    "--frames", default="stored", show_default=True,
+    help="RGB PNGs in the store: stored (no zlib: ~1.5 ms to decode a 1024x512 frame) or compressed (about half the "
+         "bytes, ~6x slower to decode); see docs/PREP.md")  # fmt: skip
+
+
 @click.group()
 def cli() -> None:
     """Offline side of i2vda: precompute flows and labels into WebDataset shards and HDF5 stores."""
@@ -73,15 +79,17 @@ def cli() -> None:
 @click.option("--pairs", default="all", show_default=True, help="all consecutive pairs, or annotated (DA-VSN's)")
 @click.option("--size", default=None, help="WxH of the stored frames and flows [default: 1024x512]")
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
+@_frames_option
 @_flow_options
-def flows(src, root, out, split, pairs, size, samples_per_shard, flow, flow_ckpt, dis_preset, workers, batch_size,
-          on_error) -> None:  # fmt: skip
+def flows(src, root, out, split, pairs, size, samples_per_shard, frames, flow, flow_ckpt, dis_preset, workers,
+          batch_size, on_error) -> None:  # fmt: skip
     """Frame pairs (I0, I1) with F0->1 and F1->0 into OUT/cityscapes_seq/*.tar (resumable)."""
     src = _choice("--src", src, TARGET_SOURCES)
     _run_and_report(PrepConfig(
         kind=TARGET_KIND, src=src, root=root, out=out, size_wh=_size(size, src), split=split, pairs=pairs, flow=flow,
         flow_ckpt=flow_ckpt, dis_preset=dis_preset, samples_per_shard=samples_per_shard, workers=workers,
-        batch_size=batch_size, on_error=_choice("--on-error", on_error, ON_ERROR)))  # fmt: skip
+        batch_size=batch_size, on_error=_choice("--on-error", on_error, ON_ERROR),
+        frames=_choice("--frames", frames, FRAME_MODES)))  # fmt: skip
 
 
 @cli.command()
@@ -95,7 +103,8 @@ def flows(src, root, out, split, pairs, size, samples_per_shard, flow, flow_ckpt
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @click.option("--workers", type=int, default=None, help="actors; default one per CPU")
 @click.option("--on-error", default="fail", show_default=True, help="fail or skip (see `flows --help`)")
-def source(src, root, out, protocol, size, samples_per_shard, workers, on_error) -> None:
+@_frames_option
+def source(src, root, out, protocol, size, samples_per_shard, workers, on_error, frames) -> None:
     """Labelled source images (resized) and protocol train-id labels into OUT/<src>/*.tar."""
     src = _choice("--src", src, SOURCE_DATASETS)
     if src == "cityscapes" and protocol is None:
@@ -105,8 +114,8 @@ def source(src, root, out, protocol, size, samples_per_shard, workers, on_error)
         raise InputError(f"--protocol {protocol.name} is for {protocol.source}, not --src {src}")
     _run_and_report(PrepConfig(
         kind=SOURCE_KIND, src=src, root=root, out=out, size_wh=_size(size, src), protocol=protocol.name, flow=None,
-        samples_per_shard=samples_per_shard, workers=workers,
-        on_error=_choice("--on-error", on_error, ON_ERROR)))  # fmt: skip
+        samples_per_shard=samples_per_shard, workers=workers, on_error=_choice("--on-error", on_error, ON_ERROR),
+        frames=_choice("--frames", frames, FRAME_MODES)))  # fmt: skip
 
 
 @cli.command()
@@ -116,13 +125,15 @@ def source(src, root, out, protocol, size, samples_per_shard, workers, on_error)
 @click.option("--size", default=None, help="WxH of the frames and flows [default: 1024x512]")
 @click.option("--tc-window", type=int, default=DEFAULT_TC_WINDOW, show_default=True,
               help="frames per TC clip, ending at the annotated frame where the snippet allows (30: whole snippet)")
+@_frames_option
 @_flow_options
-def val(root, out, split, size, tc_window, flow, flow_ckpt, dis_preset, workers, batch_size, on_error) -> None:
+def val(root, out, split, size, tc_window, frames, flow, flow_ckpt, dis_preset, workers, batch_size, on_error) -> None:
     """Annotated val frames, labels of every protocol, TC clips and their flows into OUT/cityscapes_val/val.h5."""
     _run_and_report(PrepConfig(
         kind=VAL_KIND, src="cityscapes_val", root=root, out=out, size_wh=_size(size, "cityscapes_val"), split=split,
         flow=flow, flow_ckpt=flow_ckpt, dis_preset=dis_preset, workers=workers, batch_size=batch_size,
-        on_error=_choice("--on-error", on_error, ON_ERROR), tc_window=tc_window))  # fmt: skip
+        on_error=_choice("--on-error", on_error, ON_ERROR), tc_window=tc_window,
+        frames=_choice("--frames", frames, FRAME_MODES)))  # fmt: skip
 
 
 @cli.command()

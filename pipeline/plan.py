@@ -12,7 +12,16 @@ from pathlib import Path
 from pipeline.errors import InputError
 from pipeline.flow.codec import FLOW_CODEC
 from pipeline.flow.estimators import ESTIMATOR_NAMES
-from pipeline.shards import PARTIAL_SUFFIX, SOURCE_KIND, TARGET_KIND, VAL_KIND, file_sha256, read_manifest, shard_name
+from pipeline.shards import (
+    FRAME_MODES,
+    PARTIAL_SUFFIX,
+    SOURCE_KIND,
+    TARGET_KIND,
+    VAL_KIND,
+    file_sha256,
+    read_manifest,
+    shard_name,
+)
 
 # Input sizes (W, H) of the paper (§4.2); `--size WxH` overrides them.
 DEFAULT_SIZE_WH = {"cityscapes_seq": (1024, 512), "cityscapes_val": (1024, 512), "viper": (896, 512),
@@ -48,6 +57,7 @@ class PrepConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     on_error: str = "fail"
     tc_window: int = DEFAULT_TC_WINDOW
+    frames: str = "stored"  # frame PNGs: "stored" (fast to decode) or "compressed" (about half the bytes)
     checkpoint_sha256: str | None = field(default=None, compare=False)  # filled by `resolve`
 
     @property
@@ -71,6 +81,7 @@ class PrepConfig:
             "codec": FLOW_CODEC if self.kind != SOURCE_KIND else None,
             "samples_per_shard": self.samples_per_shard if self.kind != VAL_KIND else None,
             "tc_window": self.tc_window if self.kind == VAL_KIND else None,
+            "frames": self.frames,
         }  # fmt: skip
 
 
@@ -79,6 +90,8 @@ def resolve(config: PrepConfig) -> PrepConfig:
     naming the flag."""
     if config.on_error not in ON_ERROR:
         raise InputError(f"--on-error: expected one of {', '.join(ON_ERROR)}, got {config.on_error!r}")
+    if config.frames not in FRAME_MODES:
+        raise InputError(f"--frames: expected one of {', '.join(FRAME_MODES)}, got {config.frames!r}")
     for flag, value in (("--samples-per-shard", config.samples_per_shard), ("--batch-size", config.batch_size),
                         ("--workers", config.workers if config.workers is not None else 1),
                         ("--tc-window", config.tc_window)):  # fmt: skip

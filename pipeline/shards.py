@@ -20,15 +20,23 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import InputError
-from pipeline.flow.codec import FLOW_CODEC, FLOW_EXT, decode_flow, encode_flow
+from pipeline.flow.codec import FLOW_CODEC, FLOW_EXT, FLOW_EXTS, decode_flow, encode_flow
 
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".tar"
 PARTIAL_SUFFIX = ".partial"  # a shard or manifest being written; never matches the shard glob
 MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
-# Frame PNGs: zlib level 1 with the run-length strategy: 12% smaller than level 1's default strategy and faster to
-# encode and decode; no compression would be 1.75x the bytes (`bench/bench_read.py`, docs/PREP.md).
-PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+# RGB PNGs (frames, source images) are "stored" by default: no zlib compression and no row filters, so a 1024x512
+# frame decodes in about 1.5 ms instead of 9-15 ms for any zlib level or filter, at 1.8-2x the bytes
+# (`bench/bench_read.py`, table in docs/PREP.md); reading a training sample is then several times faster than
+# estimating its flows. "compressed" (`--frames compressed`) trades that speed for disk: zlib level 1, run-length
+# strategy. Labels (long runs of one id) are always compressed that way: a few percent of the stored size.
+FRAME_MODES = ("stored", "compressed")
+FRAME_PNG_PARAMS = {
+    "stored": [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],
+    "compressed": [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE],
+}
+LABEL_PNG_PARAMS = FRAME_PNG_PARAMS["compressed"]
 # Tar headers carry no time, owner or permissions of the machine that wrote them, so reruns are byte-identical.
 TAR_MTIME = 0
 TAR_MODE = 0o644
@@ -42,12 +50,17 @@ VAL_KIND = "val"
 # ---- layer 1: one sample -------------------------------------------------------------------------------------------
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """Lossless PNG of an (H, W, 3) uint8 RGB image or an (H, W) uint8 label."""
+def png_bytes(image: np.ndarray, frames: str = "stored") -> bytes:
+    """Lossless PNG of an (H, W, 3) uint8 RGB image (written the `frames` way, one of FRAME_MODES) or an (H, W) uint8
+    label (always compressed)."""
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"expected (H, W) or (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    pixels = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
-    ok, buf = cv2.imencode(".png", pixels, PNG_PARAMS)
+    if frames not in FRAME_MODES:
+        raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
+    if image.ndim == 2:
+        ok, buf = cv2.imencode(".png", image, LABEL_PNG_PARAMS)
+    else:  # OpenCV writes BGR
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), FRAME_PNG_PARAMS[frames])
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
@@ -73,7 +86,7 @@ def _check_key(key: str) -> str:
 
 
 def encode_target_sample(key: str, frame0: np.ndarray, frame1: np.ndarray, flow01: np.ndarray, flow10: np.ndarray,
-                         meta: Mapping) -> dict:
+                         meta: Mapping, frames: str = "stored") -> dict:
     """A target pair as WebDataset members: frames (H, W, 3) uint8 RGB, flows (H, W, 2) float32 pixels (x, y)."""
     size_hw = frame0.shape[:2]
     if frame1.shape != frame0.shape or flow01.shape != (*size_hw, 2) or flow10.shape != (*size_hw, 2):
@@ -81,20 +94,20 @@ def encode_target_sample(key: str, frame0: np.ndarray, frame1: np.ndarray, flow0
     meta = {**meta, "codec": FLOW_CODEC, "size_wh": [size_hw[1], size_hw[0]]}
     return {
         "__key__": _check_key(key),
-        "frame0.png": png_bytes(frame0),
-        "frame1.png": png_bytes(frame1),
+        "frame0.png": png_bytes(frame0, frames),
+        "frame1.png": png_bytes(frame1, frames),
         f"flow01.{FLOW_EXT}": encode_flow(np.asarray(flow01, np.float32)),
         f"flow10.{FLOW_EXT}": encode_flow(np.asarray(flow10, np.float32)),
         "meta.json": _json_bytes(meta),
     }
 
 
-def encode_source_sample(key: str, image: np.ndarray, label: np.ndarray, meta: Mapping) -> dict:
+def encode_source_sample(key: str, image: np.ndarray, label: np.ndarray, meta: Mapping, frames: str = "stored") -> dict:
     """A source sample as WebDataset members: image (H, W, 3) uint8 RGB, label (H, W) uint8 train ids."""
     if label.shape != image.shape[:2]:
         raise ValueError(f"{key}: image {image.shape} and label {label.shape} differ in size")
     meta = {**meta, "size_wh": [image.shape[1], image.shape[0]]}
-    return {"__key__": _check_key(key), "image.png": png_bytes(image), "label.png": png_bytes(label),
+    return {"__key__": _check_key(key), "image.png": png_bytes(image, frames), "label.png": png_bytes(label),
             "meta.json": _json_bytes(meta)}
 
 
@@ -108,7 +121,7 @@ def decode_sample(sample: Mapping) -> dict:
             continue
         field, ext = name.split(".", 1)
         where = f"{sample.get('__url__', 'sample')}: {key}.{name}"
-        if ext == FLOW_EXT:
+        if ext in FLOW_EXTS:
             out[field] = decode_flow(value, where)
         elif ext == "png":
             out[field] = png_pixels(value, where)

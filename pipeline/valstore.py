@@ -44,13 +44,13 @@ def tc_clip_bounds(snippet_len: int, annotated_index: int, tc_window: int) -> tu
 
 
 def encode_val_item(key: str, clip: np.ndarray, clip_flows: np.ndarray, labels: Mapping[str, np.ndarray],
-                    frames, annotated_index: int, meta: Mapping) -> dict:
+                    frames, annotated_index: int, meta: Mapping, frame_png: str = "stored") -> dict:
     """One annotated frame, encoded for the writer: clip (T, H, W, 3) uint8 RGB, clip_flows (T-1, H, W, 2) pixels."""
     if clip.ndim != 4 or clip_flows.shape != (len(clip) - 1, *clip.shape[1:3], 2) or len(frames) != len(clip):
         raise ValueError(f"{key}: clip {clip.shape}, flows {clip_flows.shape} and {len(frames)} frames disagree")
     return {
         "key": key,
-        "clip": [np.frombuffer(png_bytes(frame), np.uint8) for frame in clip],
+        "clip": [np.frombuffer(png_bytes(frame, frame_png), np.uint8) for frame in clip],
         "clip_flows": [np.frombuffer(encode_flow(flow), np.uint8) for flow in clip_flows],
         "labels": {name: np.asarray(label, np.uint8) for name, label in labels.items()},
         "frames": [int(f) for f in frames],

@@ -259,6 +259,26 @@ def test_bad_files_fail_with_one_line_or_are_skipped_and_listed(train_root, loca
     assert keys == [k for k in PAIR_KEYS if k not in {key for key, _ in skipped}]
 
 
+def test_compressed_frames_hold_the_same_pixels_in_fewer_bytes_and_cannot_resume_a_stored_store(
+        train_root, reference, local_ray, tmp_path, capsys):  # fmt: skip
+    store, _ = reference
+    code, err = _run_cli([*_flows_args(train_root, tmp_path / "small"), "--frames", "compressed"], capsys)
+    assert code == 0, err
+    small = tmp_path / "small" / "cityscapes_seq"
+    assert read_manifest(small)["config"]["frames"] == "compressed"
+    assert read_manifest(store)["config"]["frames"] == "stored"
+    for a, b in zip(read_samples(store), read_samples(small), strict=True):
+        assert a["__key__"] == b["__key__"] and all(np.array_equal(a[k], b[k]) for k in ("frame0", "frame1", "flow01"))
+    assert sum(p.stat().st_size for p in small.glob("*.tar")) < sum(p.stat().st_size for p in store.glob("*.tar"))
+    shutil.copytree(store, tmp_path / "copy" / "cityscapes_seq")
+    before = _tars(tmp_path / "copy" / "cityscapes_seq")
+    code, err = _run_cli([*_flows_args(train_root, tmp_path / "copy"), "--frames", "compressed"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "frames='stored' (now 'compressed')" in err
+    assert _tars(tmp_path / "copy" / "cityscapes_seq") == before
+    code, err = _run_cli([*_flows_args(train_root, tmp_path / "bad"), "--frames", "jpeg"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--frames jpeg" in err
+
+
 def test_a_wrong_root_is_one_line(tmp_path, capsys):
     for root in (tmp_path / "nowhere", tmp_path):
         code, err = _run_cli(_flows_args(root, tmp_path / "out"), capsys)

@@ -4,10 +4,12 @@ import hashlib
 import io
 import json
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
 import webdataset as wds
+from PIL import Image
 
 from pipeline.errors import InputError
 from pipeline.flow.codec import FLOW_EXT
@@ -16,6 +18,8 @@ from pipeline.shards import (
     decode_sample,
     encode_source_sample,
     encode_target_sample,
+    png_bytes,
+    png_pixels,
     read_manifest,
     read_samples,
     shard_name,
@@ -161,3 +165,42 @@ def test_decode_sample_names_a_corrupt_member():
     raw["frame0.png"] = io.BytesIO(b"not a png").getvalue()
     with pytest.raises(InputError, match="frame0.png"):
         decode_sample(raw)
+
+
+def _png_chunks(data: bytes) -> dict[bytes, list[bytes]]:
+    """PNG chunk type -> bodies, parsed by hand (length, type, body, CRC)."""
+    chunks: dict[bytes, list[bytes]] = {}
+    pos = 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        chunks.setdefault(data[pos + 4 : pos + 8], []).append(data[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return chunks
+
+
+def test_stored_frames_are_plain_rgb_rows_and_compressed_frames_are_smaller():
+    rng = np.random.default_rng(5)
+    smooth = np.clip(np.cumsum(rng.integers(-2, 3, size=(H, W, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+    stored, compressed = png_bytes(smooth), png_bytes(smooth, "compressed")
+    # Stored: zlib's first deflate block is uncompressed (BTYPE 00) and every row is filter 0 + the raw RGB bytes.
+    idat = b"".join(_png_chunks(stored)[b"IDAT"])
+    assert (idat[2] >> 1) & 0b11 == 0
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(H, 1 + 3 * W)
+    assert not rows[:, 0].any() and np.array_equal(rows[:, 1:].reshape(H, W, 3), smooth)
+    assert len(compressed) < len(stored)
+    for data in (stored, compressed):  # both are standard PNGs: an independent decoder reads the same pixels
+        with Image.open(io.BytesIO(data)) as png:
+            assert png.mode == "RGB" and np.array_equal(np.asarray(png), smooth)
+        assert np.array_equal(png_pixels(data, "frame"), smooth)
+    with pytest.raises(ValueError, match="frames must be one of"):
+        png_bytes(smooth, "jpeg")
+
+
+def test_frame_mode_changes_the_bytes_not_the_decoded_sample():
+    (f0, f1), (fl01, fl10) = _pair(6)
+    stored = encode_target_sample("k", f0, f1, fl01, fl10, {})
+    compressed = encode_target_sample("k", f0, f1, fl01, fl10, {}, frames="compressed")
+    assert stored["frame0.png"] != compressed["frame0.png"]
+    a, b = decode_sample(stored), decode_sample(compressed)
+    for name in ("frame0", "frame1", "flow01", "flow10"):
+        assert np.array_equal(a[name], b[name])

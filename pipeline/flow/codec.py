@@ -1,48 +1,59 @@
-"""The shard flow codec: a flow in pixels <-> the bytes of one WebDataset member (`flow01.png16`).
+"""The shard flow codec: a flow in pixels <-> the bytes of one WebDataset member (`flow01.zflow`).
 
-Format "png16x64": one 16-bit grayscale PNG of size (2H, W); rows 0..H-1 hold u (x, right), rows H..2H-1 hold v
-(y, down), each stored as round(64 * f) + 2**15. Precision: steps of 1/64 px (error at most 1/128 px); range
-[-512, 511.984375] px. Chosen by measurement (`bench/bench_codec.py`; table in `docs/FLOW_CODEC.md`). On 1024x512
-flows it takes 31.7% of the bytes of DA-VSN's int16x10 `.npy` for DIS flow on a real stereo pair, 15.1% for that
-pair's ground truth, 3.9% for a smooth street flow and 36.3% for the same flow with 0.05 px noise (bound: 40%); it
-decodes in 5-10 ms of one CPU core. KITTI's 3-channel 16-bit PNG (same 1/64 px plus a validity plane that our dense
-flows do not need) took 23-50%, int16 x64 through `np.savez_compressed` 22-71%.
+Format "zstd-dx16x64" (member extension `zflow`), chosen by measurement (`bench/bench_codec.py`, `bench/bench_read.py`;
+tables in `docs/FLOW_CODEC.md`):
 
-The member extension "png16" does not end in ".png", so webdataset's auto-decoder leaves the bytes alone (it
-would decode a ".png" member as an 8-bit image and lose the flow); the shard reader calls `decode_flow` itself.
-Flows beyond the range are clipped by default (a displacement of 512 px at the 1024x512 training size is an
-estimator failure, not motion); `on_overflow="raise"` raises InputError instead. Non-finite flows always raise.
+- a 16-byte little-endian header: magic `I2VF`, format version 1 (one byte), three reserved zero bytes, height H
+  and width W (uint32 each);
+- one zstd frame (content size and checksum included) holding 4*H*W bytes: the codes of u (x, right) and then v
+  (y, down), each an int16 `round(64 * f)` per pixel in row-major order, predicted from the left neighbour (the
+  first pixel of a row from 0; differences wrap modulo 2**16), zigzag-mapped (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...)
+  and split into bytes: all low bytes of the 2*H*W values, then all high bytes.
+
+Precision: steps of 1/64 px (error at most 1/128 px); range [-512, 511.984375] px. Smooth flow turns into small
+differences whose high bytes are nearly all zero, which zstd packs tightly: a real DIS flow at 1024x512 takes 24.7% of
+the bytes of DA-VSN's int16x10 `.npy` (bound: 40%) and decodes in about 5 ms of one core, half the time of the 16-bit
+PNG layout we used first (`png16x64`, still read; see below) and a quarter of its encode time.
+
+The extension "zflow" matches none of webdataset's auto-decoders, so its bytes pass through untouched and the shard
+reader calls `decode_flow`. Flows beyond the range are clipped by default (a displacement of 512 px at the 1024x512
+training size is an estimator failure, not motion); `on_overflow="raise"` raises InputError instead. Non-finite flows
+always raise. Corrupt or truncated bytes raise InputError naming the member (the zstd checksum covers the payload).
+
+Stores written by i2vda 0.1 hold `png16x64` flows (`flow01.png16`: one 16-bit grayscale PNG of size (2H, W), u rows
+above v rows, `round(64 * f) + 2**15`); `decode_flow` recognises them by the PNG signature and reads them too.
 """
 
 from __future__ import annotations
 
+import struct
+
 import cv2
 import numpy as np
+import zstandard
 
 from pipeline.errors import InputError
 
-FLOW_CODEC = "png16x64"
-FLOW_EXT = "png16"
+FLOW_CODEC = "zstd-dx16x64"
+FLOW_EXT = "zflow"
+LEGACY_CODEC, LEGACY_EXT = "png16x64", "png16"  # i2vda 0.1 stores: decoded, no longer written
+FLOW_EXTS = (FLOW_EXT, LEGACY_EXT)
 
 FLOW_SCALE = 64  # quantisation steps per pixel: the 1/64 px precision the design requires (KITTI uses the same)
-FLOW_OFFSET = 2**15  # uint16 code of a zero flow, so negative flows fit the unsigned PNG samples
-CODE_MAX = 2**16 - 1  # the largest 16-bit PNG sample
-FLOW_MIN_PX = -FLOW_OFFSET / FLOW_SCALE  # -512.0: code 0
-FLOW_MAX_PX = (CODE_MAX - FLOW_OFFSET) / FLOW_SCALE  # 511.984375: code 65535
-# libpng picks none/sub/up per row (sub turns smooth rows into near-constant differences); zlib level 3 with its
-# default strategy. Against OpenCV 5.0's default PNG settings (Z_RLE strategy) this saves 0.5-16 points of the .npy size
-# on the benchmark flows; level 6 would save up to 2.6 more points at 1.4-3.7x the encode time.
-_PNG_PARAMS = [
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_DEFAULT,
-    cv2.IMWRITE_PNG_COMPRESSION, 3,
-]
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CODE_MIN, CODE_MAX = -(2**15), 2**15 - 1  # int16 codes
+FLOW_MIN_PX = CODE_MIN / FLOW_SCALE  # -512.0
+FLOW_MAX_PX = CODE_MAX / FLOW_SCALE  # 511.984375
+ZSTD_LEVEL = 3  # zstd's default: 1 point of size above level 9 at a third of its encode time (docs/FLOW_CODEC.md)
 ON_OVERFLOW = ("clip", "raise")
 
+_MAGIC, _VERSION = b"I2VF", 1
+_HEADER = struct.Struct("<4sB3xII")  # 16 bytes: magic, version, 3 reserved, H, W
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_LEGACY_OFFSET = 2**15  # png16x64 stores code + 2**15 as an unsigned 16-bit sample
 
-def encode_flow(flow: np.ndarray, on_overflow: str = "clip") -> bytes:
-    """Encode an (H, W, 2) float flow in pixels as png16x64 bytes; see the module docstring for the layout."""
+
+def flow_codes(flow: np.ndarray, on_overflow: str = "clip") -> np.ndarray:
+    """(H, W, 2) float flow in pixels -> (H, W, 2) int16 codes round(64 * f), validated and clipped to the range."""
     flow = np.asarray(flow)
     if flow.ndim != 3 or flow.shape[2] != 2 or flow.shape[0] == 0 or flow.shape[1] == 0:
         raise ValueError(f"flow must be (H, W, 2) with H, W > 0, got {flow.shape}")
@@ -50,38 +61,84 @@ def encode_flow(flow: np.ndarray, on_overflow: str = "clip") -> bytes:
         raise ValueError(f"on_overflow must be one of {ON_OVERFLOW}, got {on_overflow!r}")
     if not np.isfinite(flow).all():
         raise InputError(f"flow of size {flow.shape[1]}x{flow.shape[0]} has non-finite values; cannot encode it")
-    codes = np.rint(flow.astype(np.float64) * FLOW_SCALE) + FLOW_OFFSET
+    codes = np.rint(flow.astype(np.float64) * FLOW_SCALE)
     if on_overflow == "raise":
-        beyond = (codes < 0) | (codes > CODE_MAX)
+        beyond = (codes < CODE_MIN) | (codes > CODE_MAX)
         if beyond.any():
             raise InputError(
                 f"flow reaches {np.abs(flow).max():.1f} px at {int(beyond.sum())} values, beyond the "
                 f"{FLOW_CODEC} range [{FLOW_MIN_PX}, {FLOW_MAX_PX}] px"
             )
-    codes = np.clip(codes, 0, CODE_MAX).astype(np.uint16)
-    planes = np.concatenate((codes[..., 0], codes[..., 1]), axis=0)  # (2H, W): u on top, v below
-    ok, png = cv2.imencode(".png", planes, _PNG_PARAMS)
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {planes.shape} uint16 PNG")
-    return png.tobytes()
+    return np.clip(codes, CODE_MIN, CODE_MAX).astype(np.int16)
+
+
+def encode_flow(flow: np.ndarray, on_overflow: str = "clip", level: int = ZSTD_LEVEL) -> bytes:
+    """Encode an (H, W, 2) float flow in pixels as zstd-dx16x64 bytes; see the module docstring for the layout."""
+    planes = np.ascontiguousarray(np.moveaxis(flow_codes(flow, on_overflow), 2, 0))  # (2, H, W): u, v
+    delta = planes.copy()
+    np.subtract(planes[:, :, 1:], planes[:, :, :-1], out=delta[:, :, 1:])  # int16 arithmetic wraps: exact mod 2**16
+    zigzag = ((delta << 1) ^ (delta >> 15)).view(np.uint16).ravel()
+    pairs = zigzag.astype("<u2", copy=False).view(np.uint8).reshape(-1, 2)  # (low, high) byte of each value
+    payload = np.concatenate((pairs[:, 0], pairs[:, 1]))
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    height, width = planes.shape[1:]
+    return _HEADER.pack(_MAGIC, _VERSION, height, width) + compressor.compress(payload.tobytes())
 
 
 def decode_flow(data: bytes, name: str = "flow member") -> np.ndarray:
-    """Decode png16x64 bytes into an (H, W, 2) float32 flow in pixels; bad bytes raise InputError naming `name`."""
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if bytes(buffer[: len(_PNG_SIGNATURE)]) != _PNG_SIGNATURE:
-        raise InputError(f"{name}: not a {FLOW_CODEC} flow (no PNG signature in {len(buffer)} bytes)")
-    planes = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    """Decode zstd-dx16x64 (or legacy png16x64) bytes into an (H, W, 2) float32 flow in pixels; bad bytes raise
+    InputError naming `name`."""
+    data = bytes(data) if not isinstance(data, (bytes, bytearray, memoryview)) else data
+    if bytes(data[: len(_PNG_SIGNATURE)]) == _PNG_SIGNATURE:
+        return _decode_legacy_png16(data, name)
+    if len(data) < _HEADER.size or bytes(data[:4]) != _MAGIC:
+        raise InputError(f"{name}: not a {FLOW_CODEC} flow (no {_MAGIC.decode()} header in {len(data)} bytes)")
+    _, version, height, width = _HEADER.unpack_from(data)
+    if version != _VERSION or height == 0 or width == 0:
+        raise InputError(f"{name}: unsupported {FLOW_CODEC} header (version {version}, size {width}x{height})")
+    count = 2 * height * width
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(memoryview(data)[_HEADER.size:], max_output_size=2 * count)
+    except zstandard.ZstdError as exc:
+        raise InputError(f"{name}: corrupt or truncated {FLOW_CODEC} flow ({exc})") from None
+    if len(raw) != 2 * count:
+        raise InputError(f"{name}: {FLOW_CODEC} payload of {len(raw)} bytes, expected {2 * count} for {width}x{height}")
+    split = np.frombuffer(raw, np.uint8)
+    zigzag = np.empty(count, np.dtype("<u2"))
+    interleaved = zigzag.view(np.uint8)
+    interleaved[0::2], interleaved[1::2] = split[:count], split[count:]
+    zigzag = zigzag.astype(np.uint16, copy=False)
+    delta = (zigzag >> 1).view(np.int16) ^ -(zigzag & 1).view(np.int16)
+    planes = delta.reshape(2, height, width)
+    np.cumsum(planes, axis=2, dtype=np.int16, out=planes)  # undo the left prediction (wrapping, like the encoder)
+    flow = planes.transpose(1, 2, 0).astype(np.float32)
+    flow *= 1.0 / FLOW_SCALE  # exact: 1/64 is a power of two
+    return flow
+
+
+def _decode_legacy_png16(data, name: str) -> np.ndarray:
+    planes = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if planes is None:
-        raise InputError(f"{name}: corrupt or truncated {FLOW_CODEC} PNG ({len(buffer)} bytes)")
+        raise InputError(f"{name}: corrupt or truncated {LEGACY_CODEC} PNG ({len(data)} bytes)")
     if planes.dtype != np.uint16 or planes.ndim != 2 or planes.shape[0] % 2:
         raise InputError(
-            f"{name}: expected a 16-bit grayscale PNG of even height ({FLOW_CODEC}), got {planes.dtype} "
+            f"{name}: expected a 16-bit grayscale PNG of even height ({LEGACY_CODEC}), got {planes.dtype} "
             f"{planes.shape}"
         )
     h = planes.shape[0] // 2
     flow = np.empty((h, planes.shape[1], 2), dtype=np.float32)
-    np.subtract(planes[:h], FLOW_OFFSET, out=flow[..., 0], dtype=np.float32)
-    np.subtract(planes[h:], FLOW_OFFSET, out=flow[..., 1], dtype=np.float32)
-    flow *= 1.0 / FLOW_SCALE  # exact: 1/64 is a power of two
+    np.subtract(planes[:h], _LEGACY_OFFSET, out=flow[..., 0], dtype=np.float32)
+    np.subtract(planes[h:], _LEGACY_OFFSET, out=flow[..., 1], dtype=np.float32)
+    flow *= 1.0 / FLOW_SCALE
     return flow
+
+
+def encode_legacy_png16(flow: np.ndarray, on_overflow: str = "clip") -> bytes:
+    """The i2vda 0.1 layout (png16x64), for reading tests and the codec benchmark; stores no longer use it."""
+    codes = flow_codes(flow, on_overflow).astype(np.int32) + _LEGACY_OFFSET
+    planes = np.concatenate((codes[..., 0], codes[..., 1]), axis=0).astype(np.uint16)  # (2H, W): u on top, v below
+    params = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS, cv2.IMWRITE_PNG_COMPRESSION, 3]
+    ok, png = cv2.imencode(".png", planes, params)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {planes.shape} uint16 PNG")
+    return png.tobytes()
