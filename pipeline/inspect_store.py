@@ -39,6 +39,8 @@ def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
         lines.append(f"estimator  {manifest['estimator']} {config.get('estimator_options')}, "
                      f"checkpoint sha256 {config.get('checkpoint_sha256')}")  # fmt: skip
         lines.append(f"codec      {manifest.get('codec')}")
+    if config.get("frames"):
+        lines.append(f"frames     {config['frames']} PNG")
     if manifest.get("protocol") or manifest.get("protocols"):
         lines.append(f"protocol   {manifest.get('protocol') or ', '.join(manifest['protocols'])}")
     for entry in manifest.get("skipped", []):

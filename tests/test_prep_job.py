@@ -342,6 +342,7 @@ def test_inspect_describes_a_store_and_draws_its_sheet(reference, tmp_path, caps
     out = capsys.readouterr().out
     assert code == 0, err
     assert f"{len(PAIR_KEYS)} of {len(PAIR_KEYS)} planned" in out and "all files match" in out and "dis" in out
+    assert "codec      zstd-dx16x64" in out and "frames     stored PNG" in out
     sheet = cv2.imread(str(sheet_path))[..., ::-1]
     tile_wh = (320, 160)  # STORE_WH scaled to the sheet's 320-pixel columns
     assert sheet.shape == (3 * tile_wh[1], 4 * tile_wh[0], 3)  # 3 pairs: frame0, frame1, flow01, flow10
