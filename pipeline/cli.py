@@ -60,10 +60,12 @@ def _flow_options(command):
     return command
 
 
-_frames_option = click.option(
-    "--frames", default="stored", show_default=True,
-    help="RGB PNGs in the store: stored (no zlib: ~1.5 ms to decode a 1024x512 frame) or compressed (about half the "
-         "bytes, ~6x slower to decode); see docs/PREP.md")  # fmt: skip
+def _frames_option(default: str):
+    """--frames: how the store writes its RGB PNGs (training stores favour decode speed, the val store disk)."""
+    return click.option(
+        "--frames", default=default, show_default=True,
+        help="RGB PNGs in the store: stored (no zlib: ~1.5 ms to decode a 1024x512 frame) or compressed (about half "
+             "the bytes, ~6x slower to decode); see docs/PREP.md")  # fmt: skip
 
 
 @click.group()
@@ -79,7 +81,7 @@ def cli() -> None:
 @click.option("--pairs", default="all", show_default=True, help="all consecutive pairs, or annotated (DA-VSN's)")
 @click.option("--size", default=None, help="WxH of the stored frames and flows [default: 1024x512]")
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
-@_frames_option
+@_frames_option("stored")
 @_flow_options
 def flows(src, root, out, split, pairs, size, samples_per_shard, frames, flow, flow_ckpt, dis_preset, workers,
           batch_size, on_error) -> None:  # fmt: skip
@@ -103,7 +105,7 @@ def flows(src, root, out, split, pairs, size, samples_per_shard, frames, flow, f
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @click.option("--workers", type=int, default=None, help="actors; default one per CPU")
 @click.option("--on-error", default="fail", show_default=True, help="fail or skip (see `flows --help`)")
-@_frames_option
+@_frames_option("stored")
 def source(src, root, out, protocol, size, samples_per_shard, workers, on_error, frames) -> None:
     """Labelled source images (resized) and protocol train-id labels into OUT/<src>/*.tar."""
     src = _choice("--src", src, SOURCE_DATASETS)
@@ -125,7 +127,7 @@ def source(src, root, out, protocol, size, samples_per_shard, workers, on_error,
 @click.option("--size", default=None, help="WxH of the frames and flows [default: 1024x512]")
 @click.option("--tc-window", type=int, default=DEFAULT_TC_WINDOW, show_default=True,
               help="frames per TC clip, ending at the annotated frame where the snippet allows (30: whole snippet)")
-@_frames_option
+@_frames_option("compressed")  # read a few times per run, 30 frames per clip
 @_flow_options
 def val(root, out, split, size, tc_window, frames, flow, flow_ckpt, dis_preset, workers, batch_size, on_error) -> None:
     """Annotated val frames, labels of every protocol, TC clips and their flows into OUT/cityscapes_val/val.h5."""

@@ -285,6 +285,21 @@ def test_a_wrong_root_is_one_line(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and str(root) in err
 
 
+def test_val_command_compresses_frames_by_default_with_the_same_pixels(local_ray, tmp_path, capsys):
+    root = tmp_path / "cs"
+    write_cityscapes(root, "val", [("lindau", "000003", 10, 4, 13)], (48, 96), seed=5)
+    code, err = _run_cli(["val", "--root", str(root), "--out", str(tmp_path / "cli"), "--size", "64x32",
+                          "--workers", "1"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert read_manifest(tmp_path / "cli" / "cityscapes_val")["config"]["frames"] == "compressed"
+    stored = PrepConfig(kind=VAL_KIND, src="cityscapes_val", root=str(root), out=str(tmp_path / "api"),
+                        size_wh=(64, 32), split="val", workers=1)  # fmt: skip
+    run_val(stored)
+    a = ValStore(tmp_path / "cli" / "cityscapes_val").sample("lindau_000003_000013")
+    b = ValStore(tmp_path / "api" / "cityscapes_val").sample("lindau_000003_000013")
+    assert np.array_equal(a["clip"], b["clip"]) and np.array_equal(a["clip_flows"], b["clip_flows"])
+
+
 def test_val_job_writes_every_annotated_frame_with_its_clip(local_ray, tmp_path):
     root = tmp_path / "cs"
     write_cityscapes(root, "val", [("lindau", "000003", 10, 6, 13), ("munster", "000007", 0, 4, 2)], (48, 96), seed=4)
