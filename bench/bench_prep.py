@@ -1,10 +1,12 @@
 """Prep throughput (pairs/s) at 1024x512 with DIS MEDIUM: a plain loop, Ray with 1 worker, Ray with 2 workers; and
 bytes per pair in our shards against DA-VSN's format (two int16x10 .npy flows + two PNG frames).
 
-    .venv/bin/python bench/bench_prep.py [--pairs 16] [--repeats 3] [--out bench/out/bench_prep.json]
+    .venv/bin/python bench/bench_prep.py [--pairs 16] [--repeats 3] [--native 1024x512] [--out FILE.json]
 
-Input: a demo world rendered at 1024x512 (so no resize). All three run the same `Builder.shard` on the same shard
-plan, one OpenCV/torch thread per worker; the three settings alternate within each repeat, so that load from other
+Input: a demo world rendered at `--native` (default 1024x512, so no resize; 2048x1024 is Cityscapes' own size, which
+prep decodes and shrinks). All three run the same `Builder.shard` on the same shard plan, one OpenCV/torch thread per
+worker; a fourth setting, the plain loop decoding both frames of every pair (`NoReuseBuilder`), shows what keeping
+the frame that consecutive pairs share saves. The settings alternate within each repeat, so that load from other
 processes hits them alike, and the medians are reported. Ray is timed from warm actors (estimator loaded) to the
 last shard; Ray's start and the actors' start are reported apart, with one end-to-end `run_shards` call. CPU
 seconds per pair (user + system of the worker processes) and the load average are recorded too: on a machine
@@ -31,7 +33,7 @@ from ray.util import ActorPool
 from pipeline.build import Builder, pin_threads
 from pipeline.demo.world import WorldConfig, write_world
 from pipeline.job import PrepActor, run_shards
-from pipeline.plan import PrepConfig, plan_shards
+from pipeline.plan import PrepConfig, parse_size, plan_shards
 from pipeline.shards import TARGET_KIND, read_samples
 from pipeline.sources.cityscapes import list_pairs
 
@@ -40,11 +42,12 @@ SAMPLES_PER_SHARD = 2  # small shards, so two workers share the work evenly
 DAVSN_FLOW_DTYPE = np.int16  # DA-VSN stores np.int16(flow * 10) as .npy, shape (H, W, 2)
 
 
-def demo_world_root(folder: Path, pairs: int) -> Path:
-    """A demo world whose Cityscapes train split holds `pairs` consecutive pairs at 1024x512; -> Cityscapes root."""
+def demo_world_root(folder: Path, pairs: int, native_wh: tuple[int, int] = SIZE_WH) -> Path:
+    """A demo world whose Cityscapes train split holds `pairs` consecutive pairs rendered at `native_wh`; -> its
+    Cityscapes root."""
     snippets = 2
     frames = -(-pairs // snippets) + 1  # ceil(pairs / snippets) pairs per snippet
-    config = WorldConfig(target_size_wh=SIZE_WH, train_snippets=snippets, val_snippets=0, snippet_frames=frames,
+    config = WorldConfig(target_size_wh=native_wh, train_snippets=snippets, val_snippets=0, snippet_frames=frames,
                          annotated_index=frames - 1, viper_sequences=1, viper_frames=1, synthia_frames=1)  # fmt: skip
     write_world(folder, seed=0, config=config, overwrite=True)
     return folder / "cityscapes"
@@ -55,9 +58,17 @@ def config_for(root: Path, out: Path, workers: int | None = None) -> PrepConfig:
                       samples_per_shard=SAMPLES_PER_SHARD, workers=workers)  # fmt: skip
 
 
-def time_plain(config: PrepConfig, tasks) -> tuple[float, float]:
+class NoReuseBuilder(Builder):
+    """Builder that decodes both frames of every pair, as before the shared frame of consecutive pairs was kept."""
+
+    def _pair(self, record) -> tuple:
+        self._last_frame1 = None
+        return super()._pair(record)
+
+
+def time_plain(config: PrepConfig, tasks, builder_class=Builder) -> tuple[float, float]:
     """(wall seconds, CPU seconds) for one process to build every shard (estimator already loaded)."""
-    builder = Builder(config)
+    builder = builder_class(config)
     start, cpu = time.perf_counter(), time.process_time()
     for task in tasks:
         builder.shard(task)
@@ -109,12 +120,15 @@ def member_bytes(store: Path) -> dict[str, int]:
 @click.command()
 @click.option("--pairs", default=16, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
+@click.option("--native", default="1024x512", show_default=True,
+              help="WxH the world's frames are rendered at (2048x1024: Cityscapes' own size, resized by prep)")
 @click.option("--out", default="bench/out/bench_prep.json", show_default=True)
-def main(pairs: int, repeats: int, out: str) -> None:
+def main(pairs: int, repeats: int, native: str, out: str) -> None:
     """Run the benchmark and write its JSON."""
     pin_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_prep_"))
-    root = demo_world_root(work / "world", pairs)
+    native_wh = parse_size(native, "--native")
+    root = demo_world_root(work / "world", pairs, native_wh)
     config = config_for(root, work / "stores")
     config.store_dir.mkdir(parents=True)
     tasks = plan_shards(list_pairs(root, "train")[:pairs], config.src, SAMPLES_PER_SHARD)
@@ -122,7 +136,7 @@ def main(pairs: int, repeats: int, out: str) -> None:
     ray_start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     ray_start = time.perf_counter() - ray_start
-    runs: dict[str, list[float]] = {"plain": [], "ray_1": [], "ray_2": []}
+    runs: dict[str, list[float]] = {"plain": [], "ray_1": [], "ray_2": [], "plain_no_frame_reuse": []}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     actor_start: list[float] = []
     load_before = os.getloadavg()
@@ -130,6 +144,9 @@ def main(pairs: int, repeats: int, out: str) -> None:
         wall, cpu_s = time_plain(config, tasks)
         runs["plain"].append(wall)
         cpu["plain"].append(cpu_s)
+        wall, cpu_s = time_plain(config, tasks, NoReuseBuilder)
+        runs["plain_no_frame_reuse"].append(wall)
+        cpu["plain_no_frame_reuse"].append(cpu_s)
         for workers in (1, 2):
             started, wall, cpu_s = time_ray(config, tasks, workers)
             actor_start.append(started)
@@ -152,9 +169,11 @@ def main(pairs: int, repeats: int, out: str) -> None:
     frames = statistics.mean(sum((root / rel).stat().st_size for rel in s["meta"]["source_paths"]) for s in samples)
     davsn_flows = statistics.mean(davsn_flow_bytes(s["flow01"]) + davsn_flow_bytes(s["flow10"]) for s in samples)
     result = {
-        "size_wh": SIZE_WH, "pairs": count, "repeats": repeats, "estimator": "dis medium, 1 thread per worker",
+        "size_wh": SIZE_WH, "native_wh": native_wh, "pairs": count, "repeats": repeats,
+        "estimator": "dis medium, 1 thread per worker",
         "seconds": runs, "pairs_per_s": rate, "load_avg_1min_before_after": [load_before[0], load_after[0]],
         "cpu_s_per_pair": {name: statistics.median(v) / count for name, v in cpu.items()},
+        "plain_vs_no_frame_reuse": rate["plain"] / rate["plain_no_frame_reuse"],
         "ray_1_vs_plain": rate["ray_1"] / rate["plain"], "ray_2_vs_ray_1": rate["ray_2"] / rate["ray_1"],
         "ray_init_s": ray_start, "actor_start_s_median": statistics.median(actor_start),
         "run_shards_end_to_end_s (2 workers, Ray already up)": end_to_end,

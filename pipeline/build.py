@@ -45,6 +45,7 @@ class Builder:
         if config.kind != SOURCE_KIND:
             self.estimator = load_estimator(config.flow, checkpoint=config.flow_ckpt, device=device,
                                             **config.estimator_options)  # fmt: skip
+        self._last_frame1: tuple[str, np.ndarray, np.ndarray] | None = None  # (path, native, resized); see _pair
         self.flow_meta = {} if self.estimator is None else {
             "estimator": self.estimator.name, "estimator_options": dict(self.estimator.options),
             "checkpoint_sha256": self.estimator.checkpoint_sha256,
@@ -76,11 +77,19 @@ class Builder:
             return None
 
     def _pair(self, record) -> tuple:
-        """(record, frame0, frame1 at the store size, native (W, H)) of a Cityscapes PairRecord."""
-        frame0 = self._read(record.key, record.path0)
+        """(record, frame0, frame1 at the store size, native (W, H)) of a Cityscapes PairRecord.
+
+        Consecutive pairs of a snippet share a frame (I1 of pair f is I0 of pair f+1): the last good I1 is kept,
+        native and resized, so `--pairs all` decodes each frame once instead of twice."""
+        if self._last_frame1 is not None and self._last_frame1[0] == record.path0:
+            _, frame0, small0 = self._last_frame1
+        else:
+            frame0 = self._read(record.key, record.path0)
+            small0 = resize_rgb(frame0, self.config.size_wh)
         frame1 = self._read(record.key, record.path1, previous=(record.path0, frame0))
-        native_wh = [frame0.shape[1], frame0.shape[0]]
-        return record, resize_rgb(frame0, self.config.size_wh), resize_rgb(frame1, self.config.size_wh), native_wh
+        small1 = resize_rgb(frame1, self.config.size_wh)
+        self._last_frame1 = (record.path1, frame1, small1)
+        return record, small0, small1, [frame0.shape[1], frame0.shape[0]]
 
     def flows_both_ways(self, frames0: np.ndarray, frames1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """F_0->1 and F_1->0 (B, H, W, 2) of B pairs, in one batched estimator call of 2B pairs."""

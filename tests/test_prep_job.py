@@ -24,6 +24,7 @@ from pipeline.flow.dis import DISEstimator
 from pipeline.job import run_shards, run_val
 from pipeline.plan import PrepConfig
 from pipeline.shards import TARGET_KIND, VAL_KIND, check_manifest, file_sha256, read_manifest, read_samples
+from pipeline.sources.images import read_rgb
 from pipeline.valstore import ValStore
 
 NATIVE_HW, STORE_WH = (160, 320), (256, 128)  # frames are shrunk (area interpolation) into the store
@@ -131,6 +132,29 @@ def _wait_gone(session: int) -> list[int]:
     left = _session_pids(session)
     _kill_session(session)  # clean up before failing the test
     return left
+
+
+def test_the_builder_decodes_each_frame_once_across_shards(train_root, tmp_path, monkeypatch):
+    import pipeline.build as build
+    from pipeline.plan import plan_shards
+    from pipeline.sources.cityscapes import list_pairs
+
+    reads = []
+    monkeypatch.setattr(build, "read_rgb", lambda path: reads.append(path) or read_rgb(path))
+    config = _config(train_root, tmp_path, samples_per_shard=4)
+    (tmp_path / "cityscapes_seq").mkdir()
+    builder = build.Builder(config)
+    for task in plan_shards(list_pairs(train_root, "train"), config.src, config.samples_per_shard):
+        builder.shard(task)
+    frames = {(c, s, f) for c, s, f in PAIR_FRAMES} | {(c, s, f - 1) for c, s, f in PAIR_FRAMES}
+    assert sorted(reads) == sorted(str(frame_path(train_root, "train", *f)) for f in frames)  # 18 reads, not 32
+    samples = list(read_samples(tmp_path / "cityscapes_seq"))
+    assert [s["__key__"] for s in samples] == PAIR_KEYS
+    dis = DISEstimator("medium")
+    for (city, seq, frame), sample in zip(PAIR_FRAMES, samples):  # against frames read and resized here
+        frame0, frame1 = _resized(train_root, city, seq, frame - 1), _resized(train_root, city, seq, frame)
+        assert np.array_equal(sample["frame0"], frame0) and np.array_equal(sample["frame1"], frame1)
+        assert np.abs(sample["flow01"] - dis(frame0, frame1)).max() <= HALF_STEP_PX + 1e-6
 
 
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(train_root, reference, tmp_path):
