@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.errors import InputError
 from pipeline.shards import (
     SOURCE_KIND,
     TARGET_KIND,
@@ -120,6 +121,22 @@ def test_proxy_is_a_frozen_copy_and_tc_starts_at_launch(stores, tmp_path):
     assert config["target_size_hw"] == list(SIZE_HW) and config["flow_estimator"] == "dis"
     assert json.loads((run / "config.json").read_text()) == config
     assert ckpt[5]["iteration"] == 5 and {"disc", "opt_seg", "opt_disc", "rng", "data"} <= ckpt[5].keys()
+
+
+def test_a_fixed_proxy_checkpoint_is_loaded_once_and_never_copied(stores, tmp_path):
+    teacher = tmp_path / "teacher"
+    train(tiny_config(stores, teacher, method="source_only", max_iter=2, checkpoint_interval=2, seed=7))
+    teacher_weights = load(teacher / "checkpoints" / "iter_0000002.pt")["model"]
+    run = tmp_path / "run"
+    train(tiny_config(stores, run, max_iter=4, iter_copy=2, iter_launch=1, checkpoint_interval=1, delta=1.0,
+                      proxy_ckpt=str(teacher / "checkpoints" / "iter_0000002.pt")))  # fmt: skip
+    ckpt = {k: load(run / "checkpoints" / f"iter_{k:07d}.pt") for k in range(1, 5)}
+    for k in range(1, 5):  # the teacher's weights throughout: no copy of M at iterations 0 and 2
+        assert same_state(ckpt[k]["proxy"], teacher_weights)
+    assert not same_state(ckpt[2]["model"], teacher_weights) and not same_state(ckpt[3]["model"], ckpt[2]["model"])
+    assert all(e["loss_tc"] > 0 for e in read_log(run)[1:])
+    with pytest.raises(InputError, match="--proxy-ckpt"):
+        tiny_config(stores, run, method="adv_only", proxy_ckpt=str(teacher / "checkpoints" / "iter_0000002.pt"))
 
 
 @pytest.mark.parametrize("method", ["source_only", "adv_only"])

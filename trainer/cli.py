@@ -84,6 +84,9 @@ def _choice(values) -> click.Choice:
 @click.option("--t", "t", type=float, default=None, help="Fixed t of Eq. 2 in [0, 1]; default: U(0, 1) per iteration.")
 @click.option("--no-temporal-aug", is_flag=True, help="It := I0 and F_1->t := F_1->0 (Table 3 ablation).")
 @click.option("--no-tc", is_flag=True, help="No L_tc and no proxy (Table 3 ablation).")
+@click.option("--proxy-ckpt", default=None,
+              help="A fixed proxy M' loaded from one of our checkpoints and never copied from M (a teacher, e.g. an "
+                   "oracle to test the L_tc path); default: M' <- M every --iter-copy iterations.")
 @click.option("--no-occlusion", is_flag=True, help="Drop O from Eq. 8 (Table 3 ablation).")
 @click.option("--no-entropy", is_flag=True, help="Drop E from Eq. 8 (Table 3 ablation).")
 @click.option("--occlusion-grid", type=_choice(OCCLUSION_GRIDS), default=D["occlusion_grid"], show_default=True,

@@ -55,6 +55,7 @@ class TrainConfig:
     lambda_adv: float = LAMBDA_ADV
     iter_copy: int = 8000  # M' <- M when iteration % iter_copy == 0 (Table 4)
     iter_launch: int = 8000  # L_tc from this iteration on (Table 4)
+    proxy_ckpt: str | None = None  # a fixed M' from this checkpoint, never copied from M (a teacher; diagnostics)
     eta: float = ETA_PX  # Eq. 7 threshold in pixels
     delta: float = DELTA  # Eq. 8 entropy threshold
     alpha: float = ALPHA  # Eq. 3 blend
@@ -105,6 +106,9 @@ class TrainConfig:
                 raise InputError(f"{_flag(name)}: expected two positive sizes, got {size}")
         if self.protocol is not None:
             get_protocol(self.protocol)  # an unknown name is an InputError naming --protocol
+        if self.proxy_ckpt is not None and not self.uses_tc:
+            raise InputError(f"--proxy-ckpt: only I2VDA with L_tc has a proxy M' (got --method {self.method}"
+                             f"{' --no-tc' if self.no_tc else ''})")
         if self.amp != "off" and self.device == "cpu":
             raise InputError(f"--amp {self.amp}: autocast is used on CUDA only; pass --amp off on the CPU")
 

@@ -89,6 +89,8 @@ def build_nets(config: TrainConfig, device: torch.device, distributed: bool) -> 
     memory_format = torch.channels_last if config.channels_last and device.type == "cuda" else torch.preserve_format
     model = model.to(device, memory_format=memory_format)
     proxy = copy.deepcopy(model).eval().requires_grad_(False) if config.uses_tc else None
+    if config.proxy_ckpt is not None:  # a fixed teacher: loaded once, never copied from M
+        load_segmenter_weights(proxy, config.proxy_ckpt)
     disc = None
     if config.uses_disc:
         disc = FCDiscriminator(config.num_classes, ndf=config.disc_width).to(device, memory_format=memory_format)
