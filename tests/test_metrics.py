@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from pipeline.errors import InputError
 from pipeline.sources.protocols import get_protocol
 from trainer.evaluate import (
     confusion_matrix,
@@ -171,3 +172,21 @@ def test_adapt_batchnorm_is_the_average_of_per_batch_statistics():
     assert torch.allclose(net[1].running_mean, sum(means) / 2, atol=1e-3)
     assert torch.allclose(net[1].running_var, sum(variances) / 2, rtol=1e-4)
     assert torch.equal(net[0].weight, weights) and not net.training and net[1].momentum == 0.1
+
+
+def test_target_frames_spread_over_shards_and_top_up(tmp_path):
+    """3 shards of 4, 4 and 1 pairs, frame1 of pair j in shard s filled with 10 s + j: 8 frames = 3 + 3 + 1 spread,
+    topped up with shard 0's next one; more than the store holds is one error."""
+    from pipeline.shards import encode_target_sample, shard_name, write_shard
+    from trainer.evaluate import target_frames
+
+    flow = np.zeros((4, 6, 2), np.float32)
+    for s, n in enumerate((4, 4, 1)):
+        samples = [encode_target_sample(f"k{s}_{j}", np.zeros((4, 6, 3), np.uint8),
+                                        np.full((4, 6, 3), 10 * s + j, np.uint8), flow, flow, {})
+                   for j in range(n)]  # fmt: skip
+        write_shard(tmp_path / shard_name("t", s), samples)
+    frames = target_frames(tmp_path, 8)
+    assert sorted(frames[:, 0, 0, 0].tolist()) == [0, 1, 2, 3, 10, 11, 12, 20]
+    with pytest.raises(InputError, match="holds only 9"):
+        target_frames(tmp_path, 10)

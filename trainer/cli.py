@@ -96,10 +96,10 @@ def _choice(values) -> click.Choice:
               help="Which of M's forward calls feed its BN running statistics (used by eval and an eval-mode M'): all, "
                    "or target frames only (DSBN's target branch; beyond the paper).")
 @click.option("--pl-select", type=_choice(PL_SELECTIONS), default=D["pl_select"], show_default=True,
-              help="Eq. 8: entropy < delta (the paper), or class-balanced: also each class's --pl-portion most "
-                   "confident predictions (CBST; beyond the paper).")
+              help="Eq. 8: entropy < delta (the paper), or class-balanced: only each class's --pl-portion most "
+                   "confident predictions among those (CBST; beyond the paper).")
 @click.option("--pl-portion", type=float, default=D["pl_portion"], show_default=True,
-              help="With --pl-select class-balanced: share of each class's predicted pixels kept at least.")
+              help="With --pl-select class-balanced: share of each class's predicted pixels kept at most.")
 @click.option("--no-occlusion", is_flag=True, help="Drop O from Eq. 8 (Table 3 ablation).")
 @click.option("--no-entropy", is_flag=True, help="Drop E from Eq. 8 (Table 3 ablation).")
 @click.option("--occlusion-grid", type=_choice(OCCLUSION_GRIDS), default=D["occlusion_grid"], show_default=True,

@@ -210,21 +210,22 @@ def evaluate(model, val_store, protocol: Protocol | str, device="cpu", with_tc: 
 
 
 def target_frames(store: str | os.PathLike, count: int) -> np.ndarray:
-    """(count, H, W, 3) uint8: frame1 of `count` target pairs, taken from up to `count` shards spread over the store."""
+    """(count, H, W, 3) uint8: frame1 of `count` target pairs, spread over the store: up to `count` shards evenly
+    spaced, an equal share from each, topped up in shard order when a shard holds fewer."""
     shards = store_shards(store)
     if not shards:
         raise InputError(f"--adapt-bn: no shards in the target store {store}")
-    picked = [shards[round(i * (len(shards) - 1) / max(count - 1, 1))] for i in range(min(count, len(shards)))]
-    per_shard = -(-count // len(picked))  # ceil
-    frames = []
-    for shard in dict.fromkeys(picked):
+    spaced = [shards[int(i)] for i in np.linspace(0, len(shards) - 1, min(count, len(shards))).round()]
+    share = -(-count // len(spaced))  # ceil
+    taken: dict[tuple[str, int], np.ndarray] = {}
+    for shard, limit in [*((s, share) for s in spaced), *((s, count) for s in shards)]:
         for i, sample in enumerate(read_samples(shard)):
-            if i >= per_shard or len(frames) >= count:
+            if len(taken) >= count or i >= limit:
                 break
-            frames.append(sample["frame1"])
-    if len(frames) < count:
-        raise InputError(f"--adapt-bn {count}: the target store {store} gave only {len(frames)} frames")
-    return np.stack(frames)
+            taken.setdefault((shard, i), sample["frame1"])
+    if len(taken) < count:
+        raise InputError(f"--adapt-bn {count}: the target store {store} holds only {len(taken)} pairs")
+    return np.stack(list(taken.values()))
 
 
 @torch.no_grad()
