@@ -1,0 +1,192 @@
+"""The Cityscapes-val store for mIoU and TC: one HDF5 file, random access by annotated-frame key.
+
+`stores/cityscapes_val/val.h5` holds, per annotated frame `<city>_<seq>_<frame>` (group `samples/<key>`):
+- `clip`: its TC clip, T consecutive frames at the input size, each a lossless RGB PNG (variable-length bytes);
+  the annotated frame is `clip[annotated_index]`, so it is stored once;
+- `clip_flows`: the T-1 forward flows F(t -> t+1) on frame t's grid, in pixels of the input size, each encoded with
+  the shard flow codec (`pipeline.flow.codec`);
+- `labels/<protocol>`: the gtFine label at its native size in that protocol's train ids (255 = ignore), gzip;
+- attributes `frames` (frame numbers of the clip), `annotated_index`, `meta` (JSON).
+The manifest next to it (`manifest.json`) records the config, the sample count and the file's sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import InputError
+from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow
+from pipeline.shards.samples import png_bytes, png_pixels
+from pipeline.shards.store import MANIFEST_NAME, StoreInfo, open_store
+
+VAL_FILE = "val.h5"
+VAL_FORMAT = "i2vda-val/1"
+SAMPLES_GROUP = "samples"
+LABEL_GZIP_LEVEL = 4  # labels are piecewise constant: gzip shrinks them to a few percent at any level
+_BYTES = h5py.vlen_dtype(np.uint8)  # one encoded PNG or flow per element
+
+
+def tc_clip_bounds(snippet_len: int, annotated_index: int, tc_window: int) -> tuple[int, int]:
+    """[start, stop) of the TC clip in a snippet: the `tc_window` frames ending at the annotated frame, or the first
+    `tc_window` frames when fewer precede it; the whole snippet when it is shorter (30 = a whole Cityscapes snippet)."""
+    if tc_window < 1:
+        raise InputError(f"--tc-window: expected at least 1 frame, got {tc_window}")
+    if not 0 <= annotated_index < snippet_len:
+        raise ValueError(f"annotated index {annotated_index} outside a snippet of {snippet_len} frames")
+    length = min(tc_window, snippet_len)
+    start = max(annotated_index - length + 1, 0)
+    return start, start + length
+
+
+def encode_val_item(key: str, clip: np.ndarray, clip_flows: np.ndarray, labels: Mapping[str, np.ndarray],
+                    frames, annotated_index: int, meta: Mapping, frame_png: str = "stored") -> dict:
+    """One annotated frame, encoded for the writer: clip (T, H, W, 3) uint8 RGB, clip_flows (T-1, H, W, 2) pixels."""
+    if clip.ndim != 4 or clip_flows.shape != (len(clip) - 1, *clip.shape[1:3], 2) or len(frames) != len(clip):
+        raise ValueError(f"{key}: clip {clip.shape}, flows {clip_flows.shape} and {len(frames)} frames disagree")
+    return {
+        "key": key,
+        "clip": [np.frombuffer(png_bytes(frame, frame_png), np.uint8) for frame in clip],
+        "clip_flows": [np.frombuffer(encode_flow(flow), np.uint8) for flow in clip_flows],
+        "labels": {name: np.asarray(label, np.uint8) for name, label in labels.items()},
+        "frames": [int(f) for f in frames],
+        "annotated_index": int(annotated_index),
+        "meta": {**meta, "codec": FLOW_CODEC, "size_wh": [clip.shape[2], clip.shape[1]]},
+    }
+
+
+class ValWriter:
+    """Writes val.h5 under a temporary name; `commit()` renames it into place, an exception removes it."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._atomic = atomic_path(self.path)  # entered here, left by commit() or abort()
+        self.partial = self._atomic.__enter__()
+        self._file = h5py.File(self.partial, "w", track_order=True)
+        self._file.attrs["format"] = VAL_FORMAT
+        self._samples = self._file.create_group(SAMPLES_GROUP, track_order=True)
+        self.count = 0
+
+    def add(self, item: Mapping) -> None:
+        """Append one encoded item (see `encode_val_item`)."""
+        group = self._samples.create_group(item["key"])
+        for name in ("clip", "clip_flows"):
+            data = group.create_dataset(name, (len(item[name]),), dtype=_BYTES)
+            for i, blob in enumerate(item[name]):
+                data[i] = blob
+        labels = group.create_group("labels")
+        for protocol, label in sorted(item["labels"].items()):
+            labels.create_dataset(protocol, data=label, compression="gzip", compression_opts=LABEL_GZIP_LEVEL)
+        group.attrs["frames"] = np.asarray(item["frames"], np.int64)
+        group.attrs["annotated_index"] = item["annotated_index"]
+        group.attrs["meta"] = json.dumps(item["meta"], sort_keys=True)
+        self.count += 1
+
+    def commit(self) -> Path:
+        """Close the file and rename it to its final name."""
+        self._file.close()
+        self._atomic.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        self._file.close()
+        aborted = RuntimeError(f"{self.path}: writing aborted")
+        self._atomic.__exit__(RuntimeError, aborted, None)  # removes the temporary file
+
+    def __enter__(self) -> ValWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class ValStore:
+    """Read access to a val store folder (or its val.h5): keys, labels per protocol, TC clips and their flows."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        folder, self.path = (path, path / VAL_FILE) if path.is_dir() else (path.parent, path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: no val store here; run `i2vda-prep val` first")
+        self.info: StoreInfo | None = open_store(folder) if (folder / MANIFEST_NAME).is_file() else None
+        self._file, self._pid = None, None
+        samples = self._h5()[SAMPLES_GROUP] if SAMPLES_GROUP in self._h5() else None
+        if self._h5().attrs.get("format") != VAL_FORMAT or samples is None:
+            raise InputError(f"{self.path}: not an i2vda val store (expected format {VAL_FORMAT})")
+        self._keys = sorted(samples)
+
+    def _h5(self) -> h5py.File:
+        """The open file; reopened in a new process (HDF5 handles must not cross a fork)."""
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def _group(self, key: str) -> h5py.Group:
+        if key not in self._h5()[SAMPLES_GROUP]:
+            raise KeyError(f"{key} is not an annotated frame of {self.path}")
+        return self._h5()[SAMPLES_GROUP][key]
+
+    def keys(self) -> list[str]:
+        """Annotated-frame keys `<city>_<seq>_<frame>`, sorted."""
+        return list(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def protocols(self) -> list[str]:
+        """Protocols whose labels the store holds."""
+        return sorted(self._group(self._keys[0])["labels"]) if self._keys else []
+
+    def label(self, key: str, protocol: str) -> np.ndarray:
+        """(H_label, W_label) uint8 train ids of the annotated frame under `protocol` (native label size)."""
+        labels = self._group(key)["labels"]
+        if protocol not in labels:
+            raise InputError(f"{self.path}: no labels for protocol {protocol!r}; it holds {', '.join(sorted(labels))}")
+        return labels[protocol][()]
+
+    def image(self, key: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB annotated frame at the input size."""
+        group = self._group(key)
+        return png_pixels(group["clip"][int(group.attrs["annotated_index"])], f"{self.path}:{key}")
+
+    def sample(self, key: str) -> dict:
+        """Everything about one annotated frame: image, labels {protocol: array}, clip (T, H, W, 3) uint8,
+        clip_flows (T-1, H, W, 2) float32 F(t -> t+1) in pixels, frames, annotated_index, meta."""
+        group = self._group(key)
+        where = f"{self.path}:{key}"
+        clip = np.stack([png_pixels(png, where) for png in group["clip"][()]])
+        height, width = clip.shape[1:3]
+        flows = [decode_flow(blob.tobytes(), where) for blob in group["clip_flows"][()]]
+        clip_flows = np.stack(flows) if flows else np.zeros((0, height, width, 2), np.float32)
+        index = int(group.attrs["annotated_index"])
+        return {
+            "key": key,
+            "image": clip[index],
+            "labels": {name: data[()] for name, data in group["labels"].items()},
+            "clip": clip,
+            "clip_flows": clip_flows,
+            "frames": [int(f) for f in group.attrs["frames"]],
+            "annotated_index": index,
+            "meta": json.loads(group.attrs["meta"]),
+        }
+
+    def close(self) -> None:
+        """Close the HDF5 file (reopened on next use)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __enter__(self) -> ValStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
