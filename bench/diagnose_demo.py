@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.flow import load_estimator, read_flo
+from pipeline.shards import ValStore
 from pipeline.sources.cityscapes import list_annotated
 from pipeline.sources.images import read_rgb, resize_label, resize_rgb
 from pipeline.sources.protocols import get_protocol
-from pipeline.valstore import ValStore
 from trainer.checkpoint import latest_checkpoint
 from trainer.models import caffe_normalize
-from trainer.predict import load_checkpoint
+from trainer.predict import load_segmenter
 from trainer.temporal import DELTA, ETA_PX, normalized_entropy, occlusion_mask
 
 PROTOCOL = "viper15"  # the demo adapts VIPER -> Cityscapes
@@ -43,7 +43,7 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 def pseudo_label_quality(ckpt: str, store: ValStore, delta: float) -> dict:
     """Accuracy of argmax and of the entropy-filtered pseudo-labels of one checkpoint on the annotated val frames."""
-    model, config, iteration = load_checkpoint(ckpt, "cpu")
+    model, config, iteration = load_segmenter(ckpt, "cpu")
     names = get_protocol(config["protocol"]).class_names
     k = len(names)
     confusion, kept = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)  # rows truth, columns prediction
