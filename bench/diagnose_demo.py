@@ -10,6 +10,12 @@ Once per world, on the (f-1, f) pair ending at every annotated val frame, at the
 
     python bench/diagnose_demo.py --world runs/demo/world --val runs/demo/stores/cityscapes_val \
         --ckpt runs/demo/runs/source_only_seed0 --ckpt runs/demo/runs/i2vda_seed0 [--out bench/out/diagnose_demo.json]
+
+With --proxy RUN (repeatable), the pseudo-labels of the proxy M' itself, at every checkpoint of an I2VDA run (each
+holds M' as of its last copy), made as the run made them: its --proxy-bn mode (running: eval mode; batch: the
+statistics of each 2-frame batch; target: the re-estimated statistics the checkpoint holds), its --delta, its
+--pl-select; O is left out (the val frames' flows are not the training pairs'). Per checkpoint: coverage,
+precision, and per class the recall and the share of the labels against the class's true share.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from pipeline.shards import ValStore
 from pipeline.sources.cityscapes import list_annotated
 from pipeline.sources.images import read_rgb, resize_label, resize_rgb
 from pipeline.sources.protocols import get_protocol
-from trainer.checkpoint import latest_checkpoint
-from trainer.models import caffe_normalize
+from trainer.checkpoint import latest_checkpoint, read_checkpoint
+from trainer.models import build_segmenter, caffe_normalize
 from trainer.predict import load_segmenter
-from trainer.temporal import DELTA, ETA_PX, normalized_entropy, occlusion_mask
+from trainer.steps import proxy_logits
+from trainer.temporal import DELTA, ETA_PX, class_balanced_entropy, normalized_entropy, occlusion_mask
 
 PROTOCOL = "viper15"  # the demo adapts VIPER -> Cityscapes
 
@@ -102,14 +109,60 @@ def flow_and_occlusion_quality(world: Path, size_wh: tuple[int, int], eta: float
             "occluded_recall": occluded_found / max(occluded_true, 1)}  # fmt: skip
 
 
+def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
+    """Pseudo-label coverage and precision of M' at each checkpoint of an I2VDA run, made in the run's own modes."""
+    rows = []
+    for path in sorted((run / "checkpoints").glob("iter_*.pt")):
+        state = read_checkpoint(path)
+        config = state["config"]
+        if state.get("proxy") is None:
+            raise click.ClickException(f"{path}: holds no proxy M' (not an I2VDA run with L_tc)")
+        proxy = build_segmenter(config["arch"], config["num_classes"])
+        proxy.load_state_dict(state["proxy"])
+        proxy.eval().requires_grad_(False)
+        protocol = config["protocol"]
+        k = config["num_classes"]
+        truth_counts, kept = np.zeros(k, np.int64), np.zeros((k, k), np.int64)  # kept: rows truth, columns PL
+        keys = store.keys()
+        for start in range(0, len(keys) - 1, 2):  # 2-frame batches, as training's I1 batches
+            batch = keys[start : start + 2]
+            images = [store.image(key) for key in batch]
+            x = caffe_normalize(torch.cat([_tensor(image) for image in images]))
+            size = images[0].shape[:2]
+            logits = proxy_logits(proxy, x, config.get("proxy_bn", "running"))
+            prob = F.softmax(F.interpolate(logits, size=size, mode="bilinear", align_corners=True), 1)
+            entropy = normalized_entropy(prob)
+            if config.get("pl_select", "entropy") == "class-balanced":
+                entropy = class_balanced_entropy(prob, entropy, config["delta"], config["pl_portion"])
+            pred, confident = prob.argmax(1).numpy(), (entropy < config["delta"]).numpy()
+            for i, key in enumerate(batch):
+                label = resize_label(store.label(key, protocol), (size[1], size[0]))
+                valid = label != 255
+                truth_counts += np.bincount(label[valid], minlength=k)
+                sel = valid & confident[i]
+                kept += np.bincount(label[sel] * k + pred[i][sel], minlength=k * k).reshape(k, k)
+        total = truth_counts.sum()
+        names = get_protocol(protocol).class_names
+        per_class = {names[c]: {"true_share": truth_counts[c] / total, "label_share": kept[:, c].sum() / kept.sum(),
+                                "pl_recall": kept[c, c] / max(truth_counts[c], 1),
+                                "pl_precision": kept[c, c] / max(kept[:, c].sum(), 1)}
+                     for c in range(k) if truth_counts[c] or kept[:, c].sum()}  # fmt: skip
+        rows.append({"run": str(run), "iteration": state["iteration"], "proxy_bn": config.get("proxy_bn", "running"),
+                     "bn_stats": config.get("bn_stats", "all"), "pl_select": config.get("pl_select", "entropy"),
+                     "coverage": kept.sum() / total, "precision": np.trace(kept) / max(kept.sum(), 1),
+                     "per_class": per_class})  # fmt: skip
+    return rows
+
+
 @click.command()
 @click.option("--world", required=True, type=click.Path(exists=True, file_okay=False), help="demo world folder")
 @click.option("--val", "val_store", required=True, help="the val store made from it (stores/cityscapes_val)")
 @click.option("--ckpt", "ckpts", multiple=True, help="checkpoint file or run folder (its latest checkpoint)")
+@click.option("--proxy", "proxies", multiple=True, help="I2VDA run folder: M''s pseudo-labels at each checkpoint")
 @click.option("--delta", type=float, default=DELTA, show_default=True)
 @click.option("--eta", type=float, default=ETA_PX, show_default=True)
 @click.option("--out", default="bench/out/diagnose_demo.json", show_default=True)
-def main(world, val_store, ckpts, delta, eta, out) -> None:
+def main(world, val_store, ckpts, proxies, delta, eta, out) -> None:
     """Print and save pseudo-label, flow and occlusion-mask quality on the demo world."""
     torch.set_num_threads(1)
     store = ValStore(val_store)
@@ -129,6 +182,12 @@ def main(world, val_store, ckpts, delta, eta, out) -> None:
         for name, v in c["per_class"].items():
             click.echo(f"    {name:12s} true {100 * v['true_share']:5.1f}%  predicted {100 * v['pred_share']:5.1f}%  "
                        f"PL precision {100 * v['pl_precision']:5.1f}%  PL recall {100 * v['pl_recall']:5.1f}%")
+    report["proxies"] = [row for run in proxies for row in proxy_label_quality(Path(run), store)]
+    for r in report["proxies"]:
+        recall = ", ".join(f"{n} {100 * v['pl_recall']:.0f}" for n, v in r["per_class"].items())
+        click.echo(f"{r['run']} M' @ {r['iteration']} (proxy-bn {r['proxy_bn']}, bn-stats {r['bn_stats']}, "
+                   f"{r['pl_select']}): PL coverage {100 * r['coverage']:.1f}%, precision {100 * r['precision']:.1f}%;"
+                   f" recall per class: {recall}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1, default=float))
 

@@ -147,3 +147,27 @@ def test_tc_sums_counts_over_clips_instead_of_averaging_clips():
     assert temporal_consistency([clip_a, clip_b], 2, [0, 1]) == pytest.approx(pooled)
     cm = tc_confusion(*clip_a, 2) + tc_confusion(*clip_b, 2)
     assert miou(cm, [0, 1]) == pytest.approx(pooled)
+
+
+def test_adapt_batchnorm_is_the_average_of_per_batch_statistics():
+    """AdaBN: reset, then the mean over 2-frame batches of each batch's mean and unbiased variance; weights kept."""
+    import torch
+
+    from trainer.evaluate import adapt_batchnorm
+    from trainer.models import caffe_normalize
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+    net[1].running_mean.fill_(5.0)
+    weights = net[0].weight.detach().clone()
+    frames = np.random.default_rng(0).integers(0, 256, size=(4, 6, 5, 3), dtype=np.uint8)
+    adapt_batchnorm(net, frames, "cpu", batch_size=2)
+    means, variances = [], []
+    for start in (0, 2):
+        x = caffe_normalize(torch.from_numpy(frames[start : start + 2]).permute(0, 3, 1, 2).float())
+        y = net[0](x).detach().transpose(0, 1).reshape(4, -1)
+        means.append(y.mean(1))
+        variances.append(y.var(1, unbiased=True))
+    assert torch.allclose(net[1].running_mean, sum(means) / 2, atol=1e-3)
+    assert torch.allclose(net[1].running_var, sum(variances) / 2, rtol=1e-4)
+    assert torch.equal(net[0].weight, weights) and not net.training and net[1].momentum == 0.1

@@ -175,3 +175,19 @@ def test_eq9_all_ignored_gives_zero_with_a_graph():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(prob_1w.grad, torch.zeros_like(prob_1w))
+
+
+def test_class_balanced_pseudo_labels_by_hand():
+    """Class 0's entropies 0.1 0.2 0.5 0.6, class 1's 0.7 0.8 0.9 0.95; delta 0.3, portion 0.5.
+
+    delta_0 = median 0.35 -> keeps 0.1, 0.2 (as delta alone would); delta_1 = 0.85 -> keeps 0.7, 0.8 (delta: none).
+    """
+    from trainer.temporal import class_balanced_entropy
+
+    label = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    entropy = torch.tensor([0.1, 0.2, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]).view(1, 1, 8)
+    prob = torch.nn.functional.one_hot(label, 2).float().T.reshape(1, 2, 1, 8) * 0.4 + 0.3
+    rescaled = class_balanced_entropy(prob, entropy, delta=0.3, portion=0.5)
+    pl = pseudo_label(prob, rescaled, None, delta=0.3)
+    assert pl.flatten().tolist() == [0, 0, 255, 255, 1, 1, 255, 255]
+    assert pseudo_label(prob, entropy, None, delta=0.3).flatten().tolist() == [0, 0] + [255] * 6

@@ -14,16 +14,18 @@ from click.core import ParameterSource
 from pipeline.errors import InputError, one_line_errors
 from trainer.config import (
     AMP_MODES,
+    BN_STATS_MODES,
     DEVICES,
     INIT_FORMATS,
     METHODS,
     ONLINE_FLOWS,
+    PROXY_BN_MODES,
     TrainConfig,
     read_config_file,
 )
 from trainer.loop import train
 from trainer.models import SEGMENTERS
-from trainer.temporal import OCCLUSION_GRIDS
+from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
 
 # Every flag's default is the TrainConfig field's (the paper's where it gives one).
 D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -87,6 +89,17 @@ def _choice(values) -> click.Choice:
 @click.option("--proxy-ckpt", default=None,
               help="A fixed proxy M' loaded from one of our checkpoints and never copied from M (a teacher, e.g. an "
                    "oracle to test the L_tc path); default: M' <- M every --iter-copy iterations.")
+@click.option("--proxy-bn", type=_choice(PROXY_BN_MODES), default=D["proxy_bn"], show_default=True,
+              help="BatchNorm statistics of M': running = M's, eval mode (the paper); batch = its own I1 batch's; "
+                   "target = re-estimated on target I1 frames after each copy (beyond the paper, docs/TRAINING.md).")
+@click.option("--bn-stats", type=_choice(BN_STATS_MODES), default=D["bn_stats"], show_default=True,
+              help="Which of M's forward calls feed its BN running statistics (used by eval and an eval-mode M'): all, "
+                   "or target frames only (DSBN's target branch; beyond the paper).")
+@click.option("--pl-select", type=_choice(PL_SELECTIONS), default=D["pl_select"], show_default=True,
+              help="Eq. 8: entropy < delta (the paper), or class-balanced: also each class's --pl-portion most "
+                   "confident predictions (CBST; beyond the paper).")
+@click.option("--pl-portion", type=float, default=D["pl_portion"], show_default=True,
+              help="With --pl-select class-balanced: share of each class's predicted pixels kept at least.")
 @click.option("--no-occlusion", is_flag=True, help="Drop O from Eq. 8 (Table 3 ablation).")
 @click.option("--no-entropy", is_flag=True, help="Drop E from Eq. 8 (Table 3 ablation).")
 @click.option("--occlusion-grid", type=_choice(OCCLUSION_GRIDS), default=D["occlusion_grid"], show_default=True,

@@ -13,14 +13,19 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import get_protocol
 from trainer.losses import LAMBDA_ADV, POLY_POWER
-from trainer.temporal import ALPHA, DELTA, ETA_PX, OCCLUSION_GRIDS
+from trainer.temporal import ALPHA, DELTA, ETA_PX, OCCLUSION_GRIDS, PL_PORTION, PL_SELECTIONS
 
 METHODS = ("i2vda", "source_only", "adv_only")  # adv_only = Table 3's baseline: L_seg + 0.01 L_adv on P0
 ONLINE_FLOWS = ("estimator", "linear")  # F_1->t = F(I1, It) online (Eq. 5), or (1 - t) F_1->0
 AMP_MODES = ("off", "bf16", "fp16")  # autocast on CUDA only
 DEVICES = ("auto", "cpu", "cuda")
+# BN statistics of M' (docs/TRAINING.md): M's running ones in eval mode (the paper), its own I1 batch's, or running
+# ones re-estimated on target frames after each copy.
+PROXY_BN_MODES = ("running", "batch", "target")
+# Which of M's forward calls feed BN's running statistics: every one (PyTorch's default), or the target frames only.
+BN_STATS_MODES = ("all", "target")
 INIT_FORMATS = ("deeplab", "torchvision", "segmenter")  # DeepLab ImageNet init, a torchvision ResNet, or our own run
 # Settings a resume may change: none of them changes what iteration i computes from its data
 # (max_iter moves the end of the poly schedule, which the paper ties to it; see docs/TRAINING.md).
@@ -56,6 +61,10 @@ class TrainConfig:
     iter_copy: int = 8000  # M' <- M when iteration % iter_copy == 0 (Table 4)
     iter_launch: int = 8000  # L_tc from this iteration on (Table 4)
     proxy_ckpt: str | None = None  # a fixed M' from this checkpoint, never copied from M (a teacher; diagnostics)
+    proxy_bn: str = "running"  # M' in eval mode with M's running BN statistics, as the paper says
+    bn_stats: str = "all"  # "target": M's running BN statistics from target frames only (DSBN's target branch)
+    pl_select: str = "entropy"  # Eq. 8's one threshold delta; "class-balanced" adds CBST's per-class thresholds
+    pl_portion: float = PL_PORTION  # with class-balanced PL: share of each class's predictions kept at least
     eta: float = ETA_PX  # Eq. 7 threshold in pixels
     delta: float = DELTA  # Eq. 8 entropy threshold
     alpha: float = ALPHA  # Eq. 3 blend
@@ -87,7 +96,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("method", METHODS), ("online_flow", ONLINE_FLOWS), ("amp", AMP_MODES),
                               ("device", DEVICES), ("init_format", INIT_FORMATS),
-                              ("occlusion_grid", OCCLUSION_GRIDS)):  # fmt: skip
+                              ("occlusion_grid", OCCLUSION_GRIDS), ("proxy_bn", PROXY_BN_MODES),
+                              ("bn_stats", BN_STATS_MODES), ("pl_select", PL_SELECTIONS)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise InputError(f"{_flag(name)}: got {getattr(self, name)!r}, expected one of {', '.join(allowed)}")
         for name in ("max_iter", "batch_size", "disc_width", "iter_copy", "checkpoint_interval", "log_interval",
@@ -96,7 +106,7 @@ class TrainConfig:
                 raise InputError(f"{_flag(name)}: expected a positive integer, got {getattr(self, name)}")
         if self.iter_launch < 0 or self.num_workers < 0:
             raise InputError("--iter-launch and --num-workers must be >= 0")
-        for name in ("t", "alpha", "delta"):
+        for name in ("t", "alpha", "delta", "pl_portion"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise InputError(f"{_flag(name)}: expected a number in [0, 1], got {value}")
@@ -109,12 +119,19 @@ class TrainConfig:
         if self.proxy_ckpt is not None and not self.uses_tc:
             raise InputError(f"--proxy-ckpt: only I2VDA with L_tc has a proxy M' (got --method {self.method}"
                              f"{' --no-tc' if self.no_tc else ''})")
+        if self.bn_stats == "target" and not self.uses_target:
+            raise InputError("--bn-stats target: source-only M sees no target frame to take statistics from")
         if self.amp != "off" and self.device == "cpu":
             raise InputError(f"--amp {self.amp}: autocast is used on CUDA only; pass --amp off on the CPU")
 
     @property
     def uses_disc(self) -> bool:
         """Whether D and L_adv take part (all but source-only)."""
+        return self.method != "source_only"
+
+    @property
+    def uses_target(self) -> bool:
+        """Whether M sees target frames at all (source-only must not: BN's running statistics would learn them)."""
         return self.method != "source_only"
 
     @property

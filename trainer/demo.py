@@ -53,6 +53,8 @@ class Variant:
     flags: tuple[str, ...]
     weight: int  # to start the longest runs first: 600 iterations took 83 s (source-only), 359 s (adv), 552 s (I2VDA)
     source: str = VIPER_STORE
+    train_as: str | None = None  # a row that only evaluates another row's training run differently
+    eval_flags: tuple[str, ...] = ()  # extra i2vda-eval flags of this row
 
 
 _I2VDA = ("--method", "i2vda")
@@ -138,6 +140,11 @@ def plan_prep(preset: DemoPreset, paths: Paths, oracle: bool) -> list[Step]:
     return steps
 
 
+def run_of(variant: str) -> str:
+    """The variant whose training run a row scores: its own, or the one it only evaluates differently."""
+    return VARIANTS[variant].train_as or variant
+
+
 def train_args(preset: DemoPreset, paths: Paths, variant: str, seed: int) -> tuple[str, ...]:
     """i2vda-train flags of one run: the preset's, the variant's, and --resume so a crashed run goes on."""
     p = preset
@@ -151,17 +158,24 @@ def train_args(preset: DemoPreset, paths: Paths, variant: str, seed: int) -> tup
 
 
 def plan_runs(preset: DemoPreset, paths: Paths, variants, seeds) -> list[list[Step]]:
-    """One chain (train, then eval) per variant and seed, heaviest first so that parallel slots finish together."""
+    """One chain per training run and seed (train, then the eval of every row that scores that run), heaviest first
+    so that parallel slots finish together."""
+    groups: dict[str, list[str]] = {}
+    for variant in variants:
+        groups.setdefault(run_of(variant), []).append(variant)
     chains = []
-    for variant in sorted(variants, key=lambda v: -VARIANTS[v].weight):  # stable: ties keep the given order
+    for trained in sorted(groups, key=lambda v: -VARIANTS[v].weight):  # stable: ties keep the given order
         for seed in seeds:
-            name, run, out = f"{variant}_seed{seed}", paths.run(variant, seed), paths.eval(variant, seed)
-            train = Step(f"train_{name}", "i2vda-train", train_args(preset, paths, variant, seed),
-                         partial(training_done, run, preset.max_iter), progress=(run, preset.max_iter))
-            evaluate = Step(f"eval_{name}", "i2vda-eval", ("--ckpt", str(run), "--val", str(paths.stores / VAL_STORE),
-                                                           "--out", str(out)),
-                            partial(eval_done, out, preset.max_iter))  # fmt: skip
-            chains.append([train, evaluate])
+            run = paths.run(trained, seed)
+            chain = [Step(f"train_{trained}_seed{seed}", "i2vda-train", train_args(preset, paths, trained, seed),
+                          partial(training_done, run, preset.max_iter), progress=(run, preset.max_iter))]  # fmt: skip
+            for variant in groups[trained]:
+                out = paths.eval(variant, seed)
+                chain.append(Step(f"eval_{variant}_seed{seed}", "i2vda-eval",
+                                  ("--ckpt", str(run), "--val", str(paths.stores / VAL_STORE), "--out", str(out),
+                                   *VARIANTS[variant].eval_flags),
+                                  partial(eval_done, out, preset.max_iter)))  # fmt: skip
+            chains.append(chain)
     return chains
 
 
@@ -188,7 +202,7 @@ def collect_results(paths: Paths, names, seeds, records: dict) -> tuple[list, di
         rows.append((VARIANTS[name].title, runs))
         results[name] = {str(seed): {"miou": m["miou"], "tc": m.get("tc"), "per_class": m["per_class"],
                                      "best_miou": m.get("best", {}).get("miou"),
-                                     "train": records[f"train_{name}_seed{seed}"],
+                                     "train": records[f"train_{run_of(name)}_seed{seed}"],
                                      "eval": records[f"eval_{name}_seed{seed}"]}
                          for seed, m in zip(seeds, runs)}  # fmt: skip
     return rows, results
@@ -236,7 +250,7 @@ def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
     rows, results = collect_results(paths, names, seeds, records)
     figure = write_figure(out / "figure.png", paths.stores / VAL_STORE,
                           [(VARIANTS[n].title, checkpoint_path(paths.run(n, seeds[0]), preset.max_iter))
-                           for n in names])  # fmt: skip
+                           for n in names if VARIANTS[n].train_as is None])  # rows that re-score a run: not drawn
     total_s = time.perf_counter() - start
     table = results_markdown(rows, preset.lines(), records, total_s)
     (out / "results.md").write_text(table)

@@ -61,6 +61,18 @@ def per_class_table(rows: Sequence[Row]) -> list[str]:
     return _markdown(("method", *names, "mIoU"), body, numeric_from=1)
 
 
+def paired_table(pairs: Sequence[tuple[Row, Row]]) -> list[str]:
+    """Method - baseline in mIoU, per seed and mean ± std: same-seed runs share initial weights and data order, so the
+    paired difference is the method's effect with that shared noise taken out."""
+    body = []
+    for (title, runs), (base_title, base_runs) in pairs:
+        diffs = [a["miou"] - b["miou"] for a, b in zip(runs, base_runs)]
+        wins = sum(d > 0 for d in diffs)
+        body.append((f"{title} − {base_title}", ", ".join(f"{d:+.1f}" for d in diffs), format_cell(diffs),
+                     f"{wins}/{len(diffs)}"))  # fmt: skip
+    return _markdown(("paired difference (mIoU)", "per seed", "mean ± std", "seeds won"), body, numeric_from=1)
+
+
 def steps_table(steps: dict) -> list[str]:
     """Step | wall time (s) | when, from the step records ({name: {wall_s, skipped}}) of trainer/demo_run.py."""
     body = [(name, MISSING if r["wall_s"] is None else f"{r['wall_s']:.0f}", "earlier" if r["skipped"] else "now")
@@ -68,13 +80,16 @@ def steps_table(steps: dict) -> list[str]:
     return _markdown(("step", "wall time (s)", "ran"), body, numeric_from=1)
 
 
-def results_markdown(rows: Sequence[Row], preset_lines: Sequence[str], steps: dict, total_s: float) -> str:
-    """OUT/results.md: the settings, the main table, the per-class table, and the wall time of every step."""
+def results_markdown(rows: Sequence[Row], preset_lines: Sequence[str], steps: dict, total_s: float,
+                     pairs: Sequence[tuple[Row, Row]] = ()) -> str:  # fmt: skip
+    """OUT/results.md: the settings, the main table, paired differences, per-class IoU, the wall time of every step."""
     seeds = {len(runs) for _, runs in rows}
     spread = "mean ± sample std over seeds" if max(seeds) > 1 else "one seed"
+    paired = ["Paired by seed:", "", *paired_table(pairs), ""] if pairs else []
     lines = ["# i2vda demo results", "", *preset_lines, "",
-             f"mIoU and TC in percent on the demo's Cityscapes val frames, last checkpoint ({spread}).", "",
-             *summary_table(rows), "", "Per-class IoU:", "", *per_class_table(rows), "",
+             f"mIoU and TC in percent on the demo's Cityscapes val frames, last checkpoint ({spread}). Exact values "
+             "differ between CPUs (floating-point order); compare rows by their paired differences.", "",
+             *summary_table(rows), "", *paired, "Per-class IoU:", "", *per_class_table(rows), "",
              "Steps (trainings run side by side; a step that ran earlier shows the time it took then):", "",
              *steps_table(steps), "", f"Wall time of this invocation: {total_s / 60:.1f} min ({total_s:.0f} s)."]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,15 @@ from pipeline.sources import (
     resize_label,
 )
 from trainer.checkpoint import checkpoint_files
-from trainer.evaluate import TC_PROTOCOLS, confusion_matrix, evaluate, miou, per_class_iou
+from trainer.evaluate import (
+    TC_PROTOCOLS,
+    adapt_batchnorm,
+    confusion_matrix,
+    evaluate,
+    miou,
+    per_class_iou,
+    target_frames,
+)
 from trainer.predict import DEFAULT_BATCH_SIZE, load_segmenter, predict_labels
 from trainer.visualize import save_prediction_pngs, snippet_frames, write_mp4
 
@@ -81,8 +89,26 @@ def _run_summary(result: dict, path: Path, iteration: int) -> dict:
     return {"checkpoint": str(path), "iteration": iteration, **{k: result[k] for k in keep}}
 
 
+def _adapter(adapt_bn: int, adapt_store: Path | None, config: dict, device):
+    """load_segmenter, then AdaBN on `adapt_bn` target frames when asked (the run's target store by default)."""
+    if not adapt_bn:
+        return lambda path: load_segmenter(path, device)
+    store = adapt_store or Path(config.get("shards", "stores")) / str(config.get("target", "cityscapes_seq"))
+    if not Path(store).is_dir():
+        raise InputError(f"--adapt-bn: no target store at {store}; pass --adapt-store")
+    frames = target_frames(store, adapt_bn)
+    batch = int(config.get("batch_size", 1))  # the target batches M normalised in training
+
+    def load(path):
+        model, other_config, iteration = load_segmenter(path, device)
+        return adapt_batchnorm(model, frames, device, batch), other_config, iteration
+
+    return load
+
+
 def score_checkpoints(ckpt: Path, val: Path, protocol_name, with_tc: bool, tc_protocol: str, device,
-                      batch_size: int) -> tuple[dict, object, ValStore, Protocol]:  # fmt: skip
+                      batch_size: int, adapt_bn: int = 0,
+                      adapt_store: Path | None = None) -> tuple[dict, object, ValStore, Protocol]:  # fmt: skip
     """Metrics of the last checkpoint (and, for a run folder, of the best on val); also its model and the store."""
     paths = checkpoint_files(ckpt)
     try:
@@ -90,18 +116,22 @@ def score_checkpoints(ckpt: Path, val: Path, protocol_name, with_tc: bool, tc_pr
     except InputError as exc:
         raise InputError(f"--val {exc}") from None
     model, config, iteration = load_segmenter(paths[-1], device)
+    load = _adapter(adapt_bn, adapt_store, config, device)
+    if adapt_bn:
+        model, config, iteration = load(paths[-1])
     protocol = _protocol_for(protocol_name, config, paths[-1])
     _check_store(store, protocol, config, val)
     options = {"tc_protocol": tc_protocol, "batch_size": batch_size, "progress": True}
     last = evaluate(model, store, protocol, device, with_tc=with_tc, **options)
     report = {"mode": "checkpoint", **_run_summary(last, paths[-1], iteration), "protocol": protocol.name,
+              "adapt_bn": adapt_bn,
               "tc_protocol": tc_protocol if with_tc else None, "val_store": str(val),
               "confusion": last["confusion"].tolist()}  # fmt: skip
     if len(paths) == 1:
         return report, model, store, protocol
     runs = []
     for path in paths[:-1]:
-        other, other_config, other_iteration = load_segmenter(path, device)
+        other, other_config, other_iteration = load(path)
         _protocol_for(protocol.name, other_config, path)
         result = evaluate(other, store, protocol, device, with_tc=False, **options)
         runs.append({"checkpoint": str(path), "iteration": other_iteration, "miou": result["miou"]})
@@ -112,7 +142,7 @@ def score_checkpoints(ckpt: Path, val: Path, protocol_name, with_tc: bool, tc_pr
     best_path, best_iteration = paths[best_index], runs[best_index]["iteration"]
     best = last
     if best_index != len(paths) - 1:
-        best = evaluate(load_segmenter(best_path, device)[0], store, protocol, device, with_tc=with_tc, **options)
+        best = evaluate(load(best_path)[0], store, protocol, device, with_tc=with_tc, **options)
     report["best"] = _run_summary(best, best_path, best_iteration)
     return report, model, store, protocol
 
@@ -222,7 +252,13 @@ def write_reports(out: Path, report: dict) -> None:
 @click.option("--save-pred", type=click.IntRange(min=0), default=DEFAULT_SAVE_PRED, show_default=True,
               help="Frames whose predictions are saved as PNGs (and, when > 0, one clip as mp4).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True)
-def cli(ckpt, val, pred_dir, root, out, protocol, tc, tc_protocol, device, save_pred, batch_size):
+@click.option("--adapt-bn", type=click.IntRange(min=0), default=0, show_default=True,
+              help="AdaBN (Li et al. 2016), not the paper's protocol: re-estimate BN statistics on N target train "
+                   "frames before scoring (0 = off).")
+@click.option("--adapt-store", type=click.Path(path_type=Path), default=None,
+              help="Target pair store for --adapt-bn [default: the run's SHARDS/TARGET from its config].")
+def cli(ckpt, val, pred_dir, root, out, protocol, tc, tc_protocol, device, save_pred, batch_size, adapt_bn,
+        adapt_store):
     """Per-class IoU, mIoU and TC of i2vda checkpoints on Cityscapes val, or mIoU of prediction PNGs."""
     if (ckpt is None) == (pred_dir is None):
         raise InputError("give exactly one of --ckpt (score a checkpoint) or --pred-dir (score prediction PNGs)")
@@ -233,7 +269,8 @@ def cli(ckpt, val, pred_dir, root, out, protocol, tc, tc_protocol, device, save_
         write_reports(out, report)
     else:
         device = _device(device)
-        report, model, store, chosen = score_checkpoints(ckpt, val, protocol, tc, tc_protocol, device, batch_size)
+        report, model, store, chosen = score_checkpoints(ckpt, val, protocol, tc, tc_protocol, device, batch_size,
+                                                         adapt_bn, adapt_store)
         write_reports(out, report)
         save_pictures(out, model, store, chosen, save_pred, device, batch_size)
     best = report.get("best")

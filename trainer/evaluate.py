@@ -19,9 +19,9 @@ import torch
 from tqdm import tqdm
 
 from pipeline.errors import InputError
-from pipeline.sources.protocols import IGNORE_ID, Protocol, get_protocol
-from pipeline.valstore import ValStore
-from trainer.predict import DEFAULT_BATCH_SIZE, predict_labels
+from pipeline.shards import ValStore, read_samples, store_shards
+from pipeline.sources import IGNORE_ID, Protocol, get_protocol
+from trainer.predict import DEFAULT_BATCH_SIZE, frames_to_tensor, predict_labels
 
 PERCENT = 100.0
 TC_PROTOCOLS = ("ours", "etc")
@@ -206,3 +206,45 @@ def evaluate(model, val_store, protocol: Protocol | str, device="cpu", with_tc: 
         "num_frames": len(keys),
         "num_pairs": num_pairs,
     }
+
+
+def target_frames(store: str | os.PathLike, count: int) -> np.ndarray:
+    """(count, H, W, 3) uint8: frame1 of `count` target pairs, taken from up to `count` shards spread over the store."""
+    shards = store_shards(store)
+    if not shards:
+        raise InputError(f"--adapt-bn: no shards in the target store {store}")
+    picked = [shards[round(i * (len(shards) - 1) / max(count - 1, 1))] for i in range(min(count, len(shards)))]
+    per_shard = -(-count // len(picked))  # ceil
+    frames = []
+    for shard in dict.fromkeys(picked):
+        for i, sample in enumerate(read_samples(shard)):
+            if i >= per_shard or len(frames) >= count:
+                break
+            frames.append(sample["frame1"])
+    if len(frames) < count:
+        raise InputError(f"--adapt-bn {count}: the target store {store} gave only {len(frames)} frames")
+    return np.stack(frames)
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: torch.nn.Module, frames_bhw3: np.ndarray, device, batch_size: int) -> torch.nn.Module:
+    """AdaBN (Li et al., 2016): every BatchNorm's running statistics re-estimated on target frames, weights untouched.
+
+    The statistics are reset, then the cumulative average of the per-batch statistics over `batch_size`-frame
+    batches (train-mode BN, momentum None), as M normalised its target batches in training; returns M in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise InputError("--adapt-bn: the network has no BatchNorm layer to adapt")
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for start in range(0, len(frames_bhw3), batch_size):
+            model(frames_to_tensor(frames_bhw3[start : start + batch_size], device))
+    finally:
+        for m, momentum in zip(bns, saved):
+            m.momentum = momentum
+        model.eval()
+    return model

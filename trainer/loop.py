@@ -133,7 +133,7 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
             batch = to_device(next(batches), rt.device, it)
             data_wait_s = time.perf_counter() - wait_start
             if config.uses_tc and config.proxy_ckpt is None and it % config.iter_copy == 0:  # Alg. 1 lines 5-7
-                copy_proxy(nets)
+                copy_proxy(nets, config.proxy_bn)
             stats, probs, views = segmenter_step(nets, batch, config, it, rt.rank, estimate_flow,
                                                  want_views=monitor.wants_views(it))  # fmt: skip
             if nets.disc is not None:

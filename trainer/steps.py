@@ -36,6 +36,7 @@ from trainer.models import (
     load_torchvision_resnet,
 )
 from trainer.temporal import (
+    class_balanced_entropy,
     linear_flow_1t,
     normalized_entropy,
     occlusion_mask,
@@ -60,9 +61,33 @@ class MultiInput(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """net(x) for each input, in order."""
-        return tuple(self.net(x) for x in inputs)
+    def forward(self, *inputs: torch.Tensor, track: tuple[bool, ...] | None = None) -> tuple[torch.Tensor, ...]:
+        """net(x) for each input, in order; where track[i] is False, BatchNorm's running statistics stay as they are."""
+        track = track or (True,) * len(inputs)
+        outputs = []
+        for x, keep_stats in zip(inputs, track, strict=True):
+            with contextlib.nullcontext() if keep_stats else frozen_running_stats(self.net):
+                outputs.append(self.net(x))
+        return tuple(outputs)
+
+
+@contextlib.contextmanager
+def frozen_running_stats(net: nn.Module):
+    """Train-mode BatchNorm still normalises with the batch's statistics, but does not fold them into its running ones.
+
+    `--bn-stats target`: M's running statistics (what eval and the eval-mode proxy M' use) are estimated on target
+    frames only, as the target branch of domain-specific BN (DSBN, Chang et al., CVPR 2019)."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
+    for m in bns:
+        m.momentum = 0.0  # running <- (1 - 0) running + 0 batch
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 @dataclass
@@ -91,6 +116,10 @@ def build_nets(config: TrainConfig, device: torch.device, distributed: bool) -> 
     proxy = copy.deepcopy(model).eval().requires_grad_(False) if config.uses_tc else None
     if config.proxy_ckpt is not None:  # a fixed teacher: loaded once, never copied from M
         load_segmenter_weights(proxy, config.proxy_ckpt)
+    if proxy is not None and config.proxy_bn == "target":
+        for bn in _batchnorms(proxy):
+            bn.momentum = None  # a cumulative average over the target batches since the last copy (or the load)
+            bn.reset_running_stats()
     disc = None
     if config.uses_disc:
         disc = FCDiscriminator(config.num_classes, ndf=config.disc_width).to(device, memory_format=memory_format)
@@ -123,13 +152,46 @@ def set_learning_rates(nets: Nets, config: TrainConfig, it: int) -> dict:
     return {"lr": lr, "lr_d": lr_d}
 
 
+def _batchnorms(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
-def copy_proxy(nets: Nets) -> None:
-    """Algorithm 1 line 6: theta_M' <- theta_M, from the unwrapped M; under DDP every rank takes rank 0's copy."""
+def copy_proxy(nets: Nets, proxy_bn: str = "running") -> None:
+    """Algorithm 1 line 6: theta_M' <- theta_M, from the unwrapped M; under DDP every rank takes rank 0's copy.
+
+    With proxy_bn "target" the copy's BN running statistics are then reset, to be re-estimated on target frames."""
     nets.proxy.load_state_dict(nets.model.state_dict())
     if torch.distributed.is_initialized():  # BN running statistics differ between ranks; M' must not
         for tensor in nets.proxy.state_dict().values():
             torch.distributed.broadcast(tensor, src=0)
+    if proxy_bn == "target":
+        for bn in _batchnorms(nets.proxy):
+            bn.reset_running_stats()
+
+
+@torch.no_grad()
+def proxy_logits(proxy: nn.Module, x: torch.Tensor, proxy_bn: str) -> torch.Tensor:
+    """M'(x) with no gradient, its BatchNorm normalising by (`--proxy-bn`):
+
+    - "running": M's running statistics, M' in eval mode: what the paper says (§3.4 "in an evaluation mode");
+    - "batch": the statistics of this I1 batch (train-mode BN), running statistics untouched;
+    - "target": running statistics re-estimated on the target I1 batches seen since the last copy (this one
+      included), a cumulative average."""
+    if proxy_bn == "running":
+        return proxy(x)
+    bns = _batchnorms(proxy)
+    for bn in bns:
+        bn.train()
+    try:
+        if proxy_bn == "batch":
+            with frozen_running_stats(proxy):
+                return proxy(x)
+        proxy(x)  # "target": fold this batch into the running statistics, then label with them
+    finally:
+        for bn in bns:
+            bn.eval()
+    return proxy(x)
 
 
 def draw_t(config: TrainConfig, rank: int, it: int) -> float:
@@ -178,17 +240,23 @@ def segmenter_step(nets: Nets, batch: dict, config: TrainConfig, it: int, rank: 
     i0, i1, flow_01, flow_10 = tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"]
     device = i0.device
     stats, views = {}, {}
-    inputs, i_t, t = [src["image"], i0], i0, None  # --no-temporal-aug: It = I0
+    # What M sees (a train-mode forward moves BN's running statistics even when no loss reads its output):
+    # source-only I^s; adversarial-only I^s, I0; I2VDA I^s, I0, It (It = I0 under --no-temporal-aug).
+    inputs, i_t, t = [src["image"]], i0, None
+    if config.uses_target:
+        inputs.append(i0)
     if config.uses_intermediate and not config.no_temporal_aug:
         t = draw_t(config, rank, it)
         i_t = synthesize_intermediate(i0, i1, flow_01, flow_10, t, config.alpha)  # Eq. 1-3
         inputs.append(i_t)
         stats["t"] = torch.tensor(t)
+    track = (config.bn_stats == "all",) + (True,) * (len(inputs) - 1)  # --bn-stats target: not from I^s
     with autocast(config, device):
-        logits = nets.segment(*[_network_input(x, config) for x in inputs])
+        logits = nets.segment(*[_network_input(x, config) for x in inputs], track=track)
         loss_seg = segmentation_loss(logits[0], src["label"])  # Eq. 10
-        probs = {"s": _probabilities(logits[0], src["label"].shape[-2:]),
-                 "0": _probabilities(logits[1], i0.shape[-2:])}  # fmt: skip
+        probs = {"s": _probabilities(logits[0], src["label"].shape[-2:])}
+        if config.uses_target:
+            probs["0"] = _probabilities(logits[1], i0.shape[-2:])
         if config.uses_intermediate:  # --no-temporal-aug: It = I0, so Pt = P0
             probs["t"] = _probabilities(logits[2], i0.shape[-2:]) if len(logits) > 2 else probs["0"]
         total = loss_seg
@@ -216,10 +284,12 @@ def _temporal_consistency(nets: Nets, config: TrainConfig, tgt: dict, i_t: torch
     """L_tc (Eq. 4-9): PL from M'(I1) on I1's grid, P_t carried to I1 with F_1->t; -> (loss, stats, views)."""
     i1, flow_01, flow_10 = tgt["frame1"], tgt["flow01"], tgt["flow10"]
     with torch.no_grad():
-        prob_1 = _probabilities(nets.proxy(_network_input(i1, config)), i1.shape[-2:])
+        prob_1 = _probabilities(proxy_logits(nets.proxy, _network_input(i1, config), config.proxy_bn), i1.shape[-2:])
         entropy = None if config.no_entropy else normalized_entropy(prob_1)  # Eq. 6
         not_occluded = None if config.no_occlusion else occlusion_mask(flow_01, flow_10, config.eta,
                                                                        config.occlusion_grid)  # Eq. 7
+        if config.pl_select == "class-balanced" and entropy is not None:
+            entropy = class_balanced_entropy(prob_1, entropy, config.delta, config.pl_portion)
         pl = pseudo_label(prob_1, entropy, not_occluded, config.delta)  # Eq. 8
         if config.no_temporal_aug:
             flow_1t = flow_10  # It = I0: the precomputed F_1->0

@@ -23,6 +23,11 @@ ETA_PX = 1.0
 DELTA = 0.3
 # Keeps log(P1W) finite where the warped probability underflowed to 0 (Eq. 9 is CE on probabilities).
 PROB_EPS = 1e-8
+# Share of each class's predicted pixels that `--pl-select class-balanced` keeps at least: CBST's starting portion
+# (Zou et al. 2018 start at 20% and grow it; chosen before any run here, not tuned).
+PL_PORTION = 0.2
+# How Eq. 8 selects PL: the paper's one entropy threshold, or per-class thresholds (CBST), beyond the paper.
+PL_SELECTIONS = ("entropy", "class-balanced")
 # Grids on which Eq. 7's forward-backward check can be evaluated: I1's (where PL lives) or I0's (the paper's formula).
 OCCLUSION_GRIDS = ("i1", "i0")
 
@@ -106,6 +111,25 @@ def pseudo_label(
     if not_occluded is not None:
         keep &= not_occluded.bool()
     return label.masked_fill(~keep, ignore_index)
+
+
+@torch.no_grad()
+def class_balanced_entropy(prob_1: torch.Tensor, entropy: torch.Tensor, delta: float = DELTA,
+                           portion: float = PL_PORTION) -> torch.Tensor:
+    """Eq. 8 with per-class thresholds (`--pl-select class-balanced`, beyond the paper; CBST, Zou et al., ECCV 2018).
+
+    A pixel predicted c is kept where E < max(delta, delta_c), delta_c the `portion`-quantile of E over the batch's
+    pixels predicted c: every class keeps at least its `portion` most confident predictions, so a class the proxy is
+    seldom sure of (sky, terrain early on) is not dropped from PL. Returned as an entropy rescaled so that
+    `E' < delta` is that rule: E' = E delta / max(delta, delta_c), (B, H, W)."""
+    label = prob_1.argmax(dim=1)
+    scale = torch.ones_like(entropy)
+    for c in label.unique().tolist():
+        of_c = label == c
+        delta_c = torch.quantile(entropy[of_c].float(), portion).item()
+        if delta_c > delta:
+            scale[of_c] = delta / delta_c
+    return entropy * scale
 
 
 def temporal_consistency_loss(
