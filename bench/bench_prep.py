@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import statistics
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from pipeline.build import Builder, pin_threads
 from pipeline.demo.world import WorldConfig, write_world
 from pipeline.job import PrepActor, run_shards
 from pipeline.plan import PrepConfig, parse_size, plan_shards
-from pipeline.shards import TARGET_KIND, read_samples
+from pipeline.shards import TARGET_KIND, raw_samples, read_samples, store_shards
 from pipeline.sources.cityscapes import list_pairs
 
 SIZE_WH = (1024, 512)  # the paper's Cityscapes training size
@@ -109,11 +108,11 @@ def davsn_flow_bytes(flow: np.ndarray) -> int:
 def member_bytes(store: Path) -> dict[str, int]:
     """Total bytes per member field ("frame0.png", "flow01.zflow", ...) over a store's shards."""
     totals: dict[str, int] = {}
-    for shard in store.glob("*.tar"):
-        with tarfile.open(shard) as tar:
-            for member in tar.getmembers():
-                field = member.name.split(".", 1)[1]
-                totals[field] = totals.get(field, 0) + member.size
+    for shard in store_shards(store):
+        for sample in raw_samples(shard):
+            for field, data in sample.items():
+                if not field.startswith("__"):
+                    totals[field] = totals.get(field, 0) + len(data)
     return totals
 
 

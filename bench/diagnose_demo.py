@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.flow import load_estimator, read_flo
+from pipeline.shards import ValStore
 from pipeline.sources.cityscapes import list_annotated
 from pipeline.sources.images import read_rgb, resize_label, resize_rgb
 from pipeline.sources.protocols import get_protocol
-from pipeline.valstore import ValStore
-from trainer.checkpoint import latest_checkpoint
-from trainer.checkpoint import load_checkpoint as load_training_state
+from trainer.checkpoint import latest_checkpoint, read_checkpoint
 from trainer.models import build_segmenter, caffe_normalize
-from trainer.predict import load_checkpoint
+from trainer.predict import load_segmenter
 from trainer.steps import proxy_logits
 from trainer.temporal import DELTA, ETA_PX, class_balanced_entropy, normalized_entropy, occlusion_mask
 
@@ -51,7 +50,7 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 def pseudo_label_quality(ckpt: str, store: ValStore, delta: float) -> dict:
     """Accuracy of argmax and of the entropy-filtered pseudo-labels of one checkpoint on the annotated val frames."""
-    model, config, iteration = load_checkpoint(ckpt, "cpu")
+    model, config, iteration = load_segmenter(ckpt, "cpu")
     names = get_protocol(config["protocol"]).class_names
     k = len(names)
     confusion, kept = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)  # rows truth, columns prediction
@@ -114,7 +113,7 @@ def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
     """Pseudo-label coverage and precision of M' at each checkpoint of an I2VDA run, made in the run's own modes."""
     rows = []
     for path in sorted((run / "checkpoints").glob("iter_*.pt")):
-        state = load_training_state(path)
+        state = read_checkpoint(path)
         config = state["config"]
         if state.get("proxy") is None:
             raise click.ClickException(f"{path}: holds no proxy M' (not an I2VDA run with L_tc)")

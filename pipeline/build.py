@@ -13,12 +13,19 @@ import torch
 from pipeline.errors import InputError
 from pipeline.flow.estimators import load_estimator
 from pipeline.plan import PrepConfig, ShardTask
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, encode_source_sample, encode_target_sample, write_shard
+from pipeline.shards import (
+    SOURCE_KIND,
+    TARGET_KIND,
+    encode_source_sample,
+    encode_target_sample,
+    encode_val_item,
+    tc_clip_bounds,
+    write_shard,
+)
 from pipeline.sources import read_source_label
 from pipeline.sources.cityscapes import AnnotatedFrame, read_label
 from pipeline.sources.images import read_rgb, resize_label, resize_rgb
 from pipeline.sources.protocols import PROTOCOL_NAMES, get_protocol
-from pipeline.valstore import encode_val_item, tc_clip_bounds
 
 
 def pin_threads(threads: int = 1) -> None:

@@ -9,7 +9,7 @@ import click
 from pipeline.demo.command import demo_world
 from pipeline.errors import InputError, one_line_errors
 from pipeline.plan import (
-    DEFAULT_BATCH_SIZE,
+    DEFAULT_FLOW_BATCH_SIZE,
     DEFAULT_SAMPLES_PER_SHARD,
     DEFAULT_SIZE_WH,
     DEFAULT_TC_WINDOW,
@@ -18,10 +18,11 @@ from pipeline.plan import (
     parse_size,
 )
 from pipeline.shards import FRAME_MODES, SOURCE_KIND, TARGET_KIND, VAL_KIND
+from pipeline.sources import LABELLED_SOURCES
 from pipeline.sources.protocols import default_protocol, get_protocol
 
 TARGET_SOURCES = ("cityscapes_seq",)
-SOURCE_DATASETS = ("viper", "synthia", "cityscapes")  # cityscapes: annotated train frames, for the oracle
+SOURCE_DATASETS = LABELLED_SOURCES  # viper, synthia, and cityscapes: its annotated train frames, for the oracle
 DEFAULT_OUT = "stores"
 INTERRUPTED = 130  # the shell's exit status for a process stopped by SIGINT
 
@@ -51,7 +52,7 @@ def _flow_options(command):
         click.option("--flow-ckpt", default=None, help="FlowNet2_checkpoint.pth.tar (needed by --flow flownet2)"),
         click.option("--dis-preset", default="medium", show_default=True, help="DIS preset (see pipeline/flow/dis.py)"),
         click.option("--workers", type=int, default=None, help="actors; default one per GPU (FlowNet2) or CPU"),
-        click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
+        click.option("--batch-size", type=int, default=DEFAULT_FLOW_BATCH_SIZE, show_default=True,
                      help="pairs per estimator call (both directions go in one call)"),
         click.option("--on-error", default="fail", show_default=True,
                      help="fail: stop at the first bad file; skip: leave it out and list it in the manifest"),

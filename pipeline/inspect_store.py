@@ -11,9 +11,8 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.flow.viz import flow_to_color
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_KIND, file_sha256, read_manifest, read_samples
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_KIND, ValStore, file_sha256, open_store, read_samples
 from pipeline.sources.protocols import colorize, get_protocol
-from pipeline.valstore import ValStore
 
 TILE_WIDTH = 320  # pixels per sheet column: four columns make a sheet that fits a screen
 DEFAULT_ROWS = 4
@@ -22,32 +21,28 @@ VAL_SHEET_PROTOCOL = "viper15"  # the val store holds every protocol; the sheet 
 
 def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
     """Lines describing a store from its manifest; `verify` re-hashes every file against the manifest."""
-    store = Path(store)
-    manifest = read_manifest(store)
-    count = manifest.get("num_samples", 0)
+    info = open_store(store)
+    count = info.num_samples
     lines = [
-        f"store      {manifest.get('name')} ({manifest.get('kind')}), "
-        f"{'complete' if manifest.get('complete') else 'INCOMPLETE'}, tool {manifest.get('tool_version')}",
-        f"samples    {count} of {manifest.get('num_planned')} planned, {manifest.get('num_skipped', 0)} skipped, "
-        f"in {len(manifest.get('shards', []))} file(s)",
-        f"bytes      {manifest.get('bytes', 0) / 2**20:.1f} MiB"
-        + (f", {manifest['bytes'] / count / 2**20:.3f} MiB per sample" if count else ""),
-        f"size       {'x'.join(str(v) for v in manifest.get('size_wh') or [])} (W x H)",
+        f"store      {info.name} ({info.kind}), {'complete' if info.complete else 'INCOMPLETE'}, "
+        f"tool {info.tool_version}",
+        f"samples    {count} of {info.num_planned} planned, {info.num_skipped} skipped, in {len(info.shards)} file(s)",
+        f"bytes      {info.bytes / 2**20:.1f} MiB"
+        + (f", {info.bytes / count / 2**20:.3f} MiB per sample" if count else ""),
+        f"size       {'x'.join(str(v) for v in info.size_wh or [])} (W x H)",
     ]
-    config = manifest.get("config", {})
-    if manifest.get("estimator"):
-        lines.append(f"estimator  {manifest['estimator']} {config.get('estimator_options')}, "
-                     f"checkpoint sha256 {config.get('checkpoint_sha256')}")  # fmt: skip
-        lines.append(f"codec      {manifest.get('codec')}")
-    if config.get("frames"):
-        lines.append(f"frames     {config['frames']} PNG")
-    if manifest.get("protocol") or manifest.get("protocols"):
-        lines.append(f"protocol   {manifest.get('protocol') or ', '.join(manifest['protocols'])}")
-    for entry in manifest.get("skipped", []):
+    if info.estimator:
+        lines.append(f"estimator  {info.estimator} {dict(info.estimator_options)}, "
+                     f"checkpoint sha256 {info.checkpoint_sha256}")  # fmt: skip
+        lines.append(f"codec      {info.codec}")
+    if info.frames:
+        lines.append(f"frames     {info.frames} PNG")
+    if info.protocols:
+        lines.append(f"protocol   {', '.join(info.protocols)}")
+    for entry in info.skipped:
         lines.append(f"skipped    {entry['key']} ({entry['path']}): {entry['reason']}")
     if verify:
-        bad = [e["name"] for e in manifest.get("shards", [])
-               if not (store / e["name"]).is_file() or file_sha256(store / e["name"]) != e["sha256"]]  # fmt: skip
+        bad = [s.path.name for s in info.shards if not s.path.is_file() or file_sha256(s.path) != s.sha256]
         lines.append(f"verify     {'all files match their sha256' if not bad else 'MISMATCH: ' + ', '.join(bad)}")
     return lines
 
@@ -90,7 +85,7 @@ def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndar
     """(H, W, 3) uint8 RGB sheet: per sample, target frames + flows in colour, source image + coloured label,
     val frame + coloured label + its forward flow."""
     store = Path(store)
-    kind = read_manifest(store).get("kind")
+    kind = open_store(store).kind
     if kind not in (TARGET_KIND, SOURCE_KIND, VAL_KIND):
         raise InputError(f"{store}: unknown store kind {kind!r}")
     tiles = _rows(store, kind, rows)

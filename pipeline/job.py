@@ -34,11 +34,10 @@ from pipeline.plan import (
     resolve,
     store_manifest,
 )
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_KIND, file_sha256, write_manifest
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_FILE, VAL_KIND, ValWriter, file_sha256, write_manifest
 from pipeline.sources import list_source
 from pipeline.sources.cityscapes import list_annotated, list_pairs
 from pipeline.sources.protocols import PROTOCOL_NAMES
-from pipeline.valstore import VAL_FILE, ValWriter
 
 THREADS_PER_WORKER = 1  # OpenCV and torch threads per actor: N actors use N cores
 ACTOR_RETRIES = 1  # a crashed actor (e.g. killed for memory) is restarted once and its shard redone

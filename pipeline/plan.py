@@ -14,6 +14,7 @@ from pipeline.flow.codec import FLOW_CODEC
 from pipeline.flow.estimators import ESTIMATOR_NAMES
 from pipeline.shards import (
     FRAME_MODES,
+    MANIFEST_NAME,
     PARTIAL_SUFFIX,
     SOURCE_KIND,
     TARGET_KIND,
@@ -30,7 +31,7 @@ VAL_STORE = "cityscapes_val"
 # 128 pairs at 1024x512 make shards of a few hundred MB: big enough for sequential reads (WebDataset's advice),
 # small enough that a crash loses minutes of flow estimation and that DDP ranks x loader workers get many shards.
 DEFAULT_SAMPLES_PER_SHARD = 128
-DEFAULT_BATCH_SIZE = 4  # pairs per estimator call (8 flows: both directions); FlowNet2 on a GPU likes batches
+DEFAULT_FLOW_BATCH_SIZE = 4  # pairs per estimator call (8 flows: both directions); FlowNet2 on a GPU likes batches
 DEFAULT_TC_WINDOW = 30  # a whole Cityscapes snippet: the ETC protocol's 30 frames, 29 consecutive pairs
 ON_ERROR = ("fail", "skip")
 # Config fields repeated at the manifest's top level, where readers (`check_manifest`, the trainer) look for them.
@@ -54,7 +55,7 @@ class PrepConfig:
     dis_preset: str = "medium"
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
     workers: int | None = None  # None: one per GPU when the estimator uses one, else one per CPU
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int = DEFAULT_FLOW_BATCH_SIZE
     on_error: str = "fail"
     tc_window: int = DEFAULT_TC_WINDOW
     frames: str = "stored"  # frame PNGs: "stored" (fast to decode) or "compressed" (about half the bytes)
@@ -154,7 +155,7 @@ def plan_sha256(tasks: Sequence[ShardTask]) -> str:
 def previous_manifest(config: PrepConfig, plan_digest: str) -> dict | None:
     """The manifest a former run left in the store folder, if any; one for another config raises InputError."""
     store_dir = config.store_dir
-    if not (store_dir / "manifest.json").is_file():
+    if not (store_dir / MANIFEST_NAME).is_file():
         return None
     manifest = read_manifest(store_dir)
     if not manifest.get("complete") and not manifest.get("shards"):

@@ -10,8 +10,8 @@ import torch
 
 from pipeline.cli import cli as prep_cli
 from pipeline.errors import InputError
+from pipeline.shards import ValWriter, encode_val_item, write_manifest
 from pipeline.sources.protocols import colorize, get_protocol
-from pipeline.valstore import ValWriter, encode_val_item
 from trainer import demo_run
 from trainer.cli import cli as train_cli
 from trainer.demo import VARIANTS, DemoPreset, main, plan_prep, plan_runs
@@ -104,9 +104,9 @@ def test_skip_logic_on_fake_outputs(tmp_path):
     store.mkdir()
     assert not store_done(store, (256, 128))
     manifest = {"complete": False, "config": {"size_wh": [256, 128]}}
-    (store / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(store, manifest)  # a real manifest (with its format line), as i2vda-prep writes it
     assert not store_done(store, (256, 128))
-    (store / "manifest.json").write_text(json.dumps({**manifest, "complete": True}))
+    write_manifest(store, {**manifest, "complete": True})
     assert store_done(store, (256, 128)) and not store_done(store, (224, 128))
     world = tmp_path / "world"
     world.mkdir()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from flow_checks import warp_with_mask
 
 from pipeline.demo import WorldConfig, write_world
 from pipeline.demo.camera import Pinhole, Pose, Trajectory
@@ -22,7 +23,7 @@ from pipeline.demo.street import build_street
 from pipeline.demo.styles import camera_style
 from pipeline.errors import InputError
 from pipeline.flow.flo import read_flo
-from pipeline.flow.warp import forward_backward_consistent, warp, warp_with_mask
+from pipeline.flow.warp import forward_backward_consistent, warp
 from pipeline.sources import cityscapes, synthia, viper
 from pipeline.sources.images import read_palette_png, read_png_unchanged, read_rgb
 from pipeline.sources.protocols import IGNORE_ID, SYNTHIA11, VIPER15

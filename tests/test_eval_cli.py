@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.shards import ValStore, ValWriter, encode_val_item
 from pipeline.sources.protocols import get_protocol
-from pipeline.valstore import ValStore, ValWriter, encode_val_item
 from trainer.eval_cli import main
 from trainer.models import build_segmenter
 from trainer.visualize import figure_grid, overlay

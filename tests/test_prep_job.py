@@ -23,9 +23,8 @@ from prep_trees import frame_path, label_path, write_cityscapes
 from pipeline.flow.dis import DISEstimator
 from pipeline.job import run_shards, run_val
 from pipeline.plan import PrepConfig
-from pipeline.shards import TARGET_KIND, VAL_KIND, check_manifest, file_sha256, read_manifest, read_samples
+from pipeline.shards import TARGET_KIND, VAL_KIND, ValStore, check_manifest, file_sha256, read_manifest, read_samples
 from pipeline.sources.images import read_rgb
-from pipeline.valstore import ValStore
 
 NATIVE_HW, STORE_WH = (160, 320), (256, 128)  # frames are shrunk (area interpolation) into the store
 TRAIN = [("aachen", "000000", 14, 10, None), ("bochum", "000001", 3, 8, None)]

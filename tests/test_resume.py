@@ -13,9 +13,10 @@ from test_train_loop import load, make_stores, read_log, same_state, tiny_config
 import trainer.loop as loop
 from pipeline.errors import InputError
 from pipeline.shards import read_samples
-from trainer.checkpoint import capture_rng, restore_rng, save_atomic
+from trainer.checkpoint import save_checkpoint
 from trainer.data import iteration_batches, open_stores
 from trainer.loop import train
+from trainer.rng import capture_rng, restore_rng
 
 TIMING_FIELDS = ("it_per_s", "data_wait_frac")  # wall-clock numbers, the only log fields allowed to differ
 
@@ -124,7 +125,7 @@ def test_ranks_read_disjoint_shards(stores, tmp_path):
 def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     state = capture_rng(torch.device("cpu"))
     draws = (torch.rand(3), np.random.rand(3), random.random())
-    path = save_atomic({"rng": state}, tmp_path / "rng.pt")
+    path = save_checkpoint({"rng": state}, tmp_path / "rng.pt")
     restore_rng(torch.load(path, weights_only=True)["rng"])
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
@@ -132,5 +133,5 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
 
 def test_a_failed_save_leaves_no_file(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises on an unpicklable object
-        save_atomic({"model": lambda: None}, tmp_path / "iter_0000001.pt")
+        save_checkpoint({"model": lambda: None}, tmp_path / "iter_0000001.pt")
     assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import tarfile
 import zlib
 
@@ -14,12 +15,18 @@ from PIL import Image
 from pipeline.errors import InputError
 from pipeline.flow.codec import FLOW_EXT
 from pipeline.shards import (
+    PARTIAL_SUFFIX,
+    StoreInfo,
+    atomic_path,
     check_manifest,
     decode_sample,
     encode_source_sample,
     encode_target_sample,
+    file_sha256,
+    open_store,
     png_bytes,
     png_pixels,
+    raw_samples,
     read_manifest,
     read_samples,
     shard_name,
@@ -204,3 +211,50 @@ def test_frame_mode_changes_the_bytes_not_the_decoded_sample():
     a, b = decode_sample(stored), decode_sample(compressed)
     for name in ("frame0", "frame1", "flow01", "flow10"):
         assert np.array_equal(a[name], b[name])
+
+
+def test_open_store_types_the_manifest_and_lists_its_shards(tmp_path):
+    infos = [write_shard(tmp_path / shard_name("st", i), [_target(10 * i + j) for j in range(2)]) for i in (0, 1)]
+    empty = write_shard(tmp_path / shard_name("st", 2), [])
+    write_manifest(tmp_path, {"name": "st", "kind": "target_pairs", "complete": True, "size_wh": [W, H],
+                              "estimator": "dis", "config": {"estimator_options": {"preset": "fast"},
+                                                             "plan_sha256": "abc"},
+                              "num_samples": 4, "shards": [*infos, empty]})  # fmt: skip
+    info = open_store(tmp_path)
+    assert isinstance(info, StoreInfo) and info.kind == "target_pairs" and info.complete
+    assert info.size_wh == (W, H) and info.size_hw == (H, W) and info.estimator == "dis"
+    assert dict(info.estimator_options) == {"preset": "fast"} and info.plan_sha256 == "abc" and info.num_samples == 4
+    assert [s.path.name for s in info.shards] == [shard_name("st", i) for i in range(3)]
+    assert info.shards[0].sha256 == infos[0]["sha256"] and info.shards[2].samples == 0
+    assert info.sample_shards() == tuple(str(tmp_path / shard_name("st", i)) for i in (0, 1))  # the empty one left out
+    assert info.check(kind="target_pairs", size_hw=(H, W)) is info
+    with pytest.raises(InputError, match="estimator='dis', expected 'flownet2'"):
+        info.check(estimator="flownet2")
+    (tmp_path / shard_name("st", 1)).unlink()
+    with pytest.raises(InputError, match="listed in the manifest is missing"):
+        info.sample_shards()
+
+
+def test_raw_samples_groups_members_by_key_and_names_a_bad_tar(tmp_path):
+    path = tmp_path / "st-000000.tar"
+    write_shard(path, [_target(s) for s in range(3)])
+    raws = list(raw_samples(path))
+    assert [r["__key__"] for r in raws] == [f"city_000000_{s:06d}" for s in range(3)]
+    assert all(r["__url__"] == str(path) and isinstance(r["frame0.png"], bytes) for r in raws)
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    for bad in (tmp_path / "junk.tar", tmp_path / "absent.tar"):
+        with pytest.raises(InputError) as err:
+            list(raw_samples(bad))
+        assert str(err.value).startswith(f"{bad}: unreadable or truncated shard") and "\n" not in str(err.value)
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "file.bin"
+    with atomic_path(target) as partial:
+        assert partial.parent == tmp_path and partial.name.endswith(PARTIAL_SUFFIX) and str(os.getpid()) in partial.name
+        partial.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and file_sha256(target) == hashlib.sha256(b"whole").hexdigest()
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "other.bin") as partial:
+        partial.write_bytes(b"half")
+        raise RuntimeError("writer crashed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]

@@ -10,9 +10,8 @@ from pipeline.build import Builder
 from pipeline.errors import InputError
 from pipeline.flow.dis import DISEstimator
 from pipeline.plan import PrepConfig
-from pipeline.shards import VAL_KIND
+from pipeline.shards import VAL_KIND, ValStore, ValWriter, tc_clip_bounds
 from pipeline.sources.cityscapes import list_annotated
-from pipeline.valstore import ValStore, ValWriter, tc_clip_bounds
 
 NATIVE_HW, STORE_WH = (48, 96), (64, 32)
 FIRST, COUNT, ANNOTATED = 10, 6, 13  # snippet frames 10..15, label on frame 13 (index 3)

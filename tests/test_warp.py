@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from flow_checks import warp_with_mask
 
-from pipeline.flow.warp import forward_backward_consistent, warp, warp_with_mask
+from pipeline.flow.warp import forward_backward_consistent, warp
 
 
 def _bilinear_reference(x: np.ndarray, flow: np.ndarray, padding: str) -> np.ndarray:

@@ -1,25 +1,40 @@
-"""Resumable checkpoints: M, M', D, both optimisers, the iteration, every RNG, the data position and the config.
+"""Our checkpoint format, in one place: where files go and their names, how they are written, read and fitted.
 
-Files are `RUN/checkpoints/iter_NNNNNNN.pt` (NNNNNNN = iterations done, 7 digits), written under a temporary name and
-renamed, so a crash never leaves a half file under the final name. Everything inside is a tensor, a number, a
-string, a list, a tuple or a dict, so `torch.load(weights_only=True)` reads it without running pickled code.
+Files are `RUN/checkpoints/iter_NNNNNNN.pt` (NNNNNNN = iterations done, written with 7 digits), written under a
+temporary name and renamed (`pipeline.shards.atomic_path`), so a crash never leaves a half file under the final
+name. Everything inside is a tensor, a number, a string, a list, a tuple or a dict: `load_torch_file`, the one
+`torch.load` of the trainer, reads it (and the ImageNet inits) with `weights_only=True`, so no pickled code runs.
+Resume (`read_checkpoint`), eval and predict (`trainer.predict.load_segmenter`), `--init-format segmenter` and
+`--proxy-ckpt` (`trainer.models.load_segmenter_weights`) and the demo all read through here. The dict is
+`training_state`'s (docs/DEVELOPING.md, "Checkpoint files").
 """
 
 from __future__ import annotations
 
-import os
-import random
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline.errors import InputError
+from pipeline.flow import state_dict_fit
+from pipeline.shards import atomic_path
 from trainer.config import TrainConfig, resume_mismatch
+from trainer.rng import restore_rng
 
 CHECKPOINT_DIR = "checkpoints"
-_NAME = re.compile(r"^iter_(\d{7})\.pt$")
+# iter_<iterations>.pt: written with 7 digits (sorted names = sorted iterations below 10^7), read with any number.
+CHECKPOINT_NAME = re.compile(r"^iter_(\d+)\.pt$")
+CHECKPOINT_GLOB = "iter_*.pt"
+RESUME_KEYS = ("model", "iteration", "config", "rng", "data")  # what resuming a run needs
+MODEL_KEYS = ("model", "config")  # what rebuilding M for eval needs
+# What a checkpoint's config must name to rebuild M (`trainer.predict.load_segmenter`).
+MODEL_CONFIG_FIELDS = ("arch", "num_classes", "protocol", "target_size_hw")
+BN_COUNTER = "num_batches_tracked"  # BatchNorm fills it in when a file (e.g. a caffe-converted one) lacks it
+# What torch.load(weights_only=True) says when a file pickles a class or function (not merely corrupt bytes).
+WEIGHTS_ONLY_REFUSAL = "Unsupported global"
+KEYS_SHOWN = 3  # offending keys named in a refusal: enough to recognise the file, short enough for one line
 
 
 def checkpoint_path(run_dir: str | Path, iteration: int) -> Path:
@@ -27,11 +42,30 @@ def checkpoint_path(run_dir: str | Path, iteration: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"iter_{iteration:07d}.pt"
 
 
+def checkpoints_in(folder: str | Path) -> list[Path]:
+    """The iter_<N>.pt files of one folder, in increasing N."""
+    found = [(int(m[1]), p) for p in Path(folder).glob(CHECKPOINT_GLOB) if (m := CHECKPOINT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint with the most iterations in RUN/checkpoints, or None."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    found = [(int(m.group(1)), p) for p in folder.glob("iter_*.pt") if (m := _NAME.match(p.name))]
-    return max(found)[1] if found else None
+    found = checkpoints_in(Path(run_dir) / CHECKPOINT_DIR)
+    return found[-1] if found else None
+
+
+def checkpoint_files(path: Path, flag: str = "--ckpt") -> list[Path]:
+    """[path] for a file; for `RUN/` or `RUN/checkpoints/` every iter_<N>.pt, in increasing N."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{flag} {path}: no such checkpoint file or run folder")
+    for folder in (path / CHECKPOINT_DIR, path):
+        found = checkpoints_in(folder)
+        if found:
+            return found
+    raise InputError(f"{flag} {path}: no iter_<N>.pt checkpoints in {path}/{CHECKPOINT_DIR}/ or {path}/")
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
@@ -46,31 +80,60 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     return path
 
 
-def save_atomic(state: dict, path: str | Path) -> Path:
-    """torch.save to a temporary name in the same folder, then os.replace onto `path`."""
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """torch.save to a temporary name in the same folder, then rename onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(path) as partial:
         torch.save(state, partial)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint read with weights_only=True; an unreadable or foreign file is a one-line InputError."""
+def load_torch_file(path: str | Path, what: str, where: str | None = None) -> object:
+    """torch.load(path, weights_only=True) on the CPU; every failure is one InputError line starting with `where`
+    (default: the path) and naming `what` the file should have been."""
+    path, where = Path(path), where or str(path)
+    if not path.is_file():
+        raise InputError(f"{where}: no such {what} checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is bad input, whatever the reason
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: not a readable weights-only checkpoint ({first})") from None
-    needed = ("model", "iteration", "config", "rng", "data")
-    if not isinstance(state, dict) or any(k not in state for k in needed):
-        raise InputError(f"{path}: not an i2vda-train checkpoint (expected keys {', '.join(needed)})")
+        if WEIGHTS_ONLY_REFUSAL in str(exc):
+            reason = "it holds pickled objects beyond tensors, refused rather than run"
+        else:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            reason = f"unreadable as a torch file ({type(exc).__name__}{': ' + first[:200] if first else ''})"
+        raise InputError(f"{where}: not a weights-only torch checkpoint: {reason}") from None
+
+
+def read_checkpoint(path: str | Path, needs: tuple[str, ...] = RESUME_KEYS, config_fields: tuple[str, ...] = (),
+                    where: str | None = None) -> dict:  # fmt: skip
+    """One of our checkpoints: a dict holding at least `needs`, whose config names `config_fields`; anything else is
+    a one-line InputError starting with `where` (default: the path)."""
+    where = where or str(path)
+    state = load_torch_file(path, "i2vda-train", where)
+    if not isinstance(state, dict) or any(k not in state for k in needs) or not isinstance(state["model"], Mapping):
+        raise InputError(f"{where}: not an i2vda-train checkpoint (expected a dict with keys {', '.join(needs)})")
+    if config_fields:
+        absent = [name for name in config_fields if name not in state.get("config", {})]
+        if absent:
+            raise InputError(f"{where}: its config lacks {', '.join(absent)}; expected an i2vda training checkpoint")
     return state
+
+
+def check_fit(expected: Mapping[str, torch.Tensor], given: Mapping, where: str, what: str,
+              network: str = "this network") -> None:  # fmt: skip
+    """Refuse `given` unless it has exactly `expected`'s keys (BN counters optional) with the same shapes."""
+    fit = state_dict_fit(expected, given, optional_suffix=BN_COUNTER)
+    if not fit.ok:
+        raise InputError(f"{where}: not a {what} checkpoint for {network}: {fit.describe(KEYS_SHOWN)}")
+
+
+def load_weights(model: torch.nn.Module, state: Mapping, where: str, what: str, network: str = "this network"):
+    """Load a state dict into `model` after `check_fit` against its whole state dict; -> model."""
+    check_fit(model.state_dict(), state, where, what, network)
+    model.load_state_dict(state, strict=False)  # strict up to BN counters, checked above
+    return model
 
 
 def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Path) -> None:
@@ -84,43 +147,8 @@ def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Pa
                          f"streams are per rank, so resume with the same number of processes")  # fmt: skip
 
 
-def capture_rng(device: torch.device) -> dict:
-    """This process's RNG states (torch CPU and CUDA, numpy, python) in weights_only-loadable form."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},  # fmt: skip
-        "python": {"version": version, "state": list(py_state), "gauss_next": gauss_next},
-    }
-
-
-def restore_rng(rng: dict) -> None:
-    """Set every RNG back to a capture_rng() state."""
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    n = rng["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))  # fmt: skip
-    p = rng["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
-
-
 def _state_or_none(obj):
     return None if obj is None else obj.state_dict()
-
-
-def gather_rng(device: torch.device) -> list[dict]:
-    """Every rank's RNG states, indexed by rank (a collective under DDP: all ranks must call it)."""
-    mine = capture_rng(device)
-    if not torch.distributed.is_initialized():
-        return [mine]
-    everyone = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(everyone, mine)
-    return everyone
 
 
 def training_state(nets, config: TrainConfig, iterations: int, rng: list[dict], data: dict) -> dict:

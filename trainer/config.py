@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import get_protocol
 from trainer.losses import LAMBDA_ADV, POLY_POWER
 from trainer.temporal import ALPHA, DELTA, ETA_PX, OCCLUSION_GRIDS, PL_PORTION, PL_SELECTIONS
 

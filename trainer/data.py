@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import InputError
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, check_manifest, decode_sample
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, StoreInfo, decode_sample, open_store, raw_samples
 from trainer.config import TrainConfig
 
 # Seed words that keep the source and target streams of one rank independent.
@@ -46,51 +45,34 @@ class StorePlan:
     estimator_options: dict  # how the target store's flows were estimated (the online F(I1, It) uses the same)
 
 
-def _store_dir(config: TrainConfig, name: str, flag: str, command: str) -> Path:
+def _store(config: TrainConfig, name: str, flag: str, command: str) -> StoreInfo:
     path = Path(config.shards) / name
     if not path.is_dir():
         raise InputError(f"{flag} {name}: no store at {path}; build it with `{command}` (or pass --shards)")
-    return path
+    return open_store(path)
 
 
-def _shards(store: Path, manifest: dict) -> tuple[str, ...]:
-    shards = tuple(str(store / s["name"]) for s in manifest.get("shards", []) if s.get("samples", 0) > 0)
-    if not shards:
-        raise InputError(f"{store}: the store holds no samples")
-    missing = [s for s in shards if not Path(s).is_file()]
-    if missing:
-        raise InputError(f"{missing[0]}: shard listed in the manifest is missing")
-    return shards
-
-
-def _size_hw(manifest: dict, store: Path) -> tuple[int, int]:
-    size_wh = manifest.get("size_wh")
-    if not size_wh or len(size_wh) != 2:
-        raise InputError(f"{store}: the manifest records no size_wh; rebuild the store with i2vda-prep")
-    return int(size_wh[1]), int(size_wh[0])
+def _size_hw(store: StoreInfo) -> tuple[int, int]:
+    if store.size_hw is None:
+        raise InputError(f"{store.path}: the manifest records no size_wh; rebuild the store with i2vda-prep")
+    return store.size_hw
 
 
 def open_stores(config: TrainConfig) -> tuple[TrainConfig, StorePlan]:
     """Check both stores' manifests against `config` (one-line InputError on a mismatch); -> the config with the
     stores' protocol, sizes and flow estimator filled in where it left them None, and the shard lists."""
-    source_dir = _store_dir(config, config.source, "--source", "i2vda-prep source")
-    target_dir = _store_dir(config, config.target, "--target", "i2vda-prep flows")
-    source = check_manifest(source_dir, kind=SOURCE_KIND, protocol=config.protocol, size_hw=config.source_size_hw)
-    target = check_manifest(target_dir, kind=TARGET_KIND, size_hw=config.target_size_hw,
-                            estimator=config.flow_estimator)  # fmt: skip
-    if source.get("protocol") is None:
-        raise InputError(f"{source_dir}: the manifest records no class protocol")
-    resolved = dataclasses.replace(
-        config,
-        protocol=source["protocol"],
-        source_size_hw=_size_hw(source, source_dir),
-        target_size_hw=_size_hw(target, target_dir),
-        flow_estimator=target.get("estimator"),
-    )
+    source = _store(config, config.source, "--source", "i2vda-prep source")
+    target = _store(config, config.target, "--target", "i2vda-prep flows")
+    source.check(kind=SOURCE_KIND, protocol=config.protocol, size_hw=config.source_size_hw)
+    target.check(kind=TARGET_KIND, size_hw=config.target_size_hw, estimator=config.flow_estimator)
+    if source.protocol is None:
+        raise InputError(f"{source.path}: the manifest records no class protocol")
+    resolved = dataclasses.replace(config, protocol=source.protocol, source_size_hw=_size_hw(source),
+                                   target_size_hw=_size_hw(target), flow_estimator=target.estimator)  # fmt: skip
     if resolved.online_flow == "estimator" and resolved.flow_estimator is None:
-        raise InputError(f"{target_dir}: the manifest names no flow estimator; pass --online-flow linear")
-    options = dict(target.get("estimator_options") or {})
-    return resolved, StorePlan(_shards(source_dir, source), _shards(target_dir, target), options)
+        raise InputError(f"{target.path}: the manifest names no flow estimator; pass --online-flow linear")
+    options = dict(target.estimator_options)
+    return resolved, StorePlan(source.sample_shards(), target.sample_shards(), options)
 
 
 def rank_shards(shards: tuple[str, ...], rank: int, world: int) -> tuple[str, ...]:
@@ -117,7 +99,7 @@ def block_samples(shards: tuple[str, ...], seed_words: tuple[int, ...], buffer_s
     def resampled() -> Iterator[dict]:
         while True:
             url = shards[int(rng.integers(len(shards)))]
-            yield from wds.tarfile_samples([{"url": url}])
+            yield from raw_samples(url)
 
     return _shuffled(resampled(), buffer_size, rng)
 

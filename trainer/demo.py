@@ -179,15 +179,6 @@ def plan_runs(preset: DemoPreset, paths: Paths, variants, seeds) -> list[list[St
     return chains
 
 
-def check_oracle_support() -> None:
-    """The oracle needs a labelled store of the target train frames, which `i2vda-prep source` must offer."""
-    from pipeline.cli import SOURCE_DATASETS
-
-    if ORACLE_STORE not in SOURCE_DATASETS:
-        raise InputError(f"--variants oracle: needs `i2vda-prep source --src {ORACLE_STORE}` (the annotated target "
-                         f"train frames), which this i2vda-prep does not offer (it takes {', '.join(SOURCE_DATASETS)})")
-
-
 def _names(text: str, flag: str, allowed) -> list[str]:
     names = [n for n in text.split(",") if n]
     bad = [n for n in names if n not in allowed]
@@ -243,8 +234,6 @@ def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
     overrides = {k: v for k, v in (("max_iter", iters), ("lr", lr)) if v is not None}
     preset = dataclasses.replace(DemoPreset(world_seed=seed), **overrides)
     paths = Paths(out)
-    if "oracle" in names:
-        check_oracle_support()
     check_preset(paths, dataclasses.asdict(preset), fresh)
     prep, chains = plan_prep(preset, paths, "oracle" in names), plan_runs(preset, paths, names, seeds)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

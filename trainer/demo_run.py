@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.shards import open_store
 from trainer.checkpoint import checkpoint_path, latest_checkpoint
 
 TOOL_MODULES = {"i2vda-prep": "pipeline.cli", "i2vda-train": "trainer.cli", "i2vda-eval": "trainer.eval_cli"}
@@ -46,8 +47,11 @@ def world_done(world: Path, seed: int, counts: dict) -> bool:
 
 def store_done(store: Path, size_wh: tuple[int, int]) -> bool:
     """The store's manifest says complete, at this (W, H)."""
-    manifest = read_json(store / "manifest.json") or {}
-    return bool(manifest.get("complete")) and manifest.get("config", {}).get("size_wh") == list(size_wh)
+    try:
+        info = open_store(store)
+    except InputError:  # no store yet, or a foreign or unreadable manifest: the prep step (re)builds it
+        return False
+    return info.complete and info.size_wh == tuple(size_wh)
 
 
 def training_done(run: Path, max_iter: int) -> bool:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources.protocols import colorize, get_protocol
-from pipeline.valstore import ValStore
-from trainer.predict import load_checkpoint, predict_labels
+from pipeline.shards import ValStore
+from pipeline.sources import colorize, get_protocol
+from trainer.predict import load_segmenter, predict_labels
 from trainer.visualize import figure_grid, write_png
 
 DECIMALS = 1  # the paper's tables give one decimal
@@ -98,7 +98,7 @@ def results_markdown(rows: Sequence[Row], preset_lines: Sequence[str], steps: di
 def write_figure(path: str | Path, val_store: str | Path, columns: Sequence[tuple[str, Path]],
                  rows: int = FIGURE_ROWS) -> Path:  # fmt: skip
     """Figure of the first `rows` annotated val frames: frame, ground truth, then one prediction per (title, ckpt)."""
-    models = [(title, *load_checkpoint(ckpt, "cpu")[:2]) for title, ckpt in columns]
+    models = [(title, *load_segmenter(ckpt, "cpu")[:2]) for title, ckpt in columns]
     protocol = get_protocol(str(models[0][2]["protocol"]))
     with ValStore(val_store) as store:
         keys = store.keys()[:rows]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -17,10 +16,18 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError, one_line_errors
-from pipeline.sources.cityscapes import LABEL_DIR, LABEL_SUFFIX, read_label
-from pipeline.sources.images import read_palette_png, resize_label
-from pipeline.sources.protocols import PROTOCOL_NAMES, Protocol, get_protocol
-from pipeline.valstore import ValStore
+from pipeline.shards import ValStore
+from pipeline.sources import (
+    PROTOCOL_NAMES,
+    Protocol,
+    get_protocol,
+    label_files,
+    label_key,
+    read_cityscapes_label,
+    read_palette_png,
+    resize_label,
+)
+from trainer.checkpoint import checkpoint_files
 from trainer.evaluate import (
     TC_PROTOCOLS,
     adapt_batchnorm,
@@ -30,28 +37,14 @@ from trainer.evaluate import (
     per_class_iou,
     target_frames,
 )
-from trainer.predict import DEFAULT_BATCH_SIZE, load_checkpoint, predict_labels
+from trainer.predict import DEFAULT_BATCH_SIZE, load_segmenter, predict_labels
 from trainer.visualize import save_prediction_pngs, snippet_frames, write_mp4
 
-CHECKPOINT_NAME = re.compile(r"^iter_(\d+)\.pt$")  # RUN/checkpoints/iter_0000500.pt (trainer/checkpoint.py)
 PRED_SUFFIX = "_pred.png"  # a prediction is named like its gtFine file with _gtFine_labelIds -> _pred
 VAL_SPLIT = "val"
 SNIPPET_FPS = 17.0  # Cityscapes sequences were recorded at 17 Hz
 DEFAULT_SAVE_PRED = 4  # annotated frames whose pictures are written by default
 DECIMALS = 2  # DA-VSN rounds its table values to 2 decimals
-
-
-def checkpoint_files(path: Path) -> list[Path]:
-    """[path] for a file; for `RUN/` or `RUN/checkpoints/` every iter_*.pt, in increasing iteration."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise InputError(f"--ckpt {path}: no such checkpoint file or run folder")
-    for folder in (path / "checkpoints", path):
-        found = [(int(m[1]), p) for p in folder.glob("iter_*.pt") if (m := CHECKPOINT_NAME.match(p.name))]
-        if found:
-            return [p for _, p in sorted(found)]
-    raise InputError(f"--ckpt {path}: no iter_<N>.pt checkpoints in {path}/checkpoints/ or {path}/")
 
 
 def _protocol_for(name: str | None, config: dict, path: Path) -> Protocol:
@@ -97,9 +90,9 @@ def _run_summary(result: dict, path: Path, iteration: int) -> dict:
 
 
 def _adapter(adapt_bn: int, adapt_store: Path | None, config: dict, device):
-    """load_checkpoint, then AdaBN on `adapt_bn` target frames when asked (the run's target store by default)."""
+    """load_segmenter, then AdaBN on `adapt_bn` target frames when asked (the run's target store by default)."""
     if not adapt_bn:
-        return lambda path: load_checkpoint(path, device)
+        return lambda path: load_segmenter(path, device)
     store = adapt_store or Path(config.get("shards", "stores")) / str(config.get("target", "cityscapes_seq"))
     if not Path(store).is_dir():
         raise InputError(f"--adapt-bn: no target store at {store}; pass --adapt-store")
@@ -107,7 +100,7 @@ def _adapter(adapt_bn: int, adapt_store: Path | None, config: dict, device):
     batch = int(config.get("batch_size", 1))  # the target batches M normalised in training
 
     def load(path):
-        model, other_config, iteration = load_checkpoint(path, device)
+        model, other_config, iteration = load_segmenter(path, device)
         return adapt_batchnorm(model, frames, device, batch), other_config, iteration
 
     return load
@@ -122,7 +115,7 @@ def score_checkpoints(ckpt: Path, val: Path, protocol_name, with_tc: bool, tc_pr
         store = ValStore(val)
     except InputError as exc:
         raise InputError(f"--val {exc}") from None
-    model, config, iteration = load_checkpoint(paths[-1], device)
+    model, config, iteration = load_segmenter(paths[-1], device)
     load = _adapter(adapt_bn, adapt_store, config, device)
     if adapt_bn:
         model, config, iteration = load(paths[-1])
@@ -170,7 +163,7 @@ def save_pictures(out: Path, model, store: ValStore, protocol: Protocol, count: 
 
 def _prediction_path(pred_dir: Path, label_path: Path) -> Path:
     """`<pred-dir>/<city>/<name>_pred.png`, else the flat `<pred-dir>/<name>_pred.png`; missing raises InputError."""
-    name = label_path.name[: -len(LABEL_SUFFIX)] + PRED_SUFFIX
+    name = label_key(label_path) + PRED_SUFFIX
     nested, flat = pred_dir / label_path.parent.name / name, pred_dir / name
     if nested.is_file():
         return nested
@@ -183,15 +176,13 @@ def score_prediction_dir(pred_dir: Path, root: Path, protocol: Protocol) -> dict
     """mIoU of prediction PNGs (train ids) against the gtFine val labels of a Cityscapes root."""
     if not pred_dir.is_dir():
         raise InputError(f"--pred-dir {pred_dir}: no such folder")
-    labels = sorted((root / LABEL_DIR / VAL_SPLIT).glob(f"*/*{LABEL_SUFFIX}"))
-    if not labels:
-        raise InputError(f"--root {root}: no {LABEL_DIR}/{VAL_SPLIT}/<city>/*{LABEL_SUFFIX} files")
+    labels = label_files(root, VAL_SPLIT)
     preds = [_prediction_path(pred_dir, label) for label in labels]  # the first missing one fails before scoring
     k = protocol.num_classes
     cm = np.zeros((k, k), dtype=np.int64)
     resized = 0
     for label_path, pred_path in zip(labels, preds):
-        label = read_label(label_path, protocol)
+        label = read_cityscapes_label(label_path, protocol)
         pred = read_palette_png(pred_path)
         if pred.max() >= k:
             raise InputError(f"{pred_path}: holds id {pred.max()}; expected train ids 0..{k - 1} of {protocol.name}")

@@ -19,9 +19,8 @@ import torch
 from tqdm import tqdm
 
 from pipeline.errors import InputError
-from pipeline.shards import read_samples, store_shards
-from pipeline.sources.protocols import IGNORE_ID, Protocol, get_protocol
-from pipeline.valstore import ValStore
+from pipeline.shards import ValStore, read_samples, store_shards
+from pipeline.sources import IGNORE_ID, Protocol, get_protocol
 from trainer.predict import DEFAULT_BATCH_SIZE, frames_to_tensor, predict_labels
 
 PERCENT = 100.0

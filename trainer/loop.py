@@ -16,21 +16,22 @@ import torch
 import torch.distributed as dist
 
 from pipeline.errors import InputError
-from pipeline.flow.estimators import load_estimator
+from pipeline.flow import load_estimator
+from pipeline.shards import write_text_atomic
 from trainer.checkpoint import (
     check_resumable,
     checkpoint_path,
-    gather_rng,
     latest_checkpoint,
-    load_checkpoint,
+    read_checkpoint,
     resolve_resume,
     restore_training_state,
-    save_atomic,
+    save_checkpoint,
     training_state,
 )
 from trainer.config import TrainConfig
 from trainer.data import StorePlan, data_position, iteration_batches, open_stores
 from trainer.monitor import Monitor
+from trainer.rng import gather_rng
 from trainer.steps import build_nets, copy_proxy, discriminator_step, segmenter_step, set_learning_rates
 
 CONFIG_NAME = "config.json"
@@ -94,9 +95,7 @@ def write_config(config: TrainConfig) -> None:
     """RUN/config.json: the resolved settings of this run (rewritten on resume, e.g. with a new max_iter)."""
     path = Path(config.out) / CONFIG_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
 
 
 def train(config: TrainConfig) -> dict:
@@ -115,7 +114,7 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
     resume_path = resolve_resume(config.resume, config.out)
     if resume_path is None and latest_checkpoint(config.out) is not None:
         raise InputError(f"--out {config.out}: the run already has checkpoints; pass --resume or another --out")
-    state = load_checkpoint(resume_path) if resume_path is not None else None
+    state = read_checkpoint(resume_path) if resume_path is not None else None
     if state is not None:
         check_resumable(state, config, rt.world, resume_path)
     nets = build_nets(config, rt.device, distributed=rt.world > 1)
@@ -146,7 +145,7 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
                 rng = gather_rng(rt.device)  # every rank takes part; rank 0 writes
                 if rt.is_main:
                     state = training_state(nets, config, done, rng, data_position(done, config, rt.world))
-                    saved = save_atomic(state, checkpoint_path(config.out, done))
+                    saved = save_checkpoint(state, checkpoint_path(config.out, done))
     finally:  # also on a crash: flush the events, stop the DataLoader workers
         monitor.close()
         del batches

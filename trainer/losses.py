@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from pipeline.sources import IGNORE_ID
+
 # LS-GAN domain labels on D's raw output: r marks the source, f the target (AdaptSegNet `--gan LS`, paper Eq. 11-12).
 SOURCE_LABEL_R = 0.0
 TARGET_LABEL_F = 1.0
@@ -14,8 +16,8 @@ TARGET_LABEL_F = 1.0
 LAMBDA_ADV = 0.01
 # Exponent of the poly schedule (DeepLab-v2, AdaptSegNet, paper §4.2).
 POLY_POWER = 0.9
-# Label value that no loss looks at (Cityscapes convention).
-IGNORE_INDEX = 255
+# Label value that no loss looks at: the stores' ignore id (255, Cityscapes convention; its home is pipeline.sources).
+IGNORE_INDEX = IGNORE_ID
 
 
 def upsample_to(logits: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:

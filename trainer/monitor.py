@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.flow.viz import flow_to_color
-from pipeline.sources.protocols import colorize, get_protocol
+from pipeline.flow import flow_to_color
+from pipeline.sources import colorize, get_protocol
 from trainer.config import TrainConfig
 
 LOG_NAME = "log.jsonl"

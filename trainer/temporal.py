@@ -12,7 +12,7 @@ import math
 import torch
 
 from pipeline.errors import InputError
-from pipeline.flow.warp import forward_backward_consistent, warp
+from pipeline.flow import forward_backward_consistent, warp
 from trainer.losses import IGNORE_INDEX, masked_nll
 
 # Blend of W(I0) and W(I1) in Eq. 3: 0.5 "in all experiments" (paper §3.3).

@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.sources.images import resize_label, resize_rgb
-from pipeline.sources.protocols import IGNORE_ID, Protocol, colorize
+from pipeline.sources import IGNORE_ID, Protocol, colorize, resize_label, resize_rgb
 
 DEFAULT_ALPHA = 0.5  # weight of the class colour over the frame in an overlay
 GRID_PAD = 4  # white pixels between tiles of a figure grid

@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.demo.classes import to_cityscapes, to_synthia, to_viper
 from pipeline.flow.flo import write_flo
 from pipeline.sources.images import write_palette_png
@@ -80,9 +80,7 @@ def _write_encoded(path: Path, extension: str, image: np.ndarray, params=()) -> 
     if not ok:
         raise OSError(f"{path}: OpenCV could not encode the image")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data.tobytes(), durable=False)  # the world is rewritten whole on a rerun
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

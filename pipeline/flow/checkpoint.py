@@ -9,10 +9,11 @@ Every failure becomes one InputError line naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,19 +27,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = b"\x80"
 # nn.DataParallel's key prefix; the official file has none, re-saved wrapped models do.
 DATA_PARALLEL_PREFIX = "module."
-# How many key names an error message lists before "...".
+# How many key names an error message lists before "...": enough to recognise the file, short enough for one line.
 KEYS_SHOWN = 4
-# Chunk size for hashing a 620 MB file without holding it in memory.
-HASH_CHUNK_BYTES = 1 << 22
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _first_line(text: str) -> str:
@@ -121,31 +111,64 @@ def load_flownet2_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _listed(keys: list[str]) -> str:
-    shown = ", ".join(keys[:KEYS_SHOWN])
-    return f"{shown}, ..." if len(keys) > KEYS_SHOWN else shown
+def _listed(keys, shown: int = KEYS_SHOWN) -> str:
+    keys = list(keys)
+    text = ", ".join(keys[:shown])
+    return f"{text}, ..." if len(keys) > shown else text
+
+
+@dataclass(frozen=True)
+class StateDictFit:
+    """How a state dict fits a network's, key for key (`state_dict_fit`); every tuple is in the network's order."""
+
+    missing: tuple[str, ...]  # keys of the network the file lacks
+    unexpected: tuple[str, ...]  # keys of the file the network does not have
+    not_tensors: tuple[str, ...]  # shared keys whose file entry is not a tensor
+    wrong_shapes: tuple[tuple[str, tuple, tuple], ...]  # (key, shape in the file, shape in the network)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.not_tensors or self.wrong_shapes)
+
+    def describe(self, shown: int = KEYS_SHOWN) -> str:
+        """One line: 'missing a, b; unexpected c; not tensors d; shape (file vs model) e (1,) vs (2,)', keys sorted."""
+        shapes = [f"{key} {have} vs {want}" for key, have, want in self.wrong_shapes]
+        parts = [f"{what} {_listed(sorted(keys), shown)}"
+                 for what, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                                    ("not tensors", self.not_tensors), ("shape (file vs model)", shapes)) if keys]
+        return "; ".join(parts)  # fmt: skip
+
+
+def state_dict_fit(expected: Mapping[str, torch.Tensor], given: Mapping, optional_suffix: str | None = None):
+    """Compare a file's state dict with a network's (`model.state_dict()`); keys ending in `optional_suffix` (e.g.
+    BatchNorm's num_batches_tracked, which old files lack) may be missing. -> StateDictFit."""
+    optional = optional_suffix or None
+    return StateDictFit(
+        missing=tuple(k for k in expected if k not in given and not (optional and k.endswith(optional))),
+        unexpected=tuple(k for k in given if k not in expected),
+        not_tensors=tuple(k for k in expected if k in given and not isinstance(given[k], torch.Tensor)),
+        wrong_shapes=tuple((k, tuple(given[k].shape), tuple(expected[k].shape)) for k in expected
+                           if isinstance(given.get(k), torch.Tensor) and given[k].shape != expected[k].shape),
+    )  # fmt: skip
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
     """Raise an InputError naming the file unless state_dict has exactly model's keys and shapes."""
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
+    fit = state_dict_fit(model.state_dict(), state_dict)
     network = type(model).__name__
-    if missing or unexpected:
+    if fit.missing or fit.unexpected:
         parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({_listed(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys ({_listed(unexpected)})")
+        if fit.missing:
+            parts.append(f"{len(fit.missing)} missing keys ({_listed(fit.missing)})")
+        if fit.unexpected:
+            parts.append(f"{len(fit.unexpected)} unexpected keys ({_listed(fit.unexpected)})")
         raise InputError(
             f"{path}: not a {network} checkpoint: {'; '.join(parts)} "
             f"(a FlowNet2-C/-CS/-CSS/-S/-SD file? {network} needs {CHECKPOINT_NAME})"
         )
-    wrong = [key for key in expected if tuple(state_dict[key].shape) != expected[key]]
-    if wrong:
-        key = wrong[0]
+    if fit.wrong_shapes:
+        key, have, want = fit.wrong_shapes[0]
         raise InputError(
-            f"{path}: not a {network} checkpoint: {len(wrong)} tensors have the wrong shape "
-            f"({key} is {tuple(state_dict[key].shape)}, expected {expected[key]})"
+            f"{path}: not a {network} checkpoint: {len(fit.wrong_shapes)} tensors have the wrong shape "
+            f"({key} is {have}, expected {want})"
         )

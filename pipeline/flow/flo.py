@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.errors import InputError
 
 FLO_MAGIC = np.float32(202021.25)  # the bytes spell "PIEH"
@@ -17,14 +18,9 @@ def write_flo(path: str | os.PathLike, flow: np.ndarray) -> None:
     flow = np.asarray(flow, dtype=np.float32)
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     h, w = flow.shape[:2]
-    with open(tmp, "wb") as f:
-        f.write(FLO_MAGIC.tobytes())
-        f.write(np.array([w, h], dtype="<i4").tobytes())
-        f.write(flow.astype("<f4").tobytes())
-    os.replace(tmp, path)
+    data = FLO_MAGIC.tobytes() + np.array([w, h], dtype="<i4").tobytes() + flow.astype("<f4").tobytes()
+    write_bytes_atomic(path, data, durable=False)
 
 
 def read_flo(path: str | os.PathLike) -> np.ndarray:

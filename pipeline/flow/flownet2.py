@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.atomic import file_sha256
 from pipeline.errors import InputError
-from pipeline.flow.checkpoint import check_state_dict, load_flownet2_state_dict, sha256_file
+from pipeline.flow.checkpoint import check_state_dict, load_flownet2_state_dict
 from pipeline.flow.correlation import channel_norm
 from pipeline.flow.flownet_parts import FlowNetC, FlowNetFusion, FlowNetS, FlowNetSD
 from pipeline.flow.warp import warp
@@ -151,7 +152,7 @@ class FlowNet2Estimator:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {device!r}: CUDA is not available on this machine (use device='cpu')")
         self.model = FlowNet2.from_checkpoint(checkpoint).to(self.device).eval()
-        self.checkpoint_sha256 = sha256_file(checkpoint)
+        self.checkpoint_sha256 = file_sha256(checkpoint)
         self.batch_size = batch_size
         # The constructor's keyword options (recorded in meta.json; `FlowNet2Estimator(ckpt, device, **options)`).
         self.options = {"batch_size": batch_size}

@@ -2,7 +2,7 @@
 
 Flows are in pixels, defined on the grid of the *output*: channel 0 is x (right), channel 1 is y (down).
 The default `padding="border"` reproduces FlowNet2's Resample2d (bilinear, neighbours clamped to the
-border); `padding="zeros"` reads zero outside the image and can return a validity mask.
+border); `padding="zeros"` reads zero outside the image.
 """
 
 from __future__ import annotations
@@ -35,18 +35,6 @@ def warp(x: torch.Tensor, flow: torch.Tensor, padding: str = "border") -> torch.
         raise ValueError(f"x must be (B, C, H, W) with the flow's batch, got {tuple(x.shape)}")
     grid = _sampling_grid(flow.to(x.dtype) if x.is_floating_point() else flow)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=True)
-
-
-def warp_with_mask(x: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padding warp plus a (B, 1, H, W) float mask, 1 where p + flow(p) lies inside the image."""
-    _, _, h, w = x.shape
-    out = warp(x, flow, padding="zeros")
-    ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w)
-    px = xs + flow[:, 0]
-    py = ys + flow[:, 1]
-    inside = (px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)
-    return out, inside.unsqueeze(1).to(x.dtype)
 
 
 def forward_backward_consistent(flow_ab: torch.Tensor, flow_ba: torch.Tensor, eta: float) -> torch.Tensor:

@@ -178,6 +178,19 @@ def list_samples(root: str | os.PathLike, split: str = "train") -> list[SourceRe
     ]  # fmt: skip
 
 
+def label_files(root: str | os.PathLike, split: str = "val") -> list[Path]:
+    """Every `<root>/gtFine/<split>/<city>/*_gtFine_labelIds.png`, sorted; none raises InputError naming --root."""
+    labels = sorted((Path(root) / LABEL_DIR / split).glob(f"*/*{LABEL_SUFFIX}"))
+    if not labels:
+        raise InputError(f"--root {root}: no {LABEL_DIR}/{split}/<city>/*{LABEL_SUFFIX} files")
+    return labels
+
+
+def label_key(path: str | os.PathLike) -> str:
+    """`<city>_<seq>_<frame>` of a gtFine labelIds file (its name without `_gtFine_labelIds.png`)."""
+    return Path(path).name[: -len(LABEL_SUFFIX)]
+
+
 def read_label(path: str | os.PathLike, protocol: Protocol) -> np.ndarray:
     """(H, W) uint8 train ids of a gtFine labelIds PNG under `protocol` (255 = ignore)."""
     label_ids = read_png_unchanged(path)

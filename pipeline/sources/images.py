@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.errors import InputError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -150,10 +151,7 @@ def write_palette_png(path: str | os.PathLike, indices: np.ndarray, palette) -> 
         _chunk(b"IDAT", zlib.compress(rows.tobytes(), ZLIB_LEVEL)),
         _chunk(b"IEND", b""),
     ])  # fmt: skip
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(png)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, png, durable=False)
 
 
 def _check_size(size_wh) -> tuple[int, int]:

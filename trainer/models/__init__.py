@@ -2,7 +2,9 @@
 
 from trainer.models.checkpoints import load_deeplab_imagenet, load_segmenter_weights, load_torchvision_resnet
 from trainer.models.deeplab import (
+    AUX_HEAD_PREFIX,
     IMG_MEAN_BGR,
+    MAIN_HEAD_PREFIX,
     SEGMENTERS,
     DeepLabV2,
     build_segmenter,
@@ -14,7 +16,9 @@ from trainer.models.deeplab import (
 from trainer.models.discriminator import FCDiscriminator
 
 __all__ = [
+    "AUX_HEAD_PREFIX",
     "IMG_MEAN_BGR",
+    "MAIN_HEAD_PREFIX",
     "SEGMENTERS",
     "DeepLabV2",
     "FCDiscriminator",

@@ -26,6 +26,8 @@ LAYER_STRIDES = (1, 2, 1, 1)
 INIT_STD = 0.01
 # The classifier heads learn 10x faster than the backbone (DeepLab-v2, ADVENT's optim_parameters).
 CLASSIFIER_LR_FACTOR = 10.0
+# State-dict prefixes of the heads: ADVENT's names for the aux (on layer3) and the main (on layer4) ASPP classifier.
+AUX_HEAD_PREFIX, MAIN_HEAD_PREFIX = "layer5.", "layer6."
 
 
 def caffe_normalize(rgb: torch.Tensor) -> torch.Tensor:
@@ -105,6 +107,9 @@ class DeepLabV2(nn.Module):
         self.layer2 = self._make_layer(planes[1], layers[1], LAYER_STRIDES[1], LAYER_DILATIONS[1])
         self.layer3 = self._make_layer(planes[2], layers[2], LAYER_STRIDES[2], LAYER_DILATIONS[2])
         self.layer4 = self._make_layer(planes[3], layers[3], LAYER_STRIDES[3], LAYER_DILATIONS[3])
+        # The aux head exists for one tested purpose: loading the multi-level snapshots of ADVENT and DA-VSN (and our
+        # checkpoints of such a network) that carry `layer5` (tests/test_models.py, "multi_level"). I2VDA trains
+        # single-level (paper §4.2), so `build_nets` never asks for it.
         self.layer5 = ClassifierModule(planes[2] * EXPANSION, num_classes) if multi_level else None
         self.layer6 = ClassifierModule(planes[3] * EXPANSION, num_classes)
         self._init_weights()

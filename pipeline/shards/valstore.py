@@ -20,9 +20,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.atomic import atomic_path
 from pipeline.errors import InputError
 from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow
-from pipeline.shards import MANIFEST_NAME, PARTIAL_SUFFIX, png_bytes, png_pixels, read_manifest
+from pipeline.shards.samples import png_bytes, png_pixels
+from pipeline.shards.store import MANIFEST_NAME, StoreInfo, open_store
 
 VAL_FILE = "val.h5"
 VAL_FORMAT = "i2vda-val/1"
@@ -64,7 +66,8 @@ class ValWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        self._atomic = atomic_path(self.path)  # entered here, left by commit() or abort()
+        self.partial = self._atomic.__enter__()
         self._file = h5py.File(self.partial, "w", track_order=True)
         self._file.attrs["format"] = VAL_FORMAT
         self._samples = self._file.create_group(SAMPLES_GROUP, track_order=True)
@@ -88,13 +91,14 @@ class ValWriter:
     def commit(self) -> Path:
         """Close the file and rename it to its final name."""
         self._file.close()
-        os.replace(self.partial, self.path)
+        self._atomic.__exit__(None, None, None)
         return self.path
 
     def abort(self) -> None:
         """Close and delete the temporary file."""
         self._file.close()
-        self.partial.unlink(missing_ok=True)
+        aborted = RuntimeError(f"{self.path}: writing aborted")
+        self._atomic.__exit__(RuntimeError, aborted, None)  # removes the temporary file
 
     def __enter__(self) -> ValWriter:
         return self
@@ -112,7 +116,7 @@ class ValStore:
         folder, self.path = (path, path / VAL_FILE) if path.is_dir() else (path.parent, path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: no val store here; run `i2vda-prep val` first")
-        self.manifest = read_manifest(folder) if (folder / MANIFEST_NAME).is_file() else {}
+        self.info: StoreInfo | None = open_store(folder) if (folder / MANIFEST_NAME).is_file() else None
         self._file, self._pid = None, None
         samples = self._h5()[SAMPLES_GROUP] if SAMPLES_GROUP in self._h5() else None
         if self._h5().attrs.get("format") != VAL_FORMAT or samples is None:

@@ -1,0 +1,48 @@
+"""The data contract between `i2vda-prep` and the trainer: samples, shard tars, stores, manifests, the val store.
+
+Three layers, each usable without the one above it and without Ray:
+- `samples.py`: one sample's WebDataset members, encoded and decoded;
+- `tar.py`: one shard tar, written atomically (`write_shard`) and read raw (`raw_samples`, the one tar reader);
+- `store.py`: a store folder and its manifest (`read_manifest`, the one manifest reader; `open_store` -> `StoreInfo`);
+and `valstore.py`, the Cityscapes-val HDF5 store for mIoU and TC. Import from here, not from the modules.
+See stores/README.md for the layout on disk.
+"""
+
+from pipeline.atomic import PARTIAL_SUFFIX, atomic_path, file_sha256, write_bytes_atomic, write_text_atomic
+from pipeline.shards.samples import (
+    FRAME_MODES,
+    FRAME_PNG_PARAMS,
+    LABEL_PNG_PARAMS,
+    check_key,
+    decode_sample,
+    encode_source_sample,
+    encode_target_sample,
+    png_bytes,
+    png_pixels,
+)
+from pipeline.shards.store import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    SOURCE_KIND,
+    TARGET_KIND,
+    VAL_KIND,
+    ShardEntry,
+    StoreInfo,
+    check_manifest,
+    open_store,
+    read_manifest,
+    read_samples,
+    store_shards,
+    write_manifest,
+)
+from pipeline.shards.tar import SHARD_SUFFIX, raw_samples, shard_name, write_shard
+from pipeline.shards.valstore import VAL_FILE, ValStore, ValWriter, encode_val_item, tc_clip_bounds
+
+__all__ = [
+    "FRAME_MODES", "FRAME_PNG_PARAMS", "LABEL_PNG_PARAMS", "MANIFEST_FORMAT", "MANIFEST_NAME", "PARTIAL_SUFFIX",
+    "SHARD_SUFFIX", "SOURCE_KIND", "TARGET_KIND", "VAL_FILE", "VAL_KIND", "ShardEntry", "StoreInfo", "ValStore",
+    "ValWriter", "atomic_path", "check_key", "check_manifest", "decode_sample", "encode_source_sample",
+    "encode_target_sample", "encode_val_item", "file_sha256", "open_store", "png_bytes", "png_pixels", "raw_samples",
+    "read_manifest", "read_samples", "shard_name", "store_shards", "tc_clip_bounds", "write_bytes_atomic",
+    "write_manifest", "write_shard", "write_text_atomic",
+]  # fmt: skip

@@ -1,0 +1,114 @@
+"""Layer 1 of the shard format: one sample's WebDataset members, encoded and decoded (no tar, no Ray).
+
+A sample is `{"__key__": key, "<field>.<ext>": bytes}`: PNG frames and labels, codec flows, JSON meta. See
+stores/README.md for the members of each store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import cv2
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.flow.codec import FLOW_CODEC, FLOW_EXT, FLOW_EXTS, decode_flow, encode_flow
+
+# RGB PNGs (frames, source images) are "stored" by default: no zlib compression and no row filters, so a 1024x512
+# frame decodes in about 1.5 ms instead of 9-15 ms for any zlib level or filter, at 1.8-2x the bytes
+# (`bench/bench_read.py`, table in docs/PREP.md); reading a training sample is then several times faster than
+# estimating its flows. "compressed" (`--frames compressed`) trades that speed for disk: zlib level 1, run-length
+# strategy. Labels (long runs of one id) are always compressed that way: a few percent of the stored size.
+FRAME_MODES = ("stored", "compressed")
+FRAME_PNG_PARAMS = {
+    "stored": [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],
+    "compressed": [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE],
+}
+LABEL_PNG_PARAMS = FRAME_PNG_PARAMS["compressed"]
+
+
+def png_bytes(image: np.ndarray, frames: str = "stored") -> bytes:
+    """Lossless PNG of an (H, W, 3) uint8 RGB image (written the `frames` way, one of FRAME_MODES) or an (H, W) uint8
+    label (always compressed)."""
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(f"expected (H, W) or (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if frames not in FRAME_MODES:
+        raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
+    if image.ndim == 2:
+        ok, buf = cv2.imencode(".png", image, LABEL_PNG_PARAMS)
+    else:  # OpenCV writes BGR
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), FRAME_PNG_PARAMS[frames])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def png_pixels(data, where: str) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 RGB or (H, W) uint8; bad bytes raise InputError naming `where`."""
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise InputError(f"{where}: not a readable PNG")
+    return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+
+
+def json_bytes(obj: Mapping) -> bytes:
+    """Deterministic JSON (sorted keys, no spaces), so equal content gives equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def check_key(key: str) -> str:
+    """`key`, if WebDataset can group members by it; else ValueError."""
+    if not key or "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must be non-empty without '.' or '/' (WebDataset splits at the dot)")
+    return key
+
+
+def encode_target_sample(key: str, frame0: np.ndarray, frame1: np.ndarray, flow01: np.ndarray, flow10: np.ndarray,
+                         meta: Mapping, frames: str = "stored") -> dict:
+    """A target pair as WebDataset members: frames (H, W, 3) uint8 RGB, flows (H, W, 2) float32 pixels (x, y)."""
+    size_hw = frame0.shape[:2]
+    if frame1.shape != frame0.shape or flow01.shape != (*size_hw, 2) or flow10.shape != (*size_hw, 2):
+        raise ValueError(f"{key}: frames {frame0.shape} {frame1.shape} and flows {flow01.shape} {flow10.shape} differ")
+    meta = {**meta, "codec": FLOW_CODEC, "size_wh": [size_hw[1], size_hw[0]]}
+    return {
+        "__key__": check_key(key),
+        "frame0.png": png_bytes(frame0, frames),
+        "frame1.png": png_bytes(frame1, frames),
+        f"flow01.{FLOW_EXT}": encode_flow(np.asarray(flow01, np.float32)),
+        f"flow10.{FLOW_EXT}": encode_flow(np.asarray(flow10, np.float32)),
+        "meta.json": json_bytes(meta),
+    }
+
+
+def encode_source_sample(key: str, image: np.ndarray, label: np.ndarray, meta: Mapping, frames: str = "stored") -> dict:
+    """A source sample as WebDataset members: image (H, W, 3) uint8 RGB, label (H, W) uint8 train ids."""
+    if label.shape != image.shape[:2]:
+        raise ValueError(f"{key}: image {image.shape} and label {label.shape} differ in size")
+    meta = {**meta, "size_wh": [image.shape[1], image.shape[0]]}
+    return {"__key__": check_key(key), "image.png": png_bytes(image, frames), "label.png": png_bytes(label),
+            "meta.json": json_bytes(meta)}
+
+
+def decode_sample(sample: Mapping) -> dict:
+    """Raw WebDataset sample {"__key__", "frame0.png": bytes, ...} -> {"__key__", "frame0": array, "meta": dict}."""
+    key = sample.get("__key__", "?")
+    out = {}
+    for name, value in sample.items():
+        if name.startswith("__"):
+            out[name] = value
+            continue
+        field, ext = name.split(".", 1)
+        where = f"{sample.get('__url__', 'sample')}: {key}.{name}"
+        if ext in FLOW_EXTS:
+            out[field] = decode_flow(value, where)
+        elif ext == "png":
+            out[field] = png_pixels(value, where)
+        elif ext == "json":
+            try:
+                out[field] = json.loads(value)
+            except ValueError:
+                raise InputError(f"{where}: not valid JSON") from None
+        else:
+            raise InputError(f"{where}: unknown member type .{ext}")
+    return out

@@ -1,0 +1,190 @@
+"""A store: a folder of shards (or the val store's HDF5 file) and the `manifest.json` that describes it.
+
+`read_manifest` is the one reader of manifest.json; `open_store` turns it into a frozen, typed `StoreInfo`, which
+is what the trainer, the demo driver, the val store and the tools ask about a store (kind, size, protocol,
+estimator, counts, shards, plan hash). `write_manifest` is its one writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from pipeline import __version__
+from pipeline.atomic import write_text_atomic
+from pipeline.errors import InputError
+from pipeline.shards.samples import decode_sample
+from pipeline.shards.tar import SHARD_SUFFIX, raw_samples
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
+TARGET_KIND = "target_pairs"
+SOURCE_KIND = "source"
+VAL_KIND = "val"
+
+
+def write_manifest(store_dir: str | os.PathLike, manifest: Mapping) -> dict:
+    """Write `store_dir/manifest.json` atomically (sorted keys, fixed indent), adding format and tool version;
+    -> what was written."""
+    body = {"format": MANIFEST_FORMAT, "tool_version": __version__, **manifest}
+    write_text_atomic(Path(store_dir) / MANIFEST_NAME, json.dumps(body, sort_keys=True, indent=1) + "\n")
+    return body
+
+
+def read_manifest(store: str | os.PathLike) -> dict:
+    """The manifest of a store folder (or the manifest.json path itself); a one-line InputError if absent or bad."""
+    path = Path(store)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(f"{path}: no store manifest here; run `i2vda-prep` to build the store first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a valid manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{path}: not an i2vda store manifest (expected format {MANIFEST_FORMAT})")
+    return manifest
+
+
+def _field(manifest: Mapping, name: str):
+    """A manifest field: top level, else under "config" (where prep records every setting)."""
+    return manifest[name] if name in manifest else manifest.get("config", {}).get(name)
+
+
+def _as_json(value):
+    """Tuples compare equal to the lists JSON turns them into."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check(manifest: Mapping, where: str, expected: dict) -> None:
+    if "size_hw" in expected:
+        size_hw = expected.pop("size_hw")
+        expected["size_wh"] = None if size_hw is None else (size_hw[1], size_hw[0])
+    if not manifest.get("complete", False):
+        raise InputError(f"{where}: the store {manifest.get('name')!r} is incomplete; rerun its i2vda-prep command")
+    for name, want in expected.items():
+        have = _field(manifest, name)
+        if want is not None and _as_json(have) != _as_json(want):
+            raise InputError(f"{where}: store {manifest.get('name')!r} has {name}={have!r}, expected {want!r}")
+
+
+def check_manifest(manifest: Mapping | str | os.PathLike, **expected) -> dict:
+    """Refuse a store that is incomplete or does not match what the caller needs (one-line InputError).
+
+    `expected` names manifest fields (top level, else under "config"): kind, protocol, size_wh (or size_hw),
+    estimator, codec, ...; None means any."""
+    where = "store manifest"
+    if not isinstance(manifest, Mapping):
+        where, manifest = str(manifest), read_manifest(manifest)
+    _check(manifest, where, expected)
+    return dict(manifest)
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One file of a store as its manifest lists it."""
+
+    path: Path
+    samples: int
+    bytes: int
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What a store's manifest says, typed (`open_store`). Sizes are (W, H) as on the command line."""
+
+    path: Path  # the store folder
+    name: str | None
+    kind: str | None  # TARGET_KIND, SOURCE_KIND or VAL_KIND
+    complete: bool
+    size_wh: tuple[int, int] | None
+    protocol: str | None  # the class protocol of a source store's labels
+    protocols: tuple[str, ...]  # the protocols whose labels the val store holds
+    estimator: str | None  # "dis" or "flownet2" for stores with flows
+    estimator_options: Mapping  # how the flows were estimated (the trainer's online flow uses the same)
+    checkpoint_sha256: str | None  # of the estimator's weights (None for DIS)
+    codec: str | None
+    frames: str | None  # how RGB PNGs were written ("stored" or "compressed")
+    num_samples: int
+    num_planned: int
+    num_skipped: int
+    bytes: int
+    shards: tuple[ShardEntry, ...]
+    skipped: tuple[Mapping, ...]
+    plan_sha256: str | None
+    tool_version: str | None
+    manifest: Mapping = field(repr=False, compare=False)  # the raw manifest, read-only
+
+    @property
+    def size_hw(self) -> tuple[int, int] | None:
+        """(H, W) of the stored frames."""
+        return None if self.size_wh is None else (self.size_wh[1], self.size_wh[0])
+
+    def check(self, **expected) -> StoreInfo:
+        """`self` if complete and matching `expected` (as `check_manifest`); else a one-line InputError."""
+        _check(self.manifest, str(self.path), expected)
+        return self
+
+    def sample_shards(self) -> tuple[str, ...]:
+        """Paths of the shards that hold samples; an empty store or a missing shard is a one-line InputError."""
+        shards = tuple(str(s.path) for s in self.shards if s.samples > 0)
+        if not shards:
+            raise InputError(f"{self.path}: the store holds no samples")
+        missing = [s for s in shards if not Path(s).is_file()]
+        if missing:
+            raise InputError(f"{missing[0]}: shard listed in the manifest is missing")
+        return shards
+
+
+def open_store(path: str | os.PathLike) -> StoreInfo:
+    """The StoreInfo of a store folder (or its manifest.json); a missing or foreign manifest: one-line InputError."""
+    folder = Path(path)
+    folder = folder.parent if folder.name == MANIFEST_NAME else folder
+    m = read_manifest(folder)
+    size_wh = _field(m, "size_wh")
+    protocol = _field(m, "protocol")
+    options = MappingProxyType(dict(_field(m, "estimator_options") or {}))
+    return StoreInfo(
+        path=folder, name=m.get("name"), kind=m.get("kind"), complete=bool(m.get("complete", False)),
+        size_wh=(int(size_wh[0]), int(size_wh[1])) if size_wh and len(size_wh) == 2 else None,
+        protocol=protocol, protocols=tuple(m.get("protocols") or ([protocol] if protocol else [])),
+        estimator=_field(m, "estimator"), estimator_options=options,
+        checkpoint_sha256=_field(m, "checkpoint_sha256"), codec=_field(m, "codec"), frames=_field(m, "frames"),
+        num_samples=int(m.get("num_samples", 0)), num_planned=int(m.get("num_planned", 0)),
+        num_skipped=int(m.get("num_skipped", 0)), bytes=int(m.get("bytes", 0)),
+        shards=tuple(ShardEntry(folder / s["name"], int(s.get("samples", 0)), int(s.get("bytes", 0)), s.get("sha256"))
+                     for s in m.get("shards", [])),
+        skipped=tuple(m.get("skipped", [])), plan_sha256=m.get("config", {}).get("plan_sha256"),
+        tool_version=m.get("tool_version"), manifest=MappingProxyType(m),
+    )  # fmt: skip
+
+
+def store_shards(store: str | os.PathLike) -> list[str]:
+    """Shard paths of a store folder: those its manifest lists, else every `*.tar` in it, sorted."""
+    store = Path(store)
+    if (store / MANIFEST_NAME).is_file():
+        return [str(s.path) for s in open_store(store).shards]
+    return sorted(str(p) for p in store.glob(f"*{SHARD_SUFFIX}"))
+
+
+def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[dict]:
+    """Decoded samples of a store folder, one shard, or a list of shards, in shard order (`decode_sample`)."""
+    if isinstance(path, (str, os.PathLike)):
+        if not Path(path).exists():
+            raise InputError(f"{path}: no such store or shard")
+        shards = store_shards(path) if Path(path).is_dir() else [str(path)]
+    else:
+        shards = [str(p) for p in path]
+    if not shards:
+        raise InputError(f"{path}: no shards found")
+    for shard in shards:
+        if not Path(shard).is_file():
+            raise InputError(f"{shard}: shard missing")
+        for sample in raw_samples(shard):
+            yield decode_sample(sample)

@@ -1,0 +1,76 @@
+"""Layer 2 of the shard format: one tar file of encoded samples, written atomically, read back raw.
+
+`raw_samples(shard)` is the one reader of shard tars: `read_samples`, the trainer's streams and the tools all go
+through it, so a damaged tar is the same one-line InputError everywhere. It iterates the tar and groups members
+into samples with WebDataset's own functions (`tar_file_iterator`, `group_by_keys`), so any WebDataset pipeline
+reads our shards the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from pipeline.atomic import atomic_path, file_sha256
+from pipeline.errors import InputError
+from pipeline.shards.samples import check_key
+
+SHARD_SUFFIX = ".tar"
+# Tar headers carry no time, owner or permissions of the machine that wrote them, so reruns are byte-identical.
+TAR_MTIME = 0
+TAR_MODE = 0o644
+# What WebDataset appends to a failing member's message (" @ <stream>"); the one-line error drops it.
+_WDS_WHERE = " @ "
+
+
+def shard_name(store_name: str, index: int) -> str:
+    """File name of shard `index` of a store: `<name>-000000.tar`."""
+    return f"{store_name}-{index:06d}{SHARD_SUFFIX}"
+
+
+def write_shard(path: str | os.PathLike, samples: Iterable[Mapping]) -> dict:
+    """Write encoded samples to a tar at `path` atomically (temporary name, then rename); -> {name, samples, bytes,
+    sha256}. On any error the temporary file is removed and nothing appears under `path`."""
+    path = Path(path)
+    count = 0
+    with atomic_path(path) as partial:
+        with open(partial, "wb") as raw, tarfile.open(fileobj=raw, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                key = check_key(sample["__key__"])
+                for field in sorted(k for k in sample if not k.startswith("__")):
+                    info = tarfile.TarInfo(f"{key}.{field}")
+                    info.size, info.mtime, info.mode = len(sample[field]), TAR_MTIME, TAR_MODE
+                    tar.addfile(info, io.BytesIO(sample[field]))
+                count += 1
+        info = {"name": path.name, "samples": count, "bytes": partial.stat().st_size, "sha256": file_sha256(partial)}
+    return info
+
+
+def _bad_shard(shard: str, exc: BaseException) -> InputError:
+    reason = str(exc.args[0]).split(_WDS_WHERE)[0] if exc.args else type(exc).__name__
+    return InputError(f"{shard}: unreadable or truncated shard ({reason})")
+
+
+def raw_samples(shard: str | os.PathLike) -> Iterator[dict]:
+    """The undecoded samples of one tar, in tar order: {"__key__", "__url__", "<field>.<ext>": bytes}.
+
+    A missing, unreadable or truncated tar raises a one-line InputError naming it."""
+    shard = str(shard)
+
+    def fail(exc: BaseException) -> bool:  # WebDataset's handler hook: turn any member error into our one line
+        raise _bad_shard(shard, exc)
+
+    def members(stream) -> Iterator[dict]:
+        for member in tar_file_iterator(stream, handler=fail):
+            yield {**member, "__url__": shard}
+
+    try:
+        with open(shard, "rb") as stream:
+            yield from group_by_keys(members(stream), handler=fail)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise _bad_shard(shard, exc) from None
