@@ -26,7 +26,7 @@ from trainer.demo_run import (
     training_done,
     world_done,
 )
-from trainer.demo_table import format_cell, per_class_table, steps_table, summary_table, write_figure
+from trainer.demo_table import format_cell, paired_table, per_class_table, steps_table, summary_table, write_figure
 from trainer.eval_cli import cli as eval_cli
 from trainer.models import build_segmenter
 from trainer.visualize import GRID_PAD, TITLE_HEIGHT
@@ -81,6 +81,27 @@ def test_run_plan_parses_with_the_preset_and_variant_flags(tmp_path):
     oracle = parse(plan_runs(PRESET, paths, ["oracle"], [0])[0][0])
     assert (oracle["source"], oracle["method"]) == ("cityscapes", "source_only")
     assert set(VARIANTS) >= {"no_temporal_aug", "no_occlusion", "no_entropy"}
+
+
+def test_a_rescoring_row_shares_its_training_run_and_bn_stats_follow_the_preset(tmp_path):
+    paths = Paths(tmp_path)
+    chains = plan_runs(PRESET, paths, ["source_only", "source_only_adabn", "adv_only", "i2vda_bn_all", "oracle"], [0])
+    names = [[step.name for step in chain] for chain in chains]
+    assert ["train_source_only_seed0", "eval_source_only_seed0", "eval_source_only_adabn_seed0"] in names
+    assert sum(step.name.startswith("train_source_only") for chain in chains for step in chain) == 1
+    steps = {step.name: parse(step) for chain in chains for step in chain}
+    assert steps["eval_source_only_adabn_seed0"]["adapt_bn"] > 0 and steps["eval_source_only_seed0"]["adapt_bn"] == 0
+    assert steps["eval_source_only_adabn_seed0"]["ckpt"] == steps["eval_source_only_seed0"]["ckpt"]
+    # Methods that see target frames take the preset's --bn-stats; a row's own flag wins; source-only has none.
+    assert steps["train_adv_only_seed0"]["bn_stats"] == PRESET.bn_stats == "target"
+    assert steps["train_i2vda_bn_all_seed0"]["bn_stats"] == "all"
+    assert steps["train_source_only_seed0"]["bn_stats"] == steps["train_oracle_seed0"]["bn_stats"] == "all"
+
+
+def test_paired_table_by_hand():
+    a = [{"miou": 30.0}, {"miou": 25.0}, {"miou": 28.0}]
+    b = [{"miou": 27.0}, {"miou": 26.0}, {"miou": 25.0}]  # differences +3, -1, +3: mean 1.667, std sqrt(16/3)=2.309
+    assert paired_table([(("A", a), ("B", b))])[2] == "| A − B | +3.0, -1.0, +3.0 | 1.7 ± 2.3 | 2/3 |"
 
 
 def test_skip_logic_on_fake_outputs(tmp_path):

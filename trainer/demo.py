@@ -38,7 +38,9 @@ from trainer.demo_table import results_markdown, write_figure
 PAPER_MAX_ITER, PAPER_ITER_COPY = 50_000, 8000  # §4.2 and Table 4: M' is first copied and L_tc launched at 16%
 VIPER_STORE, TARGET_STORE, VAL_STORE = "viper", "cityscapes_seq", "cityscapes_val"
 ORACLE_STORE = "cityscapes"  # `i2vda-prep source --src cityscapes`: the annotated Cityscapes train frames
-PREFIX = ("source_only", "adv_only", "i2vda")  # the three main rows, in the order of the paper's Table 3
+# The main rows: the baselines (source-only also with AdaBN at eval), the paper's I2VDA, and the demo's option row.
+PREFIX = ("source_only", "source_only_adabn", "adv_only", "i2vda", "i2vda_cb")
+ADABN_FRAMES = 48  # target train frames for the AdaBN row (i2vda-eval --adapt-bn)
 
 
 def _wh(size_wh: tuple[int, int]) -> str:
@@ -57,18 +59,31 @@ class Variant:
     eval_flags: tuple[str, ...] = ()  # extra i2vda-eval flags of this row
 
 
-_I2VDA = ("--method", "i2vda")
+_I2VDA = ("--method", "i2vda")  # the paper's method and defaults (M' in eval mode), under the preset
+_CB = (*_I2VDA, "--pl-select", "class-balanced")  # the demo's I2VDA: + class-balanced pseudo-labels (CBST)
+_BN_ALL = ("--bn-stats", "all")  # PyTorch's default: every forward of M feeds the running statistics
 VARIANTS = {
     "source_only": Variant("Source only", ("--method", "source_only"), 1),
+    "source_only_adabn": Variant("Source only + AdaBN", ("--method", "source_only"), 1, train_as="source_only",
+                                 eval_flags=("--adapt-bn", str(ADABN_FRAMES))),  # fmt: skip
     "adv_only": Variant("Adversarial only (Table 3 baseline)", ("--method", "adv_only"), 2),
-    "i2vda": Variant("I2VDA", _I2VDA, 3),
-    "no_temporal_aug": Variant("I2VDA w/o temporal augmentation", (*_I2VDA, "--no-temporal-aug"), 3),
+    "i2vda": Variant("I2VDA (paper: eval-mode M')", _I2VDA, 3),
+    "i2vda_cb": Variant("I2VDA + class-balanced PL", _CB, 3),
+    "no_temporal_aug": Variant("I2VDA + CB PL w/o temporal augmentation", (*_CB, "--no-temporal-aug"), 3),
     "no_tc": Variant("I2VDA w/o temporal consistency", (*_I2VDA, "--no-tc"), 2),
-    "no_occlusion": Variant("I2VDA w/o occlusion mask", (*_I2VDA, "--no-occlusion"), 3),
-    "no_entropy": Variant("I2VDA w/o entropy mask", (*_I2VDA, "--no-entropy"), 3),
-    "online_linear": Variant("I2VDA, linear F(I1, It)", (*_I2VDA, "--online-flow", "linear"), 3),
+    "no_occlusion": Variant("I2VDA + CB PL w/o occlusion mask", (*_CB, "--no-occlusion"), 3),
+    "no_entropy": Variant("I2VDA + CB PL w/o entropy mask", (*_CB, "--no-entropy"), 3),
+    "online_linear": Variant("I2VDA + CB PL, linear F(I1, It)", (*_CB, "--online-flow", "linear"), 3),
+    "proxy_batch": Variant("I2VDA, M' with batch statistics", (*_I2VDA, "--proxy-bn", "batch"), 3),
+    "proxy_target": Variant("I2VDA, M' with re-estimated target statistics", (*_I2VDA, "--proxy-bn", "target"), 3),
+    "adv_only_bn_all": Variant("Adversarial only, BN statistics of all domains", ("--method", "adv_only", *_BN_ALL), 2),
+    "i2vda_bn_all": Variant("I2VDA (paper), BN statistics of all domains", (*_I2VDA, *_BN_ALL), 3),
     "oracle": Variant("Oracle (target labels)", ("--method", "source_only"), 1, source=ORACLE_STORE),
 }
+# Paired differences in the table: each I2VDA row against the baselines, and the full method against its ablations.
+PAIRS = (("i2vda", "adv_only"), ("i2vda", "source_only_adabn"), ("i2vda_cb", "adv_only"),
+         ("i2vda_cb", "source_only_adabn"), ("i2vda_cb", "source_only"), ("i2vda_cb", "i2vda"),
+         ("i2vda_cb", "no_temporal_aug"), ("i2vda_cb", "no_tc"), ("i2vda_bn_all", "adv_only_bn_all"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,9 @@ class DemoPreset:
     lr: float = 0.01  # from scratch, no ImageNet init: far above the paper's 2.5e-4 for a pretrained R101
     lr_d: float = 1e-4  # paper §4.2
     disc_width: int = 16  # D's ndf: AdaptSegNet's 64 costs more than deeplab_tiny itself on 2 CPU cores
+    # M's running BN statistics from target frames only (`--bn-stats target`) for every method that sees them: chosen
+    # on the adversarial-only baseline (README, calibration), as the paper's regime is not BatchNorm-bound.
+    bn_stats: str = "target"
     checkpoints: int = 4  # per run: i2vda-eval reports the last one and the best on val
     num_workers: int = 0  # one core per training run: decoding in the training process
     shuffle_buffer: int = 200  # about the demo's 240 VIPER frames and 290 target pairs
@@ -110,8 +128,8 @@ class DemoPreset:
         return [f"Demo world seed {self.world_seed}; target {_wh(self.target_size_wh)}, VIPER "
                 f"{_wh(self.viper_size_wh)}; {self.flow} flow; {self.arch} from scratch; {self.max_iter} "
                 f"iterations of batch {self.batch_size}, lr {self.lr:g} (D {self.lr_d:g}, ndf {self.disc_width}), "
-                f"ITER_COPY = ITER_LAUNCH "
-                f"= {self.iter_copy}."]  # fmt: skip
+                f"ITER_COPY = ITER_LAUNCH = {self.iter_copy}; --bn-stats {self.bn_stats} for every method that "
+                f"sees target frames."]  # fmt: skip
 
 
 def plan_prep(preset: DemoPreset, paths: Paths, oracle: bool) -> list[Step]:
@@ -145,6 +163,11 @@ def run_of(variant: str) -> str:
     return VARIANTS[variant].train_as or variant
 
 
+def _bn_stats(preset: DemoPreset, variant: str) -> tuple[str, ...]:
+    """The preset's --bn-stats for a method that sees target frames (a variant's own flag, later, wins)."""
+    return () if "source_only" in VARIANTS[variant].flags else ("--bn-stats", preset.bn_stats)
+
+
 def train_args(preset: DemoPreset, paths: Paths, variant: str, seed: int) -> tuple[str, ...]:
     """i2vda-train flags of one run: the preset's, the variant's, and --resume so a crashed run goes on."""
     p = preset
@@ -154,7 +177,8 @@ def train_args(preset: DemoPreset, paths: Paths, variant: str, seed: int) -> tup
             "--disc-width", str(p.disc_width),
             "--iter-copy", str(p.iter_copy), "--iter-launch", str(p.iter_copy), "--seed", str(seed),
             "--checkpoint-interval", str(p.checkpoint_interval), "--num-workers", str(p.num_workers),
-            "--shuffle-buffer", str(p.shuffle_buffer), *VARIANTS[variant].flags, "--resume", "latest")  # fmt: skip
+            "--shuffle-buffer", str(p.shuffle_buffer), *_bn_stats(p, variant), *VARIANTS[variant].flags,
+            "--resume", "latest")  # fmt: skip
 
 
 def plan_runs(preset: DemoPreset, paths: Paths, variants, seeds) -> list[list[Step]]:
@@ -217,7 +241,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the demo world (and of training).")
 @click.option("--seeds", default=None, help="Training seeds, e.g. 0,1,2: mean ± std [default: --seed].")
-@click.option("--methods", default=",".join(PREFIX), show_default=True, help="Rows: source_only, adv_only, i2vda.")
+@click.option("--methods", default=",".join(PREFIX), show_default=True, help=f"Main rows: {', '.join(PREFIX)}.")
 @click.option("--variants", default="", help=f"Extra rows: {', '.join(v for v in VARIANTS if v not in PREFIX)}.")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations per run [default: the preset's].")
 @click.option("--lr", type=float, default=None, help="SGD learning rate of M [default: the preset's].")
@@ -252,7 +276,9 @@ def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
                           [(VARIANTS[n].title, checkpoint_path(paths.run(n, seeds[0]), preset.max_iter))
                            for n in names if VARIANTS[n].train_as is None])  # rows that re-score a run: not drawn
     total_s = time.perf_counter() - start
-    table = results_markdown(rows, preset.lines(), records, total_s)
+    by_name = dict(zip(names, rows))
+    pairs = [(by_name[a], by_name[b]) for a, b in PAIRS if a in by_name and b in by_name]
+    table = results_markdown(rows, preset.lines(), records, total_s, pairs)
     (out / "results.md").write_text(table)
     summary = {"preset": dataclasses.asdict(preset), "seeds": seeds, "jobs": jobs, "threads": threads,
                "total_s": round(total_s, 1), "steps": records, "results": results}  # fmt: skip
