@@ -164,7 +164,8 @@ def r101_step(repeats: int) -> dict:
     """Part 2: one R101 step (forward, L_seg, backward, SGD) at 512x256; FLOPs counted on the first (warm-up) run."""
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = build_segmenter("deeplab_r101", NUM_CLASSES).train()
-    opt = torch.optim.SGD(model.optim_parameters(2.5e-4), lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+    groups = model.optim_parameters(2.5e-4, TrainConfig.classifier_lr_mult)
+    opt = torch.optim.SGD(groups, lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
     image = torch.rand(1, 3, *R101_HW) * 255
     label = torch.randint(0, NUM_CLASSES, (1, *R101_HW))
 
