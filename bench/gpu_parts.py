@@ -21,7 +21,7 @@ from pipeline.flow.flownet2 import FlowNet2, FlowNet2Estimator
 from trainer.config import TrainConfig
 from trainer.losses import segmentation_loss
 from trainer.models import caffe_normalize
-from trainer.steps import AMP_DTYPES, Nets, autocast, discriminator_step, segmenter_step
+from trainer.steps import AMP_DTYPES, Iteration, Nets, autocast, discriminator_step, segmenter_step
 from trainer.temporal import synthesize_intermediate
 
 MIB = 2**20
@@ -151,7 +151,7 @@ def _stages(nets: Nets, config: TrainConfig, batch: dict, i_t: torch.Tensor, dev
         losses: bounded, unlike a bare mean of the logits, whose descent drives M's weights into denormals and
         infinities), one backward, the SGD step."""
         with autocast(config, device):
-            logits = nets.segment(*(caffe_normalize(x) for x in images))
+            logits = nets.model_wrapped(*(caffe_normalize(x) for x in images))
             loss = sum(segmentation_loss(x, src["label"]) for x in logits)
         nets.opt_seg.zero_grad(set_to_none=True)
         loss.backward()
@@ -165,13 +165,14 @@ def _stages(nets: Nets, config: TrainConfig, batch: dict, i_t: torch.Tensor, dev
         m_update((src["image"], tgt["frame0"], i_t))
         proxy_forward()
 
-    _, probs, _ = segmenter_step(nets, batch, dataclasses.replace(config, online_flow="linear"), 0, 0, None)
+    linear = dataclasses.replace(config, online_flow="linear")
+    predictions = segmenter_step(nets, batch, linear, Iteration(0)).predictions
     return {
         "M f+b+SGD, source image": lambda: m_update((src["image"],)),
         "M 3x f+b+SGD (Is, I0, It)": lambda: m_update((src["image"], tgt["frame0"], i_t)),
         "M' forward (I1)": proxy_forward,
         M_ALONE: m_alone,
-        "D update (Eq. 12)": lambda: discriminator_step(nets, probs, config),
+        "D update (Eq. 12)": lambda: discriminator_step(nets, predictions, config),
     }  # fmt: skip
 
 
@@ -199,8 +200,8 @@ def bench_iteration(nets: Nets, base: TrainConfig, estimator: PrebuiltFlowNet2, 
         estimate = estimator.estimate_torch if online else None  # what trainer.loop.online_flow hands the step
 
         def iteration(batch=batches[case["batch"]][0], config=config, estimate=estimate):
-            _, probs, _ = segmenter_step(nets, batch, config, 0, 0, estimate)
-            discriminator_step(nets, probs, config)
+            step = segmenter_step(nets, batch, config, Iteration(0, 0, estimate))
+            discriminator_step(nets, step.predictions, config)
 
         results.append(guarded(case, lambda f=iteration: timed(f, device, warmup, repeats), device))
     return results

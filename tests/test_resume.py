@@ -50,10 +50,10 @@ def test_preempted_run_resumes_as_if_never_stopped(stores, tmp_path, monkeypatch
     stopped = tmp_path / "stopped"
     real_step = loop.segmenter_step
 
-    def killed_at_4(nets, batch, config, it, *args, **kwargs):
-        if it == 4:
+    def killed_at_4(nets, batch, config, step):
+        if step.it == 4:
             raise Preempted
-        return real_step(nets, batch, config, it, *args, **kwargs)
+        return real_step(nets, batch, config, step)
 
     monkeypatch.setattr(loop, "segmenter_step", killed_at_4)
     with pytest.raises(Preempted):
