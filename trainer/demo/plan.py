@@ -1,41 +1,21 @@
-"""`make demo`: the built-in world -> i2vda-prep -> i2vda-train (baselines, I2VDA) -> i2vda-eval -> table and figure.
-
-The three console commands run as a user would run them, one log per step in OUT/logs/. A step whose outputs are
-complete is skipped, so a rerun after a crash goes on where it stopped (`--fresh` starts over).
-"""
+"""What `make demo` runs: the preset, the table's rows (variants), and the steps that world -> i2vda-prep ->
+i2vda-train -> i2vda-eval make of them, each with the test that its outputs are complete."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import signal
-import sys
-import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
-import click
+from trainer.config import TrainConfig
+from trainer.demo.outputs import Paths, eval_done, store_done, training_done, training_progress, world_done
+from trainer.demo.runner import Step
 
-from pipeline.errors import InputError, one_line_errors
-from trainer.checkpoint import checkpoint_path
-from trainer.demo_run import (
-    Paths,
-    Step,
-    StepFailed,
-    check_preset,
-    eval_done,
-    read_json,
-    run_steps,
-    step_records,
-    store_done,
-    training_done,
-    world_done,
-)
-from trainer.demo_table import results_markdown, write_figure
-
-PAPER_MAX_ITER, PAPER_ITER_COPY = 50_000, 8000  # §4.2 and Table 4: M' is first copied and L_tc launched at 16%
+# The paper's schedule (§4.2, Table 4), read from its one home, TrainConfig's defaults: M' first copied at 16%.
+_TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+PAPER_MAX_ITER, PAPER_ITER_COPY = _TRAIN_DEFAULTS["max_iter"], _TRAIN_DEFAULTS["iter_copy"]
+PREP_TOOL, TRAIN_TOOL, EVAL_TOOL = "i2vda-prep", "i2vda-train", "i2vda-eval"
+RAY_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # as the Makefile: local, no network
 VIPER_STORE, TARGET_STORE, VAL_STORE = "viper", "cityscapes_seq", "cityscapes_val"
 ORACLE_STORE = "cityscapes"  # `i2vda-prep source --src cityscapes`: the annotated Cityscapes train frames
 # The main rows: the baselines (source-only also scored with AdaBN) and the paper's I2VDA, under the demo's preset.
@@ -131,29 +111,33 @@ class DemoPreset:
                 f"sees target frames."]  # fmt: skip
 
 
+def _prep(name: str, args: tuple[str, ...], done, **options) -> Step:
+    """An i2vda-prep step: Ray spreads it over every core, so its threads are not pinned to a slot."""
+    return Step(name, PREP_TOOL, args, done, pin_threads=False, **options)
+
+
 def plan_prep(preset: DemoPreset, paths: Paths, oracle: bool) -> list[Step]:
     """World, then the target pairs, the VIPER store, the val store (and the oracle's labelled target store)."""
     w, s = paths.world, str(paths.stores)
-    world = Step("world", "i2vda-prep", ("demo-world", "--out", str(w), "--seed", str(preset.world_seed),
-                                         "--val-snippets", str(preset.val_snippets),
-                                         "--synthia-frames", str(preset.synthia_frames), "--overwrite"),
-                 partial(world_done, w, preset.world_seed, preset.world_counts),
-                 clears=(paths.stores, paths.runs, paths.evals))  # fmt: skip
+    world = _prep("world", ("demo-world", "--out", str(w), "--seed", str(preset.world_seed),
+                            "--val-snippets", str(preset.val_snippets),
+                            "--synthia-frames", str(preset.synthia_frames), "--overwrite"),
+                  partial(world_done, w, preset.world_seed, preset.world_counts),
+                  clears=(paths.stores, paths.runs, paths.evals))  # fmt: skip
     target = ("--root", str(w / "cityscapes"), "--out", s, "--size", _wh(preset.target_size_wh))
     steps = [
         world,
-        Step("prep_flows", "i2vda-prep", ("flows", "--src", TARGET_STORE, *target, "--flow", preset.flow),
-             partial(store_done, paths.stores / TARGET_STORE, preset.target_size_wh)),
-        Step("prep_source", "i2vda-prep", ("source", "--src", VIPER_STORE, "--root", str(w / "viper"), "--out", s,
-                                           "--size", _wh(preset.viper_size_wh)),
-             partial(store_done, paths.stores / VIPER_STORE, preset.viper_size_wh)),
-        Step("prep_val", "i2vda-prep", ("val", *target, "--flow", preset.flow),
-             partial(store_done, paths.stores / VAL_STORE, preset.target_size_wh)),
+        _prep("prep_flows", ("flows", "--src", TARGET_STORE, *target, "--flow", preset.flow),
+              partial(store_done, paths.stores / TARGET_STORE, preset.target_size_wh)),
+        _prep("prep_source", ("source", "--src", VIPER_STORE, "--root", str(w / "viper"), "--out", s,
+                              "--size", _wh(preset.viper_size_wh)),
+              partial(store_done, paths.stores / VIPER_STORE, preset.viper_size_wh)),
+        _prep("prep_val", ("val", *target, "--flow", preset.flow),
+              partial(store_done, paths.stores / VAL_STORE, preset.target_size_wh)),
     ]  # fmt: skip
     if oracle:
-        steps.append(Step("prep_oracle", "i2vda-prep", ("source", "--src", ORACLE_STORE, *target, "--protocol",
-                                                        "viper15"),
-                          partial(store_done, paths.stores / ORACLE_STORE, preset.target_size_wh)))  # fmt: skip
+        steps.append(_prep("prep_oracle", ("source", "--src", ORACLE_STORE, *target, "--protocol", "viper15"),
+                           partial(store_done, paths.stores / ORACLE_STORE, preset.target_size_wh)))  # fmt: skip
     return steps
 
 
@@ -190,102 +174,14 @@ def plan_runs(preset: DemoPreset, paths: Paths, variants, seeds) -> list[list[St
     for trained in sorted(groups, key=lambda v: -VARIANTS[v].weight):  # stable: ties keep the given order
         for seed in seeds:
             run = paths.run(trained, seed)
-            chain = [Step(f"train_{trained}_seed{seed}", "i2vda-train", train_args(preset, paths, trained, seed),
-                          partial(training_done, run, preset.max_iter), progress=(run, preset.max_iter))]  # fmt: skip
+            chain = [Step(f"train_{trained}_seed{seed}", TRAIN_TOOL, train_args(preset, paths, trained, seed),
+                          partial(training_done, run, preset.max_iter),
+                          progress=partial(training_progress, run, preset.max_iter))]  # fmt: skip
             for variant in groups[trained]:
                 out = paths.eval(variant, seed)
-                chain.append(Step(f"eval_{variant}_seed{seed}", "i2vda-eval",
+                chain.append(Step(f"eval_{variant}_seed{seed}", EVAL_TOOL,
                                   ("--ckpt", str(run), "--val", str(paths.stores / VAL_STORE), "--out", str(out),
                                    *VARIANTS[variant].eval_flags),
                                   partial(eval_done, out, preset.max_iter)))  # fmt: skip
             chains.append(chain)
     return chains
-
-
-def _names(text: str, flag: str, allowed) -> list[str]:
-    names = [n for n in text.split(",") if n]
-    bad = [n for n in names if n not in allowed]
-    if bad:
-        raise InputError(f"{flag} {','.join(bad)}: expected names from {', '.join(allowed)}")
-    return names
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s]
-    except ValueError:
-        raise InputError(f"--seeds {text}: expected comma-separated integers, e.g. 0,1,2") from None
-
-
-def collect_results(paths: Paths, names, seeds, records: dict) -> tuple[list, dict]:
-    """Table rows (title, metrics per seed) and results.json's {method: {seed: scores, commands, wall times}}."""
-    rows, results = [], {}
-    for name in names:
-        runs = [read_json(paths.eval(name, seed) / "metrics.json") for seed in seeds]
-        rows.append((VARIANTS[name].title, runs))
-        results[name] = {str(seed): {"miou": m["miou"], "tc": m.get("tc"), "per_class": m["per_class"],
-                                     "best_miou": m.get("best", {}).get("miou"),
-                                     "train": records[f"train_{run_of(name)}_seed{seed}"],
-                                     "eval": records[f"eval_{name}_seed{seed}"]}
-                         for seed, m in zip(seeds, runs)}  # fmt: skip
-    return rows, results
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the running steps' children are stopped too."""
-    raise SystemExit(128 + signum)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the demo world (and of training).")
-@click.option("--seeds", default=None, help="Training seeds, e.g. 0,1,2: mean ± std [default: --seed].")
-@click.option("--methods", default=",".join(PREFIX), show_default=True, help=f"Main rows: {', '.join(PREFIX)}.")
-@click.option("--variants", default="", help=f"Extra rows: {', '.join(v for v in VARIANTS if v not in PREFIX)}.")
-@click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations per run [default: the preset's].")
-@click.option("--lr", type=float, default=None, help="SGD learning rate of M [default: the preset's].")
-@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Trainings run at once.")
-@click.option("--fresh", is_flag=True, help="Delete what an earlier demo wrote in --out and start over.")
-def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
-    """Render the demo world, prepare it, train source-only, adversarial-only and I2VDA, evaluate, tabulate."""
-    start = time.perf_counter()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    names = list(dict.fromkeys(_names(methods, "--methods", PREFIX) + _names(variants, "--variants", VARIANTS)))
-    seeds = list(dict.fromkeys(_seeds(seeds))) if seeds is not None else [seed]
-    if not names or not seeds:
-        raise InputError("--methods/--variants/--seeds: expected at least one method and one seed to train")
-    overrides = {k: v for k, v in (("max_iter", iters), ("lr", lr)) if v is not None}
-    preset = dataclasses.replace(DemoPreset(world_seed=seed), **overrides)
-    paths = Paths(out)
-    check_preset(paths, dataclasses.asdict(preset), fresh)
-    prep, chains = plan_prep(preset, paths, "oracle" in names), plan_runs(preset, paths, names, seeds)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    # One core per run: two 30-iteration adv_only runs took 49 s side by side at 1 thread, 366 s in turn at 2 threads.
-    threads = max(1, cores // jobs)
-    click.echo(f"demo: {len(names)} method(s) x {len(seeds)} seed(s) into {out}; {jobs} run(s) at a time, "
-               f"{threads} torch thread(s) each; logs in {paths.logs}/")  # fmt: skip
-    try:
-        skipped = run_steps(prep, chains, paths.logs, jobs, threads)
-    except StepFailed as failure:
-        click.echo(failure.report(), err=True)
-        sys.exit(1)
-    records = step_records(paths.logs, [*prep, *(step for chain in chains for step in chain)], skipped)
-    rows, results = collect_results(paths, names, seeds, records)
-    figure = write_figure(out / "figure.png", paths.stores / VAL_STORE,
-                          [(VARIANTS[n].title, checkpoint_path(paths.run(n, seeds[0]), preset.max_iter))
-                           for n in names if VARIANTS[n].train_as is None])  # rows that re-score a run: not drawn
-    total_s = time.perf_counter() - start
-    by_name = dict(zip(names, rows))
-    pairs = [(by_name[a], by_name[b]) for a, b in PAIRS if a in by_name and b in by_name]
-    table = results_markdown(rows, preset.lines(), records, total_s, pairs)
-    (out / "results.md").write_text(table)
-    summary = {"preset": dataclasses.asdict(preset), "seeds": seeds, "jobs": jobs, "threads": threads,
-               "total_s": round(total_s, 1), "steps": records, "results": results}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    click.echo("\n" + table + f"\nwrote {out / 'results.md'}, {out / 'results.json'}, {figure}")
-
-
-main = one_line_errors(cli)
-
-if __name__ == "__main__":
-    main()
