@@ -133,6 +133,6 @@ def write_figure(path: str | Path, val_store: str | Path, columns: Sequence[tupl
     grid = [[frames[r], colorize(labels[r], protocol), *(colorize(p[r], protocol) for p in preds)]
             for r in range(len(keys))]  # fmt: skip
     picture = figure_grid(grid, titles=[FRAME_TITLE, LABEL_TITLE, *(title for title, _ in columns)],
-                          tile_hw=frames.shape[1:3])  # fmt: skip
+                          tile_hw=frames.shape[1:3], legend=protocol)  # fmt: skip
     write_png(path, picture)
     return Path(path)
