@@ -86,6 +86,8 @@ def test_a_rescoring_row_shares_its_training_run_and_bn_stats_follow_the_preset(
     assert steps["train_adv_only_seed0"]["bn_stats"] == PRESET.bn_stats == "target"
     assert steps["train_i2vda_bn_all_seed0"]["bn_stats"] == "all"
     assert steps["train_source_only_seed0"]["bn_stats"] == steps["train_oracle_seed0"]["bn_stats"] == "all"
+    late = parse(plan_runs(PRESET, paths, ["i2vda_late"], [0])[0][0])  # M' at half the schedule: the row's flags win
+    assert late["iter_copy"] == late["iter_launch"] == PRESET.max_iter // 2 == 300
 
 
 def test_paired_table_by_hand():
