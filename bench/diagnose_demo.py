@@ -117,6 +117,8 @@ def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
         config = state["config"]
         if state.get("proxy") is None:
             raise click.ClickException(f"{path}: holds no proxy M' (not an I2VDA run with L_tc)")
+        if state["iteration"] <= config["iter_launch"]:
+            continue  # M' has not labelled anything yet (before the launch it may be the initial copy)
         proxy = build_segmenter(config["arch"], config["num_classes"])
         proxy.load_state_dict(state["proxy"])
         proxy.eval().requires_grad_(False)
