@@ -136,11 +136,24 @@ def load_weights(model: torch.nn.Module, state: Mapping, where: str, what: str, 
     return model
 
 
-def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Path) -> None:
-    """Refuse to resume a checkpoint whose run differs from this one (other than RESUMABLE_FIELDS)."""
+def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Path, stores: dict | None = None) -> None:
+    """Refuse to resume a checkpoint whose run differs from this one (other than RESUMABLE_FIELDS), or, given this
+    run's `stores` (`StoreInfo.identity()` of "source" and "target"), whose stores held other data. Stores are
+    compared by content, not by path: the same stores copied to another folder resume."""
     mismatch = resume_mismatch(state["config"], config)
     if mismatch is not None:
         raise InputError(f"--resume {path}: the checkpoint was trained with another setting ({mismatch})")
+    for role, saved in (state.get("stores") or {}).items():  # checkpoints older than the record: not checked
+        current = (stores or {}).get(role)
+        if current is None:
+            continue
+        differs = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        if differs:
+            k = differs[0]
+            raise InputError(f"--resume {path}: the --{role} store {current.get('name')!r} holds other data than "
+                             f"the checkpoint was trained on ({k}: checkpoint {saved.get(k)!r}, now "
+                             f"{current.get(k)!r}); resume on the same stores, or start a new run with another "
+                             f"--out")  # fmt: skip
     saved_world = state["data"]["world_size"]
     if saved_world != world:
         raise InputError(f"--resume {path}: written by {saved_world} process(es), this run has {world}; the data "
@@ -151,8 +164,10 @@ def _state_or_none(obj):
     return None if obj is None else obj.state_dict()
 
 
-def training_state(nets, config: TrainConfig, iterations: int, rng: list[dict], data: dict) -> dict:
-    """The checkpoint dict of docs/DEVELOPING.md ("Checkpoint files") after `iterations` iterations."""
+def training_state(nets, config: TrainConfig, iterations: int, rng: list[dict], data: dict,
+                   stores: dict | None = None) -> dict:  # fmt: skip
+    """The checkpoint dict of docs/DEVELOPING.md ("Checkpoint files") after `iterations` iterations; `stores` (the
+    stores' `StoreInfo.identity()` by role) is what `check_resumable` compares on resume."""
     return {
         "model": nets.model.state_dict(),
         "proxy": _state_or_none(nets.proxy),
@@ -165,6 +180,7 @@ def training_state(nets, config: TrainConfig, iterations: int, rng: list[dict], 
         "rng": rng,
         "data": data,
         "config": config.to_dict(),
+        "stores": stores or {},
     }
 
 

@@ -28,9 +28,10 @@ PROXY_BN_MODES = ("running", "batch", "target")
 BN_STATS_MODES = ("all", "target")
 INIT_FORMATS = ("deeplab", "torchvision", "segmenter")  # DeepLab ImageNet init, a torchvision ResNet, or our own run
 # Settings a resume may change: none of them changes what iteration i computes from its data
-# (max_iter moves the end of the poly schedule, which the paper ties to it; see docs/TRAINING.md).
+# (max_iter moves the end of the poly schedule, which the paper ties to it; see docs/TRAINING.md). `shards` is where
+# the stores lie: a resume compares the stores' content instead (trainer.checkpoint.check_resumable).
 RESUMABLE_FIELDS = ("out", "resume", "max_iter", "checkpoint_interval", "log_interval", "image_interval",
-                    "num_workers", "device")  # fmt: skip
+                    "num_workers", "device", "shards")  # fmt: skip
 _SIZE_FIELDS = ("target_size_hw", "source_size_hw")
 
 

@@ -116,13 +116,13 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
         raise InputError(f"--out {config.out}: the run already has checkpoints; pass --resume or another --out")
     state = read_checkpoint(resume_path) if resume_path is not None else None
     if state is not None:
-        check_resumable(state, config, rt.world, resume_path)
+        check_resumable(state, config, rt.world, resume_path, plan.stores)
     nets = build_nets(config, rt.device, distributed=rt.world > 1)
     start = restore_training_state(nets, state, rt.rank) if state is not None else 0
     del state
     estimate_flow = online_flow(config, plan, rt.device)
     batches = iteration_batches(config, plan, rt.rank, rt.world, start, pin_memory=rt.device.type == "cuda")
-    monitor = Monitor(config, start, enabled=rt.is_main)
+    monitor = Monitor(config, start, enabled=rt.is_main, device=str(rt.device), world=rt.world)
     if rt.is_main:
         write_config(config)
     saved = resume_path if rt.is_main else None  # the newest checkpoint of this run so far
@@ -144,7 +144,7 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
             if done % config.checkpoint_interval == 0 or done == config.max_iter:
                 rng = gather_rng(rt.device)  # every rank takes part; rank 0 writes
                 if rt.is_main:
-                    state = training_state(nets, config, done, rng, data_position(done, config, rt.world))
+                    state = training_state(nets, config, done, rng, data_position(done, config, rt.world), plan.stores)
                     saved = save_checkpoint(state, checkpoint_path(config.out, done))
     finally:  # also on a crash: flush the events, stop the DataLoader workers
         monitor.close()
