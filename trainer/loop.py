@@ -7,6 +7,7 @@ M and D are wrapped in DistributedDataParallel (gloo on the CPU, nccl on GPUs), 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from pipeline.errors import InputError
 from pipeline.flow import load_estimator
 from pipeline.shards import write_text_atomic
 from trainer.checkpoint import (
+    NONFINITE_CHECKED,
     check_resumable,
     checkpoint_path,
     latest_checkpoint,
+    nonfinite_tensor,
     read_checkpoint,
     resolve_resume,
     restore_training_state,
@@ -91,6 +94,36 @@ def to_device(batch: dict, device: torch.device, it: int) -> dict:
             for part in ("source", "target")}  # fmt: skip
 
 
+def _diverged(what: str, it: int, saved: Path | None) -> InputError:
+    last = f"the last good checkpoint is {saved}" if saved is not None else "no checkpoint was written"
+    return InputError(f"iteration {it}: {what}: the run diverged (try a lower --lr); {last}")
+
+
+def stop_if_diverged(stats: dict, it: int, saved: Path | None, rt: Runtime) -> None:
+    """Stop every rank with one line when a loss of iteration `it` is NaN or infinite on any rank (one sync per
+    iteration, and one all-reduce under DDP so that the ranks stop together)."""
+    losses = {k: v for k, v in stats.items() if k.startswith("loss_")}
+    if not losses:
+        return
+    bad = torch.stack([~torch.isfinite(torch.as_tensor(v)).all() for v in losses.values()]).to(torch.int32)
+    if rt.world > 1:
+        dist.all_reduce(bad)
+    names = [name for name, flag in zip(losses, bad.tolist()) if flag]
+    if names:
+        value = float(losses[names[0]])
+        shown = f"{names[0]} is {value}" if not math.isfinite(value) else f"{names[0]} is not finite on another rank"
+        raise _diverged(shown, it, saved)
+
+
+def stop_if_weights_diverged(nets, it: int, saved: Path | None) -> None:
+    """Refuse to checkpoint non-finite weights or optimiser states."""
+    for name in NONFINITE_CHECKED:
+        part = getattr(nets, name, None)
+        bad = None if part is None else nonfinite_tensor(part.state_dict())
+        if bad is not None:
+            raise _diverged(f"{name} {bad} holds NaN or inf after the step", it, saved)
+
+
 def write_config(config: TrainConfig) -> None:
     """RUN/config.json: the resolved settings of this run (rewritten on resume, e.g. with a new max_iter)."""
     path = Path(config.out) / CONFIG_NAME
@@ -138,10 +171,12 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
                                                  want_views=monitor.wants_views(it))  # fmt: skip
             if nets.disc is not None:
                 stats |= discriminator_step(nets, probs, config)
+            stop_if_diverged(stats, it, saved, rt)
             monitor.record(it, stats, lrs, data_wait_s)
             monitor.pictures(it, views)
             done = it + 1
             if done % config.checkpoint_interval == 0 or done == config.max_iter:
+                stop_if_weights_diverged(nets, it, saved)  # on every rank: DDP's ranks hold the same weights
                 rng = gather_rng(rt.device)  # every rank takes part; rank 0 writes
                 if rt.is_main:
                     state = training_state(nets, config, done, rng, data_position(done, config, rt.world), plan.stores)
