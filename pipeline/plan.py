@@ -25,6 +25,8 @@ from pipeline.shards import (
 )
 
 # Input sizes (W, H) of the paper (§4.2); `--size WxH` overrides them.
+# Smallest side of stored frames: OpenCV's DIS fails on frames under 16 pixels.
+MIN_SIZE_PX = 16
 DEFAULT_SIZE_WH = {"cityscapes_seq": (1024, 512), "cityscapes_val": (1024, 512), "viper": (896, 512),
                    "synthia": (1280, 768), "cityscapes": (1024, 512)}  # fmt: skip
 VAL_STORE = "cityscapes_val"
@@ -118,10 +120,12 @@ def resolve(config: PrepConfig) -> PrepConfig:
 
 
 def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
-    """'1024x512' -> (1024, 512) = (W, H)."""
+    """'1024x512' -> (1024, 512) = (W, H); each side at least MIN_SIZE_PX."""
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise InputError(f"{flag} {text}: expected WIDTHxHEIGHT in pixels, e.g. 1024x512")
+    if min(int(p) for p in parts) < MIN_SIZE_PX:
+        raise InputError(f"{flag} {text}: each side must be at least {MIN_SIZE_PX} pixels (DIS's coarsest level)")
     return int(parts[0]), int(parts[1])
 
 

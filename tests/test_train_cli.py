@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_train_loop import SIZE_HW, SOURCE, TARGET, make_stores
 
-from pipeline.errors import EXIT_BAD_INPUT
+from pipeline.errors import EXIT_BAD_INPUT, InputError
 from trainer.cli import cli, main
 from trainer.config import TrainConfig
 
@@ -88,3 +88,23 @@ def test_config_file_then_flags_make_the_saved_config(stores, tmp_path):
     assert saved["protocol"] == "viper15" and saved["target_size_hw"] == list(SIZE_HW)  # from the manifests
     assert saved["iter_copy"] == 8000 and saved["delta"] == 0.3  # untouched defaults
     assert (run / "checkpoints" / "iter_0000002.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [(["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr-d", "-1"], "--lr-d"),
+     (["--momentum", "-1"], "--momentum"), (["--weight-decay", "-1"], "--weight-decay"),
+     (["--betas-d", "2", "2"], "--betas-d"), (["--eta", "-1"], "--eta"), (["--eta", "nan"], "--eta"),
+     (["--poly-power", "-1"], "--poly-power"), (["--lambda-adv", "-1"], "--lambda-adv"),
+     (["--classifier-lr-mult", "-1"], "--classifier-lr-mult"), (["--pl-portion", "nan"], "--pl-portion"),
+     (["--target-size", "0x0"], "--target-size 0x0"), (["--delta", "inf"], "--delta")],
+)  # fmt: skip
+def test_every_numeric_flag_is_validated_before_anything_runs(tmp_path, capsys, flags, flag):
+    line = _fails(capsys, ["--out", str(tmp_path / "run"), "--shards", str(tmp_path / "nowhere"), *flags])
+    assert line.startswith(f"error: {flag}"), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_sizes_are_named_by_their_flags():
+    with pytest.raises(InputError, match="^--target-size: "):
+        TrainConfig(out="x", target_size_hw=(0, 0))
