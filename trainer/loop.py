@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from pipeline.errors import InputError
 from pipeline.flow import load_estimator
-from pipeline.shards import write_text_atomic
+from pipeline.shards import remove_stale_partials, write_text_atomic
 from trainer.checkpoint import (
     NONFINITE_CHECKED,
     check_resumable,
@@ -155,6 +155,8 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
     del state
     estimate_flow = online_flow(config, plan, rt.device)
     batches = iteration_batches(config, plan, rt.rank, rt.world, start, pin_memory=rt.device.type == "cuda")
+    if rt.is_main:  # a save killed mid-write left its temporary file behind
+        remove_stale_partials(checkpoint_path(config.out, 0).parent)
     monitor = Monitor(config, start, enabled=rt.is_main, device=str(rt.device), world=rt.world)
     if rt.is_main:
         write_config(config)
