@@ -108,7 +108,7 @@ class TrainConfig:
                 raise InputError(f"{_flag(name)}: expected a positive integer, got {getattr(self, name)}")
         if self.iter_launch < 0 or self.num_workers < 0:
             raise InputError("--iter-launch and --num-workers must be >= 0")
-        for name, low, strict in (("lr", 0.0, True), ("lr_d", 0.0, True), ("eta", 0.0, True),
+        for name, low, strict in (("lr", 0.0, False), ("lr_d", 0.0, False), ("eta", 0.0, True),  # lr 0: a frozen M
                                   ("weight_decay", 0.0, False), ("poly_power", 0.0, False),
                                   ("lambda_adv", 0.0, False), ("classifier_lr_mult", 0.0, False)):  # fmt: skip
             _check_number(name, getattr(self, name), low, strict)
