@@ -48,7 +48,7 @@ from trainer.data import iteration_batches, open_stores
 from trainer.loop import to_device, train
 from trainer.losses import segmentation_loss
 from trainer.models import build_segmenter, caffe_normalize
-from trainer.steps import build_nets, discriminator_step, segmenter_step, set_learning_rates
+from trainer.steps import Iteration, build_nets, discriminator_step, segmenter_step, set_learning_rates
 from trainer.temporal import synthesize_intermediate
 
 TARGET_HW, SOURCE_HW = (128, 256), (128, 224)  # the demo's training sizes
@@ -125,7 +125,7 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
     estimator = load_estimator("dis", **plan.estimator_options)
 
     def m_forward_backward():  # the three passes of M, L_seg on the source, one backward, the SGD update
-        logits = nets.segment(*(caffe_normalize(x) for x in (src["image"], tgt["frame0"], i_t)))
+        logits = nets.model_wrapped(*(caffe_normalize(x) for x in (src["image"], tgt["frame0"], i_t)))
         loss = segmentation_loss(logits[0], src["label"]) + sum(x.float().mean() for x in logits[1:])
         nets.opt_seg.zero_grad()
         loss.backward()
@@ -136,10 +136,10 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
             nets.proxy(caffe_normalize(tgt["frame1"]))
 
     def full_step():  # the real stages of one iteration, without the data
-        _, step_probs, _ = segmenter_step(nets, batch, config, 0, 0, estimator.estimate_torch)
-        discriminator_step(nets, step_probs, config)
+        step = segmenter_step(nets, batch, config, Iteration(0, 0, estimator.estimate_torch))
+        discriminator_step(nets, step.predictions, config)
 
-    _, probs, _ = segmenter_step(nets, batch, config, 0, 0, estimator.estimate_torch)  # warm-up
+    predictions = segmenter_step(nets, batch, config, Iteration(0, 0, estimator.estimate_torch)).predictions  # warm-up
     full = median_seconds(full_step, repeats)
     stages = {
         "synthesize_It": median_seconds(lambda: synthesize_intermediate(
@@ -147,7 +147,7 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
         "M_forward_backward": median_seconds(m_forward_backward, repeats),
         "M_proxy_forward": median_seconds(proxy_forward, repeats),
         "online_flow_dis": median_seconds(lambda: estimator.estimate_torch(tgt["frame1"], i_t), repeats),
-        "D_update": median_seconds(lambda: discriminator_step(nets, probs, config), repeats),
+        "D_update": median_seconds(lambda: discriminator_step(nets, predictions, config), repeats),
     }  # fmt: skip
     return {"loop_step_s_median": step_s, "loop_data_wait_frac_median": wait, "loop_iters": iters,
             "loop_warmup_iters_dropped": WARMUP_ITERS, "isolated_full_step_s": full, "stages_s": stages}
@@ -164,7 +164,8 @@ def r101_step(repeats: int) -> dict:
     """Part 2: one R101 step (forward, L_seg, backward, SGD) at 512x256; FLOPs counted on the first (warm-up) run."""
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = build_segmenter("deeplab_r101", NUM_CLASSES).train()
-    opt = torch.optim.SGD(model.optim_parameters(2.5e-4), lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+    groups = model.optim_parameters(2.5e-4, TrainConfig.classifier_lr_mult)
+    opt = torch.optim.SGD(groups, lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
     image = torch.rand(1, 3, *R101_HW) * 255
     label = torch.randint(0, NUM_CLASSES, (1, *R101_HW))
 

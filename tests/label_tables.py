@@ -1,4 +1,4 @@
-"""Expected label tables, transcribed entry by entry from reference/DATASETS_AND_DAVSN.md §2 and the paper."""
+"""Expected label tables, transcribed entry by entry from the datasets' published label tables and the paper."""
 
 X = 255  # ignore
 

@@ -12,21 +12,11 @@ from pipeline.cli import cli as prep_cli
 from pipeline.errors import InputError
 from pipeline.shards import ValWriter, encode_val_item, write_manifest
 from pipeline.sources.protocols import colorize, get_protocol
-from trainer import demo_run
 from trainer.cli import cli as train_cli
-from trainer.demo import VARIANTS, DemoPreset, main, plan_prep, plan_runs
-from trainer.demo_run import (
-    Paths,
-    Step,
-    StepFailed,
-    check_preset,
-    eval_done,
-    run_steps,
-    store_done,
-    training_done,
-    world_done,
-)
-from trainer.demo_table import format_cell, paired_table, per_class_table, steps_table, summary_table, write_figure
+from trainer.demo import VARIANTS, DemoPreset, main, plan_prep, plan_runs, runner
+from trainer.demo.outputs import Paths, check_preset, eval_done, store_done, training_done, world_done
+from trainer.demo.report import format_cell, paired_table, per_class_table, steps_table, summary_table, write_figure
+from trainer.demo.runner import Step, StepFailed, run_steps
 from trainer.eval_cli import cli as eval_cli
 from trainer.models import build_segmenter
 from trainer.visualize import GRID_PAD, TITLE_HEIGHT
@@ -139,8 +129,8 @@ def test_skip_logic_on_fake_outputs(tmp_path):
 
 def test_runner_skips_done_steps_and_reports_a_failure(tmp_path, capsys, monkeypatch):
     # Cheap children: the runner is generic over the tool; the real tools' flags are checked by parsing above.
-    monkeypatch.setitem(demo_run.TOOL_MODULES, "json-tool", "json.tool")
-    monkeypatch.setitem(demo_run.TOOL_MODULES, "timeit", "timeit")
+    monkeypatch.setitem(runner.TOOL_MODULES, "json-tool", "json.tool")
+    monkeypatch.setitem(runner.TOOL_MODULES, "timeit", "timeit")
     never_run = Step("done_already", "json-tool", ("--no-such-flag",), lambda: True)
     assert run_steps([never_run], [], tmp_path / "logs", jobs=1, threads=1) == ["done_already"]
     failing = Step("bad_json", "json-tool", (str(tmp_path / "absent.json"),), lambda: False)

@@ -31,7 +31,7 @@ from pipeline.sources.protocols import IGNORE_ID, SYNTHIA11, VIPER15
 TINY = WorldConfig(target_size_wh=(256, 128), viper_size_wh=(112, 64), synthia_size_wh=(96, 64), train_snippets=1,
                    val_snippets=1, snippet_frames=6, annotated_index=3, viper_sequences=2, viper_frames=4,
                    synthia_frames=3)  # fmt: skip
-# Ids each dataset defines for the classes the world contains (reference/DATASETS_AND_DAVSN.md, Cityscapes labels).
+# Ids each dataset defines for the classes the world contains (the datasets' published label tables, Cityscapes labels).
 CITYSCAPES_IDS = {1, 7, 8, 11, 13, 17, 19, 20, 21, 22, 23, 24, 26}
 VIPER_IDS = {2, 3, 4, 6, 7, 8, 9, 10, 11, 13, 14, 20, 24}
 SYNTHIA_IDS = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15}

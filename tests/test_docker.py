@@ -291,6 +291,6 @@ def _doc_command_lines(text: str) -> list[list[str]]:
 def test_cluster_doc_commands_name_real_flags():
     """Every i2vda-prep/-train/-eval line of docs/CLUSTER.md names a subcommand and options the CLI has."""
     lines = _doc_command_lines(CLUSTER_DOC.read_text())
-    assert {tokens[0] for tokens in lines} == set(SCRIPTS), "the doc shows all three commands"
+    assert {tokens[0] for tokens in lines} == set(SCRIPTS), "the doc shows every console script"
     for tokens in lines:
         _check_command_line([t for t in tokens if not t.startswith("$")], "docs/CLUSTER.md")

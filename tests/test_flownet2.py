@@ -1,6 +1,6 @@
 """FlowNet2 in plain PyTorch: correlation and channel norm, key layout, safe checkpoint loading, forward wiring,
 and the estimator wrapper. References are direct computations (loops, numpy), hand-worked values, and the key
-list of reference/FLOWNET2.md Appendix A transcribed into tests/data/flownet2_state_dict.txt."""
+list of the official FlowNet2 checkpoint's keys, as transcribed into tests/data/flownet2_state_dict.txt."""
 
 from __future__ import annotations
 
@@ -359,7 +359,7 @@ def norm(a: np.ndarray) -> np.ndarray:
 
 
 def test_forward_wiring_follows_the_reference_steps(model):
-    """Steps 1-16 of reference/FLOWNET2.md §2.2, checked on the tensors passed between the sub-networks."""
+    """The 16 steps of flownet2-pytorch's FlowNet2.forward, checked on the tensors passed between the sub-networks."""
     rng = np.random.default_rng(3)
     frames = torch.from_numpy(rng.uniform(0, 255, (1, 3, 2, 64, 128)).astype(np.float32))
     seen = {}

@@ -135,7 +135,7 @@ def test_gradients_frozen_bn_affine_and_live_running_stats():
 
 def test_optim_parameters_backbone_and_10x_classifier():
     model = deeplab_tiny(4, multi_level=True)
-    groups = model.optim_parameters(2.5e-4)
+    groups = model.optim_parameters(2.5e-4, 10.0)
     assert [g["lr"] for g in groups] == [2.5e-4, 2.5e-3]
     backbone, heads = ({id(p) for p in g["params"]} for g in groups)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}

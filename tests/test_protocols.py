@@ -1,4 +1,4 @@
-"""Class protocols against the tables transcribed from reference/DATASETS_AND_DAVSN.md §2 and the paper's Tables 1-2."""
+"""Class protocols against the datasets' published label tables and the paper's Tables 1-2."""
 
 import numpy as np
 import pytest

@@ -51,10 +51,10 @@ def test_preempted_run_resumes_as_if_never_stopped(stores, tmp_path, monkeypatch
     stopped = tmp_path / "stopped"
     real_step = loop.segmenter_step
 
-    def killed_at_4(nets, batch, config, it, *args, **kwargs):
-        if it == 4:
+    def killed_at_4(nets, batch, config, step):
+        if step.it == 4:
             raise Preempted
-        return real_step(nets, batch, config, it, *args, **kwargs)
+        return real_step(nets, batch, config, step)
 
     monkeypatch.setattr(loop, "segmenter_step", killed_at_4)
     with pytest.raises(Preempted):
@@ -84,6 +84,24 @@ def test_resume_with_another_setting_is_refused(stores, tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(InputError, match="--resume"):
         train(tiny_config(stores, run, method="source_only", max_iter=2))  # checkpoints exist, no --resume
+
+
+def test_resume_keeps_the_classifier_lr_factor_of_the_config(stores, tmp_path):
+    """Checkpoints written before M's param groups carried "lr_mult" resume with the config's factor."""
+    run = tmp_path / "run"
+    settings = dict(method="source_only", max_iter=2, checkpoint_interval=1, classifier_lr_mult=4.0, lr=1e-3)
+    train(tiny_config(stores, run, **settings))
+    state = load(run / "checkpoints" / "iter_0000001.pt")
+    for group in state["opt_seg"]["param_groups"]:
+        del group["lr_mult"]  # as an older checkpoint holds them
+    (run / "checkpoints" / "iter_0000002.pt").unlink()
+    save_checkpoint(state, run / "checkpoints" / "iter_0000001.pt")
+    lrs = [e["lr"] for e in read_log(run)]
+    result = train(tiny_config(stores, run, **settings, resume="latest"))
+    assert result["iterations"] == 2 and lrs[1] < 1e-3
+    groups = torch.load(run / "checkpoints" / "iter_0000002.pt", weights_only=True)["opt_seg"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 4.0]
+    assert groups[1]["lr"] == pytest.approx(4.0 * groups[0]["lr"])
 
 
 def test_each_iteration_gets_the_same_data_whatever_the_workers_and_start(stores, tmp_path):

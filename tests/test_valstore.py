@@ -16,7 +16,7 @@ from pipeline.sources.cityscapes import list_annotated
 NATIVE_HW, STORE_WH = (48, 96), (64, 32)
 FIRST, COUNT, ANNOTATED = 10, 6, 13  # snippet frames 10..15, label on frame 13 (index 3)
 HALF_STEP_PX = 1 / 128  # the flow codec stores 1/64 px steps, rounded to nearest
-# Cityscapes labelId -> train id, typed in from reference/DATASETS_AND_DAVSN.md §2 (everything else: 255).
+# Cityscapes labelId -> train id, typed in from the datasets' published label tables (everything else: 255).
 INDEPENDENT_TABLES = {
     "viper15": {7: 0, 8: 1, 11: 2, 13: 3, 19: 4, 20: 5, 21: 6, 22: 7, 23: 8, 24: 9, 25: 9, 26: 10, 27: 11, 28: 12,
                 32: 13, 33: 14},

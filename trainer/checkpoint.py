@@ -215,10 +215,15 @@ def training_state(nets, config: TrainConfig, iterations: int, rng: list[dict], 
 def restore_training_state(nets, state: dict, rank: int) -> int:
     """Load a training_state() into the networks, optimisers and this rank's RNGs; -> iterations done."""
     nets.model.load_state_dict(state["model"])
+    # Each of M's groups carries its lr factor (the config's, which a resume may not change); checkpoints written before
+    # the groups carried it hold no such key, and loading an optimiser state replaces the groups' settings.
+    lr_mults = [group["lr_mult"] for group in nets.opt_seg.param_groups]
     for name, target in (("proxy", nets.proxy), ("disc", nets.disc), ("opt_seg", nets.opt_seg),
                          ("opt_disc", nets.opt_disc), ("scaler_seg", nets.scaler_seg),
                          ("scaler_disc", nets.scaler_disc)):  # fmt: skip
         if target is not None and state.get(name) is not None:
             target.load_state_dict(state[name])
+    for group, lr_mult in zip(nets.opt_seg.param_groups, lr_mults):
+        group["lr_mult"] = lr_mult
     restore_rng(state["rng"][rank])
     return int(state["iteration"])

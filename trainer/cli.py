@@ -31,8 +31,8 @@ from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
 D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
-def _size_wh(value: str | None, flag: str) -> tuple[int, int] | None:
-    """'1024x512' (W x H) -> (H, W)."""
+def _hw_from_wh(value: str | None, flag: str) -> tuple[int, int] | None:
+    """A 'WIDTHxHEIGHT' flag value ('1024x512') -> (H, W) = (512, 1024), the order of the *_size_hw fields."""
     if value is None:
         return None
     try:
@@ -145,7 +145,7 @@ def cli(ctx: click.Context, config_file: str | None, target_size: str | None, so
     for field, value, flag in (("target_size_hw", target_size, "--target-size"),
                                ("source_size_hw", source_size, "--source-size")):  # fmt: skip
         if value is not None:
-            values[field] = _size_wh(value, flag)
+            values[field] = _hw_from_wh(value, flag)
     result = train(TrainConfig.from_dict(values, where=config_file or "flags"))
     if result["checkpoint"] is not None:  # rank 0 (the others save nothing)
         click.echo(f"{result['iterations']} iterations done; last checkpoint {result['checkpoint']}")

@@ -1,6 +1,7 @@
 """TrainConfig: every setting of one training run, frozen, built once at the entry point and saved with the run.
 
-Defaults are the paper's (§4.2, Algorithm 1, Tables 3-5) where it gives one, and DESIGN.md's conventions elsewhere.
+Defaults are the paper's (§4.2, Algorithm 1, Tables 3-5) where it gives one, and the conventions of docs/TRAINING.md
+elsewhere.
 Fields left None (`protocol`, the sizes, `flow_estimator`) are filled from the stores' manifests by
 `trainer.data.open_stores`, so `RUN/config.json` always records what was trained.
 """
@@ -55,7 +56,7 @@ class TrainConfig:
     lr: float = 2.5e-4  # SGD, paper §4.2
     momentum: float = 0.9
     weight_decay: float = 5e-4  # AdaptSegNet, which the paper follows
-    classifier_lr_mult: float = 10.0  # the ASPP heads learn 10x faster (DeepLab-v2, AdaptSegNet)
+    classifier_lr_mult: float = 10.0  # the ASPP heads learn 10x faster (DeepLab-v2, ADVENT's optim_parameters)
     lr_d: float = 1e-4  # Adam for D, paper §4.2
     betas_d: tuple[float, float] = (0.9, 0.99)
     poly_power: float = POLY_POWER  # over max_iter, both optimisers
@@ -172,13 +173,19 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
         """The inverse of to_dict; unknown keys raise InputError naming `where`."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known - {"num_classes"})
-        if unknown:
-            raise InputError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        known = _check_known(values, where)
         tuples = {"betas_d", *_SIZE_FIELDS}
         kwargs = {k: tuple(v) if k in tuples and v is not None else v for k, v in values.items() if k in known}
         return cls(**kwargs)
+
+
+def _check_known(values: dict, where: str) -> set[str]:
+    """TrainConfig's field names; a setting that is none of them (nor the derived num_classes) is an InputError."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known - {"num_classes"})
+    if unknown:
+        raise InputError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    return known
 
 
 def _flag(name: str) -> str:
@@ -219,10 +226,7 @@ def read_config_file(path: str | Path) -> dict:
         raise InputError(f"--config {path}: not valid JSON/YAML ({first})") from None
     if not isinstance(values, dict):
         raise InputError(f"--config {path}: expected a mapping of settings, got {type(values).__name__}")
-    known = {f.name for f in fields(TrainConfig)} | {"num_classes"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    _check_known(values, f"--config {path}")
     return values
 
 

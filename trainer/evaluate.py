@@ -1,12 +1,13 @@
 """Evaluation as pure functions: the global confusion matrix, per-class IoU and mIoU, temporal consistency (TC).
 
-mIoU follows DA-VSN's `test.py` (`reference/DATASETS_AND_DAVSN.md` §5.6, §6): one confusion matrix over the whole
-val set (rows ground truth, columns prediction, label 255 ignored), IoU = diag / (row + col - diag), mIoU = the
+mIoU follows DA-VSN's `test.py` (Guan et al., ICCV 2021, github.com/Dayan-Guan/DA-VSN): one confusion matrix over the
+whole val set (rows ground truth, columns prediction, label 255 ignored), IoU = diag / (row + col - diag), mIoU = the
 nanmean over the scored train ids (a class absent from both ground truth and prediction is NaN and skipped;
-SYNTHIA-12's fence is not a scored id). TC follows `reference/TC_METRIC.md`: the IoU between the prediction of
-frame t and the prediction of frame t+1 warped back onto frame t with F(t->t+1), counts summed over every
-consecutive pair of every clip. `evaluate` runs a model over a val store and is shared by the training loop and
-`i2vda-eval` (RAFT's `evaluate.py`).
+SYNTHIA-12's fence is not a scored id). TC follows the temporal-consistency metric of ETC (Liu et al., ECCV 2020, its
+`tool/eval_tc.py`): the IoU between the prediction of frame t and the prediction of frame t+1 warped back onto frame
+t with F(t->t+1), counts summed over every consecutive pair of every clip. `evaluate` runs a model over a val store:
+a pure function of (model, store) that `i2vda-eval` calls and any training-time validation can share (RAFT's
+`evaluate.py`).
 """
 
 from __future__ import annotations

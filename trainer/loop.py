@@ -35,7 +35,7 @@ from trainer.config import TrainConfig
 from trainer.data import StorePlan, data_position, iteration_batches, open_stores
 from trainer.monitor import Monitor
 from trainer.rng import gather_rng
-from trainer.steps import build_nets, copy_proxy, discriminator_step, segmenter_step, set_learning_rates
+from trainer.steps import Iteration, build_nets, copy_proxy, discriminator_step, segmenter_step, set_learning_rates
 
 CONFIG_NAME = "config.json"
 
@@ -169,13 +169,14 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
             data_wait_s = time.perf_counter() - wait_start
             if config.uses_tc and config.proxy_ckpt is None and it % config.iter_copy == 0:  # Alg. 1 lines 5-7
                 copy_proxy(nets, config.proxy_bn)
-            stats, probs, views = segmenter_step(nets, batch, config, it, rt.rank, estimate_flow,
-                                                 want_views=monitor.wants_views(it))  # fmt: skip
+            step = segmenter_step(nets, batch, config, Iteration(it, rt.rank, estimate_flow))
+            losses = step.losses
             if nets.disc is not None:
-                stats |= discriminator_step(nets, probs, config)
-            stop_if_diverged(stats, it, saved, rt)
-            monitor.record(it, stats, lrs, data_wait_s)
-            monitor.pictures(it, views)
+                losses |= discriminator_step(nets, step.predictions, config)
+            stop_if_diverged(losses, it, saved, rt)
+            monitor.record(it, losses, lrs, data_wait_s)
+            if step.tc is not None and monitor.wants_views(it):
+                monitor.pictures(it, step.tc.views())
             done = it + 1
             if done % config.checkpoint_interval == 0 or done == config.max_iter:
                 stop_if_weights_diverged(nets, it, saved)  # on every rank: DDP's ranks hold the same weights

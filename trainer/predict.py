@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import InputError
 from pipeline.sources import resize_rgb
-from trainer.checkpoint import MODEL_CONFIG_FIELDS, MODEL_KEYS, load_weights, read_checkpoint
+from trainer.checkpoint import MODEL_CONFIG_FIELDS, MODEL_KEYS, checkpoint_files, load_weights, read_checkpoint
 from trainer.models import AUX_HEAD_PREFIX, build_segmenter, caffe_normalize
 
 # Frames per forward pass: a DeepLab-v2 R101 at 1024x512 fits a 16 GB GPU at 4; callers may raise it.
@@ -39,18 +42,61 @@ def predict_labels(model, frames_bhw3: np.ndarray, out_size_hw, device="cpu", ba
     Frames are resized to `input_size_hw` first when given (area/bicubic, as the pipeline resizes); the model is
     used in whatever mode it is in (callers put it in eval mode).
     """
+    return predict_at_sizes(model, frames_bhw3, [out_size_hw], device, batch_size, input_size_hw)[0]
+
+
+@torch.no_grad()
+def predict_at_sizes(model, frames_bhw3: np.ndarray, out_sizes_hw, device="cpu", batch_size: int = DEFAULT_BATCH_SIZE,
+                     input_size_hw=None, autocast_dtype: torch.dtype | None = None) -> list[np.ndarray]:  # fmt: skip
+    """One forward per batch, its logits upsampled to each size of `out_sizes_hw`: a (B, H_i, W_i) uint8 array each.
+
+    `i2vda-predict` writes the labels at the input's resolution and measures TC at the network's input size from
+    the same forward. `autocast_dtype` (CUDA only) runs the network under autocast; the upsampling and the argmax
+    are done in float32 either way.
+    """
     frames_bhw3 = np.asarray(frames_bhw3)
     if frames_bhw3.ndim != 4 or frames_bhw3.shape[-1] != 3 or frames_bhw3.dtype != np.uint8:
         raise ValueError(f"frames must be (B, H, W, 3) uint8 RGB, got {frames_bhw3.shape} {frames_bhw3.dtype}")
     if input_size_hw is not None:
-        size_wh = (input_size_hw[1], input_size_hw[0])
-        frames_bhw3 = np.stack([resize_rgb(frame, size_wh) for frame in frames_bhw3])
-    out = np.empty((len(frames_bhw3), *out_size_hw), dtype=np.uint8)
+        frames_bhw3 = resize_frames(frames_bhw3, input_size_hw)
+    outs = [np.empty((len(frames_bhw3), *size_hw), dtype=np.uint8) for size_hw in out_sizes_hw]
     for start in range(0, len(frames_bhw3), batch_size):
         batch = frames_bhw3[start : start + batch_size]
-        labels = upsampled_logits(model, batch, out_size_hw, device).argmax(dim=1)
-        out[start : start + len(batch)] = labels.to(torch.uint8).cpu().numpy()
-    return out
+        amp = torch.autocast("cuda", dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+        with amp:
+            logits = model(frames_to_tensor(batch, device))  # (B, K, h, w) at output stride 8
+        for out, size_hw in zip(outs, out_sizes_hw):
+            up = F.interpolate(logits.float(), size=tuple(size_hw), mode=UPSAMPLE_MODE, align_corners=ALIGN_CORNERS)
+            out[start : start + len(batch)] = up.argmax(dim=1).to(torch.uint8).cpu().numpy()
+    return outs
+
+
+def resize_frames(frames_bhw3: np.ndarray, size_hw) -> np.ndarray:
+    """(B, H, W, 3) uint8 frames resized to (B, *size_hw, 3) as the pipeline resizes (area shrinking, bicubic up)."""
+    if tuple(frames_bhw3.shape[1:3]) == tuple(size_hw):
+        return frames_bhw3
+    size_wh = (int(size_hw[1]), int(size_hw[0]))
+    return np.stack([resize_rgb(frame, size_wh) for frame in frames_bhw3])
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`--device`: cpu, cuda or cuda:N; None = cuda when available. Unknown names and absent CUDA raise InputError."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device: expected cpu or cuda[:N], got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device: expected cpu or cuda[:N], got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device is available here")
+    return device
+
+
+def last_checkpoint(path: str | os.PathLike) -> Path:
+    """`--ckpt FILE|RUN`: the file itself, or the newest iter_<N>.pt of a run folder (RUN/ or RUN/checkpoints/)."""
+    return checkpoint_files(Path(path))[-1]
 
 
 def load_segmenter(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, dict, int]:

@@ -19,7 +19,7 @@ from trainer.losses import IGNORE_INDEX, masked_nll
 ALPHA = 0.5
 # Forward-backward threshold eta of Eq. 7 in pixels: 1 "in all experiments" (paper §3.4).
 ETA_PX = 1.0
-# Entropy threshold delta of Eq. 8: 0.3, the best column of Table 5 (the text says 0.8); see DESIGN.md.
+# Entropy threshold delta of Eq. 8: 0.3, the best column of Table 5 (the text says 0.8); see docs/TRAINING.md.
 DELTA = 0.3
 # Keeps log(P1W) finite where the warped probability underflowed to 0 (Eq. 9 is CE on probabilities).
 PROB_EPS = 1e-8

@@ -1,8 +1,8 @@
-"""Predictions people can look at: colourised labels, overlays, figure grids with titles, mp4 clips."""
+"""Predictions people can look at: colourised labels, overlays, figure grids with titles and a class legend, videos."""
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import os
 from pathlib import Path
 
@@ -18,8 +18,16 @@ TITLE_HEIGHT = 22  # pixels of the white strip that carries a column title
 TITLE_FONT = cv2.FONT_HERSHEY_SIMPLEX
 TITLE_SCALE = 0.5
 WHITE = 255
-MP4_FOURCC = "mp4v"  # MPEG-4 part 2: written by every OpenCV build, read by common players
-MP4_BLOCK = 2  # mp4v frames need even sides; odd frames are padded by one black row/column
+MP4_FOURCC = "mp4v"  # MPEG-4 part 2: written by every OpenCV build; VLC, mpv and ffplay play it, browsers do not
+MP4_BLOCK = 2  # mp4v, H.264 and VP9 frames need even sides; odd frames are padded by one black row/column
+# Video codecs by preference: (fourcc, file suffix). The opencv-python wheels carry no H.264 encoder (licensing), but
+# their FFmpeg writes VP9 in WebM, which every current browser plays; mp4v is the fallback every build has.
+VIDEO_CODECS = {"h264": ("avc1", ".mp4"), "vp9": ("VP90", ".webm"), "mp4v": (MP4_FOURCC, ".mp4")}
+BROWSER_CODECS = ("h264", "vp9")
+OFFLINE_PLAYERS = "VLC, mpv or ffplay"  # what plays an mp4v file (browsers do not)
+LEGEND_SWATCH = 14  # side of a class colour square in a legend, pixels
+LEGEND_ENTRY_WIDTH = 118  # pixels per legend entry: swatch, gap, class name
+LEGEND_ROW_HEIGHT = 20
 
 
 def overlay(rgb: np.ndarray, label: np.ndarray, protocol: Protocol, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
@@ -57,10 +65,11 @@ def _title_strip(title: str, width: int) -> np.ndarray:
     return strip
 
 
-def figure_grid(rows, titles=None, tile_hw=None, pad: int = GRID_PAD) -> np.ndarray:
+def figure_grid(rows, titles=None, tile_hw=None, pad: int = GRID_PAD, legend: Protocol | None = None) -> np.ndarray:
     """(H, W, 3) uint8 figure: `rows` of equally many images, `titles` one per column above the first row.
 
-    Every tile is resized to `tile_hw` (default: the first image's size); grey images are shown as RGB.
+    Every tile is resized to `tile_hw` (default: the first image's size); grey images are shown as RGB. With
+    `legend`, the protocol's class colours and names are drawn below the grid (`class_legend`).
     """
     rows = [list(row) for row in rows]
     if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
@@ -83,7 +92,24 @@ def figure_grid(rows, titles=None, tile_hw=None, pad: int = GRID_PAD) -> np.ndar
         for c, image in enumerate(row):
             x = pad + c * (tile_w + pad)
             canvas[y : y + tile_h, x : x + tile_w] = resize_rgb(_as_rgb(image), (tile_w, tile_h))
+    if legend is not None:
+        canvas = np.concatenate([canvas, class_legend(legend, width)], axis=0)
     return canvas
+
+
+def class_legend(protocol: Protocol, width: int) -> np.ndarray:
+    """(H, width, 3) uint8 white strip: a colour square and the name of each trained class, wrapped into rows."""
+    per_row = max(1, (width - GRID_PAD) // LEGEND_ENTRY_WIDTH)
+    rows = -(-protocol.num_classes // per_row)  # ceil
+    strip = np.full((rows * LEGEND_ROW_HEIGHT + GRID_PAD, width, 3), WHITE, dtype=np.uint8)
+    for i, name in enumerate(protocol.class_names[: protocol.num_classes]):
+        x = GRID_PAD + (i % per_row) * LEGEND_ENTRY_WIDTH
+        y = (i // per_row) * LEGEND_ROW_HEIGHT + (LEGEND_ROW_HEIGHT - LEGEND_SWATCH) // 2
+        color = tuple(int(c) for c in protocol.palette[i])
+        cv2.rectangle(strip, (x, y), (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1), color, thickness=-1)
+        cv2.putText(strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), TITLE_FONT, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    return strip
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
@@ -95,29 +121,89 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
 
 
 def write_mp4(path: str | os.PathLike, frames, fps: float) -> int:
-    """Write (H, W, 3) uint8 RGB frames as an mp4 ('mp4v'); returns the number of frames written."""
-    frames = iter(frames)
-    first = next(frames, None)
-    if first is None:
+    """Write (H, W, 3) uint8 RGB frames as an mp4 (H.264 where this OpenCV has it, else mp4v); returns the count."""
+    with VideoSink(path, fps, codecs=("h264", "mp4v")) as sink:
+        for frame in frames:
+            sink.write(frame)
+    if sink.count == 0:
         raise ValueError("write_mp4 needs at least one frame")
-    h, w = first.shape[:2]
-    out_h, out_w = h + h % MP4_BLOCK, w + w % MP4_BLOCK
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*MP4_FOURCC), float(fps), (out_w, out_h))
-    if not writer.isOpened():
-        raise InputError(f"{path}: cannot open an mp4 ({MP4_FOURCC}) writer there")
-    count = 0
+    return sink.count
+
+
+class VideoSink:
+    """Frames in, a video file out: the first codec of `codecs` (keys of VIDEO_CODECS) this OpenCV build can write.
+
+    `path`'s suffix is replaced by the codec's (.mp4 or .webm); after the first frame `path` and `codec` say what is
+    being written. Odd frame sizes are padded by one black row/column (the codecs need even sides).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, codecs=("h264", "vp9", "mp4v")):
+        unknown = [c for c in codecs if c not in VIDEO_CODECS]
+        if unknown or not codecs:
+            raise ValueError(f"codecs must be among {', '.join(VIDEO_CODECS)}, got {codecs}")
+        self.requested, self.codecs, self.fps = Path(path), tuple(codecs), float(fps)
+        self.path: Path | None = None
+        self.codec: str | None = None
+        self.count = 0
+        self._writer = None
+        self._size_hw: tuple[int, int] | None = None
+
+    def _open(self, h: int, w: int) -> None:
+        out_h, out_w = h + h % MP4_BLOCK, w + w % MP4_BLOCK
+        self.requested.parent.mkdir(parents=True, exist_ok=True)
+        for codec in self.codecs:
+            fourcc, suffix = VIDEO_CODECS[codec]
+            path = self.requested.with_suffix(suffix)
+            with _quiet_native_stderr():  # FFmpeg prints its failed probes (no H.264 encoder) straight to fd 2
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self.fps, (out_w, out_h))
+            if writer.isOpened():
+                self._writer, self.path, self.codec, self._size_hw = writer, path, codec, (h, w)
+                return
+            writer.release()
+            path.unlink(missing_ok=True)
+        tried = ", ".join(self.codecs)
+        raise InputError(f"{self.requested}: this OpenCV build cannot write a video there with {tried}")
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame; every frame must have the first one's size."""
+        frame = _as_rgb(frame)
+        h, w = frame.shape[:2]
+        if self._writer is None:
+            self._open(h, w)
+        if (h, w) != self._size_hw:
+            raise ValueError(f"all frames must be {self._size_hw[1]}x{self._size_hw[0]}, got {w}x{h}")
+        padded = np.zeros((h + h % MP4_BLOCK, w + w % MP4_BLOCK, 3), dtype=np.uint8)
+        padded[:h, :w] = frame
+        self._writer.write(cv2.cvtColor(padded, cv2.COLOR_RGB2BGR))
+        self.count += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def __enter__(self) -> VideoSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Send what C libraries write to file descriptor 2 to /dev/null meanwhile (Python's own stderr is untouched)."""
     try:
-        for frame in itertools.chain([first], frames):
-            if frame.shape[:2] != (h, w):
-                raise ValueError(f"all frames must be {w}x{h}, got {frame.shape[1]}x{frame.shape[0]}")
-            padded = np.zeros((out_h, out_w, 3), dtype=np.uint8)
-            padded[:h, :w] = _as_rgb(frame)
-            writer.write(cv2.cvtColor(padded, cv2.COLOR_RGB2BGR))
-            count += 1
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
     finally:
-        writer.release()
-    return count
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def save_prediction_pngs(out_dir: str | os.PathLike, key: str, rgb: np.ndarray, pred: np.ndarray,

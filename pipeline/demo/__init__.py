@@ -1,4 +1,5 @@
-"""The built-in demo world: procedural street scenes in the real datasets' layouts (see DESIGN.md)."""
+"""The built-in demo world: procedural street scenes in the real datasets' layouts (README, "Results on the built-in
+world")."""
 
 from pipeline.demo.world import WorldConfig, write_world
 

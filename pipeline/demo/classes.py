@@ -1,6 +1,6 @@
 """The demo world's semantic classes and their ids in each dataset's label encoding.
 
-Ids come from `reference/DATASETS_AND_DAVSN.md`: Cityscapes labelIds (gtFine `_labelIds.png`), VIPER `classes.csv`
+Ids come from the datasets' published label tables: Cityscapes labelIds (gtFine `_labelIds.png`), VIPER `classes.csv`
 ids (palette index of `train/cls` PNGs) and SYNTHIA-SEQS ids (R channel of `GT/LABELS`).
 """
 

@@ -1,6 +1,6 @@
 """The real datasets' folder layouts and label encodings, as the demo world writes them.
 
-`reference/DATASETS_AND_DAVSN.md` §1: Cityscapes `leftImg8bit_sequence` + `gtFine` labelIds; VIPER `train/img` JPEG +
+the published archives' layouts: Cityscapes `leftImg8bit_sequence` + `gtFine` labelIds; VIPER `train/img` JPEG +
 `train/cls` indexed PNG (palette index = VIPER id); SYNTHIA-SEQS `RGB/Stereo_Left/Omni_F` + 16-bit
 `GT/LABELS/Stereo_Left/Omni_F` (class id in R, instance id in G).
 """

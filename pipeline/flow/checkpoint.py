@@ -1,10 +1,10 @@
 """Safe reading of the official `FlowNet2_checkpoint.pth.tar`: tensors only, never pickled code.
 
-The file is a plain `torch.save` pickle (not a tar), `{'epoch', 'state_dict', 'best_EPE'}`, most likely in the
-legacy pre-zip format written by Python 2 and torch 0.2 (`reference/FLOWNET2.md` §1). `torch.load(weights_only=True)`
-reads that format with its restricted unpickler (Python 2 `str` opcodes, `torch._utils._rebuild_tensor`, legacy
-storage classes are all on its allow-list) and refuses anything that would import or call other code.
-Every failure becomes one InputError line naming the file.
+The file is a plain `torch.save` pickle (not a tar), `{'epoch', 'state_dict', 'best_EPE'}`, most likely in the legacy
+pre-zip format written by Python 2 and torch 0.2 (NVIDIA's flownet2-pytorch, github.com/NVIDIA/flownet2-pytorch).
+`torch.load(weights_only=True)` reads that format with its restricted unpickler (Python 2 `str` opcodes,
+`torch._utils._rebuild_tensor`, legacy storage classes are all on its allow-list) and refuses anything that would
+import or call other code. Every failure becomes one InputError line naming the file.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """FlowNetC's correlation layer and FlowNet2's channel norm, in plain PyTorch (no compiled extension).
 
-Semantics of NVIDIA's CUDA kernels (`reference/FLOWNET2.md` §4.1, §4.3): for a displacement (dy, dx) on a grid
-of step `stride` up to `max_displacement` pixels,
+Semantics of NVIDIA's CUDA kernels (NVIDIA's flownet2-pytorch, github.com/NVIDIA/flownet2-pytorch): for a
+displacement (dy, dx) on a grid of step `stride` up to `max_displacement` pixels,
 
     corr[b, (j, i), y, x] = 1/C * sum_c f0[b, c, y, x] * f1[b, c, y + dy, x + dx]
     dy = stride * (j - r),  dx = stride * (i - r),  j, i in 0 .. 2r

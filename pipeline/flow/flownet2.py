@@ -1,8 +1,9 @@
 """FlowNet2 (Ilg et al. 2017) in plain PyTorch, loading NVIDIA's `FlowNet2_checkpoint.pth.tar` unchanged.
 
-The forward pass is that of NVIDIA's flownet2-pytorch `models.FlowNet2` step by step (`reference/FLOWNET2.md` §2.2):
-FlowNetC, then two FlowNetS that each see frame 1 warped by the flow so far, FlowNetSD for small displacements,
-and FlowNetFusion merging the two. Resample2d is `warp(..., padding="border")`, ChannelNorm `channel_norm`.
+The forward pass is that of NVIDIA's flownet2-pytorch `models.FlowNet2` step by step (NVIDIA's flownet2-pytorch,
+github.com/NVIDIA/flownet2-pytorch): FlowNetC, then two FlowNetS that each see frame 1 warped by the flow so far,
+FlowNetSD for small displacements, and FlowNetFusion merging the two. Resample2d is `warp(..., padding="border")`,
+ChannelNorm `channel_norm`.
 """
 
 from __future__ import annotations

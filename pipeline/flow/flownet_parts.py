@@ -1,9 +1,9 @@
 """FlowNet2's sub-networks: FlowNetC, FlowNetS, FlowNetSD, FlowNetFusion, and the layers they are built of.
 
 Layer names, shapes and bias flags are those of NVIDIA's flownet2-pytorch with batchNorm=False, so the state_dict
-keys are the official checkpoint's (`reference/FLOWNET2.md` §2 and Appendix A); modules are registered in the
-checkpoint's key order. Each sub-network returns only its finest flow, flow2 (B, 2, H/4, W/4), in units of
-1/DIV_FLOW pixels: the coarser flows exist for multi-scale training losses, and FlowNet2 uses flow2 alone.
+keys are the official checkpoint's (NVIDIA's flownet2-pytorch, github.com/NVIDIA/flownet2-pytorch); modules are
+registered in the checkpoint's key order. Each sub-network returns only its finest flow, flow2 (B, 2, H/4, W/4), in
+units of 1/DIV_FLOW pixels: the coarser flows exist for multi-scale training losses, and FlowNet2 uses flow2 alone.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Class protocols: which classes are trained and scored, and how each dataset's ids map to train ids.
 
 Train ids follow the column order of the paper's Table 1 (VIPER, 15 classes) and Table 2 (SYNTHIA, 11 classes);
-`synthia12` is DA-VSN's variant (fence trained at train id 3, dropped when scoring). Mappings are the tables in
-`reference/DATASETS_AND_DAVSN.md` §2; every id not listed maps to IGNORE_ID.
+`synthia12` is DA-VSN's variant (fence trained at train id 3, dropped when scoring). Mappings are the tables in the
+datasets' published label tables and DA-VSN's class mappings (github.com/Dayan-Guan/DA-VSN); every id not listed maps
+to IGNORE_ID.
 """
 
 from __future__ import annotations

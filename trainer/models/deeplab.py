@@ -24,8 +24,6 @@ LAYER_DILATIONS = (1, 1, 2, 4)
 LAYER_STRIDES = (1, 2, 1, 1)
 # Init of every conv weight, as ADVENT and the DeepLab-v2 prototxt (gaussian std 0.01).
 INIT_STD = 0.01
-# The classifier heads learn 10x faster than the backbone (DeepLab-v2, ADVENT's optim_parameters).
-CLASSIFIER_LR_FACTOR = 10.0
 # State-dict prefixes of the heads: ADVENT's names for the aux (on layer3) and the main (on layer4) ASPP classifier.
 AUX_HEAD_PREFIX, MAIN_HEAD_PREFIX = "layer5.", "layer6."
 
@@ -161,11 +159,13 @@ class DeepLabV2(nn.Module):
         heads = [h for h in (self.layer5, self.layer6) if h is not None]
         return [p for head in heads for p in head.parameters() if p.requires_grad]
 
-    def optim_parameters(self, lr: float) -> list[dict]:
-        """SGD param groups: [backbone at lr, classifiers at 10 lr] (ADVENT's intended two-group form)."""
+    def optim_parameters(self, lr: float, classifier_lr_mult: float) -> list[dict]:
+        """SGD param groups: [backbone at lr, classifiers at classifier_lr_mult x lr] (ADVENT's two-group form; the
+        factor's one home is TrainConfig.classifier_lr_mult); each group keeps its factor as "lr_mult", which the
+        poly schedule multiplies in."""
         return [
-            {"params": self.backbone_parameters(), "lr": lr},
-            {"params": self.classifier_parameters(), "lr": CLASSIFIER_LR_FACTOR * lr},
+            {"params": self.backbone_parameters(), "lr": lr, "lr_mult": 1.0},
+            {"params": self.classifier_parameters(), "lr": classifier_lr_mult * lr, "lr_mult": classifier_lr_mult},
         ]
 
 

@@ -1,4 +1,8 @@
-"""The steps of `make demo` as child processes: when a step is done, one log each, `jobs` chains at a time."""
+"""Console commands as resumable child processes: skipped when done, one log each, `jobs` chains at a time.
+
+Generic over what the steps are: a step names one of the project's console scripts, its arguments and a test that
+its outputs are complete. Children run as `python -m MODULE`, so they work with or without the installed scripts.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +14,36 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-from pipeline.errors import InputError
-from pipeline.shards import open_store
-from trainer.checkpoint import checkpoint_path, latest_checkpoint
-
-TOOL_MODULES = {"i2vda-prep": "pipeline.cli", "i2vda-train": "trainer.cli", "i2vda-eval": "trainer.eval_cli"}
-PREP_TOOL = "i2vda-prep"
-# Torch, OpenMP and BLAS read these; a training or eval child gets the cores its slot owns (Ray sizes the prep).
+DIST_NAME = "i2vda"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"  # in a checkout: the one list of console scripts
+# Torch, OpenMP and BLAS read these; a pinned child gets the cores its slot owns.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-RAY_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # as the Makefile: local, no network
 HEARTBEAT_S = 60.0  # seconds between the console lines that say how far the running steps are
 LOG_TAIL_LINES = 20  # lines of a failed step's log shown on the console
 NAME_WIDTH = 30  # console column of step names
-RECORD_SUFFIX = ".json"  # OUT/logs/<step>.json: the command and wall time of the step's last successful run
+RECORD_SUFFIX = ".json"  # LOGS/<step>.json: the command and wall time of the step's last successful run
+
+
+def console_scripts() -> dict[str, str]:
+    """{script: module} of the project's console scripts (`i2vda-prep = "pipeline.cli:main"` -> pipeline.cli), from
+    pyproject.toml's [project.scripts] in a checkout, else from the installed distribution's entry points."""
+    project = tomllib.loads(PYPROJECT.read_text()).get("project", {}) if PYPROJECT.is_file() else {}
+    if project.get("name") == DIST_NAME:
+        scripts = project.get("scripts", {})
+    else:
+        scripts = {ep.name: ep.value for ep in metadata.distribution(DIST_NAME).entry_points
+                   if ep.group == "console_scripts"}  # fmt: skip
+    return {name: target.partition(":")[0].strip() for name, target in scripts.items()}
+
+
+TOOL_MODULES = console_scripts()
 
 
 def read_json(path: Path) -> dict | None:
@@ -38,84 +54,17 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def world_done(world: Path, seed: int, counts: dict) -> bool:
-    """world.json (written last) exists and records this seed and these world options (e.g. val_snippets)."""
-    summary = read_json(world / "world.json") or {}
-    config = summary.get("config", {})
-    return summary.get("seed") == seed and all(config.get(k) == v for k, v in counts.items())
-
-
-def store_done(store: Path, size_wh: tuple[int, int]) -> bool:
-    """The store's manifest says complete, at this (W, H)."""
-    try:
-        info = open_store(store)
-    except InputError:  # no store yet, or a foreign or unreadable manifest: the prep step (re)builds it
-        return False
-    return info.complete and info.size_wh == tuple(size_wh)
-
-
-def training_done(run: Path, max_iter: int) -> bool:
-    """The run holds its final checkpoint; one beyond max_iter is refused (the table would mix schedules)."""
-    latest = latest_checkpoint(run)
-    if latest is not None and latest.name > checkpoint_path(run, max_iter).name:  # fixed-width iteration numbers
-        raise InputError(f"--iters {max_iter}: {run} was already trained further ({latest.name}); pass --fresh")
-    return checkpoint_path(run, max_iter).is_file()
-
-
-def eval_done(eval_dir: Path, max_iter: int) -> bool:
-    """metrics.json exists and scores the final checkpoint."""
-    return (read_json(eval_dir / "metrics.json") or {}).get("iteration") == max_iter
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where the demo writes, all under OUT."""
-
-    out: Path
-
-    world = property(lambda self: self.out / "world")
-    stores = property(lambda self: self.out / "stores")
-    runs = property(lambda self: self.out / "runs")
-    evals = property(lambda self: self.out / "eval")
-    logs = property(lambda self: self.out / "logs")
-    preset = property(lambda self: self.out / "preset.json")
-    owned = property(lambda self: (self.world, self.stores, self.runs, self.evals, self.logs, self.preset,
-                                   self.out / "results.json", self.out / "results.md", self.out / "figure.png"))
-
-    def run(self, variant: str, seed: int) -> Path:
-        return self.runs / f"{variant}_seed{seed}"
-
-    def eval(self, variant: str, seed: int) -> Path:
-        return self.evals / f"{variant}_seed{seed}"
-
-
-def check_preset(paths: Paths, preset: dict, fresh: bool) -> None:
-    """Start over with --fresh; refuse an OUT made with another preset (its finished runs would be mixed in)."""
-    if paths.out.exists() and not paths.out.is_dir():
-        raise InputError(f"--out {paths.out}: exists and is not a folder")
-    if fresh:
-        for path in paths.owned:
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    wanted = json.loads(json.dumps(preset))  # tuples as JSON lists, as read back
-    held = read_json(paths.preset)
-    if held is not None and held != wanted:
-        diff = next(k for k in sorted({*wanted, *held}) if held.get(k) != wanted.get(k))
-        raise InputError(f"--out {paths.out}: holds a demo with {diff}={held.get(diff)!r}, this one has "
-                         f"{wanted.get(diff)!r}; pass --fresh to redo it or choose another --out")  # fmt: skip
-    paths.out.mkdir(parents=True, exist_ok=True)
-    paths.preset.write_text(json.dumps(wanted, indent=1) + "\n")
-
-
 @dataclass(frozen=True)
 class Step:
-    """One console command of the demo, the test that its outputs are complete, and what it replaces."""
+    """One console command, the test that its outputs are complete, and what it replaces."""
 
     name: str
     tool: str  # a key of TOOL_MODULES
     args: tuple[str, ...]
     done: Callable[[], bool]
     clears: tuple[Path, ...] = ()  # outputs of later steps that a rerun of this one makes stale
-    progress: tuple[Path, int] | None = None  # (run folder, max_iter) of a training, for the heartbeat
+    progress: Callable[[], str] | None = None  # how far the running step is, in a few words, for the heartbeat
+    pin_threads: bool = True  # False: the child sizes itself (e.g. Ray spreads it over every core)
 
     @property
     def argv(self) -> list[str]:
@@ -143,20 +92,12 @@ class StepFailed(Exception):
                           f"log: {self.log} (last {len(lines)} lines)", *("  " + line for line in lines)])  # fmt: skip
 
 
-def training_progress(run: Path, max_iter: int) -> str:
-    """'240/600 it' from the run's log.jsonl ('' before its first line)."""
-    try:
-        last = (run / "log.jsonl").read_text().splitlines()[-1]
-        return f"{json.loads(last)['iteration'] + 1}/{max_iter} it"
-    except (OSError, IndexError, ValueError, KeyError):
-        return ""
-
-
 class Runner:
     """Runs steps as child processes with logs in `logs/`; the first failure stops every running child."""
 
-    def __init__(self, logs: Path, total: int, threads: int):
+    def __init__(self, logs: Path, total: int, threads: int, env: Mapping[str, str] | None = None):
         self.logs, self.total, self.threads = logs, total, threads
+        self.base_env = dict(env or {})  # defaults under the caller's environment
         self.lock = threading.Lock()
         self.started = 0
         self.live: dict[str, tuple[subprocess.Popen, float, Step]] = {}
@@ -168,8 +109,8 @@ class Runner:
             print(text, flush=True)
 
     def env(self, step: Step) -> dict:
-        env = {**RAY_DEFAULTS, **os.environ}
-        if step.tool != PREP_TOOL:
+        env = {**self.base_env, **os.environ}
+        if step.pin_threads:
             env.update({name: str(self.threads) for name in THREAD_VARS})
         return env
 
@@ -215,10 +156,11 @@ class Runner:
             self.run_step(step)
 
     def heartbeat(self) -> None:
+        """One console line: each running step, its progress and its minutes so far."""
         with self.lock:
             running = list(self.live.values())
         now = time.perf_counter()
-        parts = [" ".join(filter(None, (step.name, step.progress and training_progress(*step.progress),
+        parts = [" ".join(filter(None, (step.name, step.progress and step.progress(),
                                         f"{(now - start) / 60:.1f} min"))) for _, start, step in running]  # fmt: skip
         if parts:
             self.say("    running: " + "; ".join(parts))
@@ -251,10 +193,12 @@ class Runner:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_steps(prep: Sequence[Step], chains: Sequence[Sequence[Step]], logs: Path, jobs: int, threads: int) -> list:
-    """The prep steps one by one (Ray spreads each over every core), then the chains `jobs` at a time; -> skipped."""
+def run_steps(prep: Sequence[Step], chains: Sequence[Sequence[Step]], logs: Path, jobs: int, threads: int,
+              env: Mapping[str, str] | None = None) -> list:  # fmt: skip
+    """The prep steps one by one (each may use every core), then the chains `jobs` at a time; -> the skipped steps.
+    `env` holds defaults for the children's environment (the caller's own variables win)."""
     logs.mkdir(parents=True, exist_ok=True)
-    runner = Runner(logs, len(prep) + sum(len(chain) for chain in chains), threads)
+    runner = Runner(logs, len(prep) + sum(len(chain) for chain in chains), threads, env)
     runner.run_chains([prep], 1)
     runner.run_chains(chains, jobs)
     return runner.skipped

@@ -1,4 +1,5 @@
-"""What `make demo` shows: the results table (mean ± std over seeds), the per-class table and the figure."""
+"""What `make demo` shows: the results table (mean ± std over seeds), paired differences, the per-class table,
+the steps' wall times and the figure; and the results gathered from the eval folders."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 
 from pipeline.shards import ValStore
 from pipeline.sources import colorize, get_protocol
+from trainer.demo.outputs import Paths
+from trainer.demo.plan import PAIRS, VARIANTS, run_of
+from trainer.demo.runner import read_json
 from trainer.predict import load_segmenter, predict_labels
 from trainer.visualize import figure_grid, write_png
 
@@ -74,7 +78,7 @@ def paired_table(pairs: Sequence[tuple[Row, Row]]) -> list[str]:
 
 
 def steps_table(steps: dict) -> list[str]:
-    """Step | wall time (s) | when, from the step records ({name: {wall_s, skipped}}) of trainer/demo_run.py."""
+    """Step | wall time (s) | when, from the step records ({name: {wall_s, skipped}}) of trainer/demo/runner.py."""
     body = [(name, MISSING if r["wall_s"] is None else f"{r['wall_s']:.0f}", "earlier" if r["skipped"] else "now")
             for name, r in steps.items()]  # fmt: skip
     return _markdown(("step", "wall time (s)", "ran"), body, numeric_from=1)
@@ -93,6 +97,26 @@ def results_markdown(rows: Sequence[Row], preset_lines: Sequence[str], steps: di
              "Steps (trainings run side by side; a step that ran earlier shows the time it took then):", "",
              *steps_table(steps), "", f"Wall time of this invocation: {total_s / 60:.1f} min ({total_s:.0f} s)."]
     return "\n".join(lines) + "\n"
+
+
+def collect_results(paths: Paths, names, seeds, records: dict) -> tuple[list, dict]:
+    """Table rows (title, metrics per seed) and results.json's {method: {seed: scores, commands, wall times}}."""
+    rows, results = [], {}
+    for name in names:
+        runs = [read_json(paths.eval(name, seed) / "metrics.json") for seed in seeds]
+        rows.append((VARIANTS[name].title, runs))
+        results[name] = {str(seed): {"miou": m["miou"], "tc": m.get("tc"), "per_class": m["per_class"],
+                                     "best_miou": m.get("best", {}).get("miou"),
+                                     "train": records[f"train_{run_of(name)}_seed{seed}"],
+                                     "eval": records[f"eval_{name}_seed{seed}"]}
+                         for seed, m in zip(seeds, runs)}  # fmt: skip
+    return rows, results
+
+
+def paired_rows(names, rows: Sequence[Row]) -> list[tuple[Row, Row]]:
+    """The (method, baseline) rows of PAIRS whose both sides are in the table, in PAIRS' order."""
+    by_name = dict(zip(names, rows))
+    return [(by_name[a], by_name[b]) for a, b in PAIRS if a in by_name and b in by_name]
 
 
 def write_figure(path: str | Path, val_store: str | Path, columns: Sequence[tuple[str, Path]],
