@@ -3,6 +3,7 @@ holds NaN or inf; eval and --init refuse non-finite weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -57,9 +58,11 @@ def test_a_huge_learning_rate_stops_with_one_line_and_only_finite_checkpoints(st
 def test_a_non_finite_loss_names_its_iteration(stores, tmp_path, monkeypatch):
     real_step = loop.segmenter_step
 
-    def nan_at_2(nets, batch, config, it, *args, **kwargs):
-        stats, probs, views = real_step(nets, batch, config, it, *args, **kwargs)
-        return ({**stats, "loss_seg": torch.tensor(float("nan"))} if it == 2 else stats), probs, views
+    def nan_at_2(nets, batch, config, step):
+        out = real_step(nets, batch, config, step)
+        if step.it != 2:
+            return out
+        return dataclasses.replace(out, losses={**out.losses, "loss_seg": torch.tensor(float("nan"))})
 
     monkeypatch.setattr(loop, "segmenter_step", nan_at_2)
     run = tmp_path / "run"
