@@ -29,7 +29,8 @@ def partial_path(path: str | os.PathLike) -> Path:
 def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; on success fsync it (when `durable`) and rename it onto `path`.
 
-    On any exception the temporary file is removed and nothing appears under `path`. `durable=False` skips the fsync
+    On any exception the temporary file is removed and nothing appears under `path`; an OSError that names no file
+    (a write on a full disk) is raised again naming `path`. `durable=False` skips the fsync
     for files that a rerun rewrites anyway (the demo world's thousands of frames): the rename alone still guarantees
     that no half file carries the final name."""
     path = Path(path)
@@ -40,8 +41,11 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
             with open(partial, "rb") as written:
                 os.fsync(written.fileno())
         os.replace(partial, path)
-    except BaseException:
+    except BaseException as exc:
         partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # A failed write() names no file; a full disk must say which file it could not write.
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 
@@ -55,6 +59,29 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Tru
 def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
     """Write `text` (UTF-8) to `path` through `atomic_path`."""
     return write_bytes_atomic(path, text.encode(), durable)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files in `folder` whose writer (the pid in `<name>.<pid>.partial`) no longer runs, e.g.
+    a checkpoint save killed mid-write; -> the files removed. Files of live writers are left alone."""
+    removed = []
+    for path in Path(folder).glob(f"*{PARTIAL_SUFFIX}"):
+        pid = path.name.removesuffix(PARTIAL_SUFFIX).rpartition(".")[2]
+        if not pid.isdigit() or (int(pid) != os.getpid() and not _alive(int(pid))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -146,10 +146,16 @@ def val(root, out, split, size, tc_window, frames, flow, flow_ckpt, dis_preset, 
 @click.option("--verify", is_flag=True, help="re-hash every file against the manifest's sha256")
 def inspect(store, out, rows, verify) -> None:
     """Counts, sizes, estimator, codec and bytes of a store, and a sheet of samples (flows in colour)."""
-    from pipeline.inspect_store import describe, write_sheet
+    from pipeline.inspect_store import describe, mismatched_files, verify_line, write_sheet
 
-    for line in describe(store, verify=verify):
+    for line in describe(store):
         click.echo(line)
+    bad = mismatched_files(store) if verify else []
+    if verify:
+        click.echo(verify_line(bad))
+    if bad:  # the sheet would read the damaged files: stop here, non-zero
+        raise InputError(f"{store}: {len(bad)} file(s) do not match the manifest's sha256 ({', '.join(bad)}); "
+                         f"rerun the store's i2vda-prep command to rebuild them")
     click.echo(f"sheet      {write_sheet(store, out or Path(store) / 'sheet.png', rows)}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
@@ -13,15 +14,28 @@ class InputError(Exception):
     """Bad input from the user; the message is the one line the CLI prints."""
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for an error of the environment (a full disk, a read-only folder, a file where a folder should be):
+    `<path>: <cause> (<ERRNO NAME>)`, e.g. `stores/viper: No space left on device (ENOSPC)`."""
+    where = exc.filename if exc.filename is not None else "i2vda"
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    cause = exc.strerror or (str(exc.args[0]) if exc.args else type(exc).__name__)
+    name = errno.errorcode.get(exc.errno) if isinstance(exc.errno, int) else None
+    return f"{where}: {cause}" + (f" ({name})" if name else "")
+
+
 def one_line_errors(main):
-    """Wrap a CLI entry point so that an InputError prints `error: <message>` and exits with EXIT_BAD_INPUT."""
+    """Wrap a CLI entry point so that an InputError prints `error: <message>`, and an OSError of the environment
+    `error: <path>: <cause> (<ERRNO>)`, and exits with EXIT_BAD_INPUT."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except InputError as exc:
-            message = " ".join(str(exc).split())  # one line, whatever the message held
+        except (InputError, OSError) as exc:
+            text = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
+            message = " ".join(text.split())  # one line, whatever the message held
             print(f"error: {message}", file=sys.stderr)
             sys.exit(EXIT_BAD_INPUT)
 

@@ -42,9 +42,18 @@ def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
     for entry in info.skipped:
         lines.append(f"skipped    {entry['key']} ({entry['path']}): {entry['reason']}")
     if verify:
-        bad = [s.path.name for s in info.shards if not s.path.is_file() or file_sha256(s.path) != s.sha256]
-        lines.append(f"verify     {'all files match their sha256' if not bad else 'MISMATCH: ' + ', '.join(bad)}")
+        lines.append(verify_line(mismatched_files(info.path)))
     return lines
+
+
+def verify_line(bad: list[str]) -> str:
+    """The `verify` line of `describe` for the names `mismatched_files` returned."""
+    return f"verify     {'all files match their sha256' if not bad else 'MISMATCH: ' + ', '.join(bad)}"
+
+
+def mismatched_files(store: str | os.PathLike) -> list[str]:
+    """Names of the store's files that are missing or whose sha256 is not the manifest's (`inspect --verify`)."""
+    return [s.path.name for s in open_store(store).shards if not s.path.is_file() or file_sha256(s.path) != s.sha256]
 
 
 def _tile(image: np.ndarray, nearest: bool = False) -> np.ndarray:

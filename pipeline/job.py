@@ -21,7 +21,7 @@ from ray.util import ActorPool
 from tqdm import tqdm
 
 from pipeline.build import Builder, pin_threads
-from pipeline.errors import InputError
+from pipeline.errors import InputError, os_error_line
 from pipeline.plan import (
     VAL_STORE,
     PrepConfig,
@@ -32,6 +32,7 @@ from pipeline.plan import (
     previous_manifest,
     remove_partials,
     resolve,
+    store_lock,
     store_manifest,
 )
 from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_FILE, VAL_KIND, ValWriter, file_sha256, write_manifest
@@ -62,6 +63,8 @@ class PrepActor:
             return getattr(self.builder, method)(work)
         except InputError as exc:
             return {"error": " ".join(str(exc).split())}
+        except OSError as exc:  # the environment: a full disk, a read-only or vanished --out
+            return {"error": os_error_line(exc)}
 
     @ray.method(max_task_retries=0)  # also asked to learn that a killed actor is gone
     def ready(self) -> str | None:
@@ -122,6 +125,7 @@ def _run_pool(config: PrepConfig, method: str, work: list, on_result: Callable, 
 def _feed_actors(config: PrepConfig, method: str, work: list, on_result: Callable, progress: tqdm,
                  ordered: bool) -> float:  # fmt: skip
     actors = _start_actors(config, len(work))
+    pool = None
     try:
         errors = [e for e in ray.get([a.ready.remote() for a in actors]) if e]
         if errors:
@@ -135,6 +139,9 @@ def _feed_actors(config: PrepConfig, method: str, work: list, on_result: Callabl
             progress.update(on_result(result))
         return ready_at
     finally:
+        if pool is not None:  # cancel what is in flight: a killed actor's tasks would be announced as retried
+            for ref in list(pool._future_to_actor):  # ActorPool keeps its in-flight refs here (ray/util/actor_pool.py)
+                ray.cancel(ref)
         _stop_actors(actors)
 
 
@@ -161,11 +168,22 @@ def _timing(start: float, ready_at: float, samples: int) -> dict:
 
 
 def run_shards(config: PrepConfig) -> dict:
-    """Build (or finish) a shard store, `i2vda-prep flows` or `source`; -> the final manifest."""
+    """Build (or finish) a shard store, `i2vda-prep flows` or `source`; -> the final manifest. A store already
+    complete is verified and left untouched (it may be read-only); otherwise the run holds the store's lock."""
     config = resolve(config)
     tasks = plan_shards(_records(config), config.src, config.samples_per_shard)
     digest = plan_sha256(tasks)
+    previous = previous_manifest(config, digest)
+    if previous is not None and previous.get("complete"):
+        done = finished_shards(config.store_dir, previous, tasks)
+        if set(done) == {t.name for t in tasks}:
+            return {**previous, "timing": {}, "resumed_shards": len(done)}
     config.store_dir.mkdir(parents=True, exist_ok=True)
+    with store_lock(config.store_dir):
+        return _build_shards(config, tasks, digest)
+
+
+def _build_shards(config: PrepConfig, tasks: list[ShardTask], digest: str) -> dict:
     done = finished_shards(config.store_dir, previous_manifest(config, digest), tasks)
     remove_partials(config.store_dir)
     planned = sum(len(t.records) for t in tasks)
@@ -200,6 +218,11 @@ def run_val(config: PrepConfig) -> dict:
     done = finished_shards(config.store_dir, previous, [ShardTask(0, VAL_FILE, ())])
     if previous is not None and previous.get("complete") and VAL_FILE in done:
         return {**previous, "resumed_shards": 1}
+    with store_lock(config.store_dir):
+        return _build_val(config, records, digest)
+
+
+def _build_val(config: PrepConfig, records: list, digest: str) -> dict:
     remove_partials(config.store_dir)
     skipped: list = []
     start = time.perf_counter()

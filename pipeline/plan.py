@@ -3,9 +3,11 @@ manifest bookkeeping that lets a rerun skip verified shards and redo the rest.""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from pipeline.shards import (
 )
 
 # Input sizes (W, H) of the paper (§4.2); `--size WxH` overrides them.
+# Smallest side of stored frames: OpenCV's DIS fails on frames under 16 pixels.
+MIN_SIZE_PX = 16
 DEFAULT_SIZE_WH = {"cityscapes_seq": (1024, 512), "cityscapes_val": (1024, 512), "viper": (896, 512),
                    "synthia": (1280, 768), "cityscapes": (1024, 512)}  # fmt: skip
 VAL_STORE = "cityscapes_val"
@@ -34,6 +38,7 @@ DEFAULT_SAMPLES_PER_SHARD = 128
 DEFAULT_FLOW_BATCH_SIZE = 4  # pairs per estimator call (8 flows: both directions); FlowNet2 on a GPU likes batches
 DEFAULT_TC_WINDOW = 30  # a whole Cityscapes snippet: the ETC protocol's 30 frames, 29 consecutive pairs
 ON_ERROR = ("fail", "skip")
+LOCK_NAME = ".lock"  # the prep run writing a store holds an flock on STORE/.lock
 # Config fields repeated at the manifest's top level, where readers (`check_manifest`, the trainer) look for them.
 TOP_LEVEL_FIELDS = ("size_wh", "protocol", "estimator", "estimator_options", "checkpoint_sha256", "codec")
 
@@ -118,10 +123,12 @@ def resolve(config: PrepConfig) -> PrepConfig:
 
 
 def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
-    """'1024x512' -> (1024, 512) = (W, H)."""
+    """'1024x512' -> (1024, 512) = (W, H); each side at least MIN_SIZE_PX."""
     parts = text.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise InputError(f"{flag} {text}: expected WIDTHxHEIGHT in pixels, e.g. 1024x512")
+    if min(int(p) for p in parts) < MIN_SIZE_PX:
+        raise InputError(f"{flag} {text}: each side must be at least {MIN_SIZE_PX} pixels (DIS's coarsest level)")
     return int(parts[0]), int(parts[1])
 
 
@@ -180,6 +187,29 @@ def finished_shards(store_dir: Path, manifest: dict | None, tasks: Sequence[Shar
         if entry["name"] in planned and path.is_file() and file_sha256(path) == entry["sha256"]:
             done[entry["name"]] = entry
     return done
+
+
+@contextmanager
+def store_lock(store_dir: Path) -> Iterator[None]:
+    """Hold the store's lock (`STORE/.lock`, flock) while a prep run writes it; a second run on the same store is
+    refused with one line naming the holder, rather than sharing its shards and temporary files."""
+    path = Path(store_dir) / LOCK_NAME
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise InputError(f"{store_dir}: another i2vda-prep (pid {holder}) is writing this store; let it finish, "
+                             f"or use another --out") from None  # fmt: skip
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def remove_partials(store_dir: Path) -> None:

@@ -57,7 +57,7 @@ def test_tiny_dry_run_through_gpu_sh_without_ray(tmp_path):
     assert report["stream"]["stores"]["pairs"] == 4
     derived = report["derived"]["per_batch"]["1"]
     assert derived["it_per_s"] == pytest.approx(1 / derived["iteration_s"])
-    assert 0 < derived["online_flow_share"] < 1
+    assert derived["online_flow_share"] > 0  # a ratio of two noisy timings: it can pass 1 on a loaded CPU
     table = done.stdout.splitlines()
     assert table[0].startswith("bench_gpu: ") and "TINY dry run" in table[0]
     assert table[1] == "| part | case | median | GPU time | peak MiB |"

@@ -308,6 +308,13 @@ def test_a_wrong_root_is_one_line(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and str(root) in err
 
 
+@pytest.mark.parametrize("size", ["1x1", "8x64", "0x0", "64"])
+def test_a_size_too_small_for_the_flow_is_one_line(tmp_path, capsys, size):
+    code, err = _run_cli(["flows", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--size", size], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: --size {size}: ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_val_command_compresses_frames_by_default_with_the_same_pixels(local_ray, tmp_path, capsys):
     root = tmp_path / "cs"
     write_cityscapes(root, "val", [("lindau", "000003", 10, 4, 13)], (48, 96), seed=5)

@@ -18,7 +18,8 @@ from trainer.data import iteration_batches, open_stores
 from trainer.loop import train
 from trainer.rng import capture_rng, restore_rng
 
-TIMING_FIELDS = ("it_per_s", "data_wait_frac")  # wall-clock numbers, the only log fields allowed to differ
+# Wall-clock numbers and what each process says once (device, ranks): the only log fields allowed to differ.
+TIMING_FIELDS = ("it_per_s", "data_wait_frac", "time", "elapsed_s", "device", "world_size")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_train_loop import SIZE_HW, SOURCE, TARGET, make_stores
 
-from pipeline.errors import EXIT_BAD_INPUT
+from pipeline.errors import EXIT_BAD_INPUT, InputError
 from trainer.cli import cli, main
 from trainer.config import TrainConfig
 
@@ -88,3 +89,42 @@ def test_config_file_then_flags_make_the_saved_config(stores, tmp_path):
     assert saved["protocol"] == "viper15" and saved["target_size_hw"] == list(SIZE_HW)  # from the manifests
     assert saved["iter_copy"] == 8000 and saved["delta"] == 0.3  # untouched defaults
     assert (run / "checkpoints" / "iter_0000002.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [(["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr-d", "-1"], "--lr-d"),
+     (["--momentum", "-1"], "--momentum"), (["--weight-decay", "-1"], "--weight-decay"),
+     (["--betas-d", "2", "2"], "--betas-d"), (["--eta", "-1"], "--eta"), (["--eta", "nan"], "--eta"),
+     (["--poly-power", "-1"], "--poly-power"), (["--lambda-adv", "-1"], "--lambda-adv"),
+     (["--classifier-lr-mult", "-1"], "--classifier-lr-mult"), (["--pl-portion", "nan"], "--pl-portion"),
+     (["--target-size", "0x0"], "--target-size 0x0"), (["--delta", "inf"], "--delta")],
+)  # fmt: skip
+def test_every_numeric_flag_is_validated_before_anything_runs(tmp_path, capsys, flags, flag):
+    line = _fails(capsys, ["--out", str(tmp_path / "run"), "--shards", str(tmp_path / "nowhere"), *flags])
+    assert line.startswith(f"error: {flag}"), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_sizes_are_named_by_their_flags():
+    with pytest.raises(InputError, match="^--target-size: "):
+        TrainConfig(out="x", target_size_hw=(0, 0))
+
+
+def test_off_a_terminal_progress_is_plain_timestamped_lines_and_the_log_says_when_and_where(stores, tmp_path):
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bar would be allowed
+    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "--out", str(run), "--shards", str(stores), "--source",
+                           SOURCE, "--target", TARGET, "--arch", "deeplab_tiny", "--method", "source_only",
+                           "--device", "cpu", "--num-workers", "0", "--max-iter", "4", "--log-interval", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**env, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stdout + proc.stderr and proc.stderr == ""
+    progress = proc.stdout.splitlines()[:-1]
+    assert len(progress) == 2 and all(" source_only run: iteration " in line for line in progress)
+    assert progress[1].split(" ", 1)[1].startswith("source_only run: iteration 4/4, loss_seg ")
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in log] == [1, 3]
+    assert all("time" in e and e["elapsed_s"] >= 0 for e in log)
+    assert (log[0]["device"], log[0]["world_size"]) == ("cpu", 1) and "device" not in log[1]

@@ -34,6 +34,8 @@ MODEL_CONFIG_FIELDS = ("arch", "num_classes", "protocol", "target_size_hw")
 BN_COUNTER = "num_batches_tracked"  # BatchNorm fills it in when a file (e.g. a caffe-converted one) lacks it
 # What torch.load(weights_only=True) says when a file pickles a class or function (not merely corrupt bytes).
 WEIGHTS_ONLY_REFUSAL = "Unsupported global"
+# Parts of a training state that must be finite to be written or read: the networks and the optimiser states.
+NONFINITE_CHECKED = ("model", "proxy", "disc", "opt_seg", "opt_disc")
 KEYS_SHOWN = 3  # offending keys named in a refusal: enough to recognise the file, short enough for one line
 
 
@@ -80,9 +82,33 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     return path
 
 
+def nonfinite_tensor(obj, prefix: str = "") -> str | None:
+    """The name of the first floating tensor holding a NaN or an infinity in a (nested) state dict, else None."""
+    if torch.is_tensor(obj):
+        return prefix if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, Mapping) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = nonfinite_tensor(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_finite(state: Mapping, where: str, what: str) -> None:
+    """Refuse weights with a NaN or an infinity (a diverged run): one-line InputError starting with `where`."""
+    bad = nonfinite_tensor(state)
+    if bad is not None:
+        raise InputError(f"{where}: the {what} weights are not finite ({bad} holds NaN or inf); the run that wrote "
+                         f"them diverged")  # fmt: skip
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """torch.save to a temporary name in the same folder, then rename onto `path`."""
+    """torch.save to a temporary name in the same folder, then rename onto `path`. Non-finite weights of a
+    training state (`NONFINITE_CHECKED`) are refused (ValueError): no checkpoint of a diverged run is written."""
     path = Path(path)
+    bad = nonfinite_tensor({k: state[k] for k in NONFINITE_CHECKED if state.get(k) is not None})
+    if bad is not None:
+        raise ValueError(f"{path}: not written, {bad} holds NaN or inf")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial:
         torch.save(state, partial)
@@ -118,6 +144,7 @@ def read_checkpoint(path: str | Path, needs: tuple[str, ...] = RESUME_KEYS, conf
         absent = [name for name in config_fields if name not in state.get("config", {})]
         if absent:
             raise InputError(f"{where}: its config lacks {', '.join(absent)}; expected an i2vda training checkpoint")
+    check_finite(state["model"], where, "segmenter")
     return state
 
 
@@ -132,15 +159,29 @@ def check_fit(expected: Mapping[str, torch.Tensor], given: Mapping, where: str, 
 def load_weights(model: torch.nn.Module, state: Mapping, where: str, what: str, network: str = "this network"):
     """Load a state dict into `model` after `check_fit` against its whole state dict; -> model."""
     check_fit(model.state_dict(), state, where, what, network)
+    check_finite(state, where, what)
     model.load_state_dict(state, strict=False)  # strict up to BN counters, checked above
     return model
 
 
-def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Path) -> None:
-    """Refuse to resume a checkpoint whose run differs from this one (other than RESUMABLE_FIELDS)."""
+def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Path, stores: dict | None = None) -> None:
+    """Refuse to resume a checkpoint whose run differs from this one (other than RESUMABLE_FIELDS), or, given this
+    run's `stores` (`StoreInfo.identity()` of "source" and "target"), whose stores held other data. Stores are
+    compared by content, not by path: the same stores copied to another folder resume."""
     mismatch = resume_mismatch(state["config"], config)
     if mismatch is not None:
         raise InputError(f"--resume {path}: the checkpoint was trained with another setting ({mismatch})")
+    for role, saved in (state.get("stores") or {}).items():  # checkpoints older than the record: not checked
+        current = (stores or {}).get(role)
+        if current is None:
+            continue
+        differs = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        if differs:
+            k = differs[0]
+            raise InputError(f"--resume {path}: the --{role} store {current.get('name')!r} holds other data than "
+                             f"the checkpoint was trained on ({k}: checkpoint {saved.get(k)!r}, now "
+                             f"{current.get(k)!r}); resume on the same stores, or start a new run with another "
+                             f"--out")  # fmt: skip
     saved_world = state["data"]["world_size"]
     if saved_world != world:
         raise InputError(f"--resume {path}: written by {saved_world} process(es), this run has {world}; the data "
@@ -151,8 +192,10 @@ def _state_or_none(obj):
     return None if obj is None else obj.state_dict()
 
 
-def training_state(nets, config: TrainConfig, iterations: int, rng: list[dict], data: dict) -> dict:
-    """The checkpoint dict of docs/DEVELOPING.md ("Checkpoint files") after `iterations` iterations."""
+def training_state(nets, config: TrainConfig, iterations: int, rng: list[dict], data: dict,
+                   stores: dict | None = None) -> dict:  # fmt: skip
+    """The checkpoint dict of docs/DEVELOPING.md ("Checkpoint files") after `iterations` iterations; `stores` (the
+    stores' `StoreInfo.identity()` by role) is what `check_resumable` compares on resume."""
     return {
         "model": nets.model.state_dict(),
         "proxy": _state_or_none(nets.proxy),
@@ -165,6 +208,7 @@ def training_state(nets, config: TrainConfig, iterations: int, rng: list[dict], 
         "rng": rng,
         "data": data,
         "config": config.to_dict(),
+        "stores": stores or {},
     }
 
 

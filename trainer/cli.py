@@ -39,6 +39,8 @@ def _hw_from_wh(value: str | None, flag: str) -> tuple[int, int] | None:
         w, h = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise InputError(f"{flag} {value}: expected WIDTHxHEIGHT, e.g. 1024x512") from None
+    if w < 1 or h < 1:
+        raise InputError(f"{flag} {value}: expected a positive WIDTHxHEIGHT in pixels, e.g. 1024x512")
     return h, w
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -29,9 +30,10 @@ PROXY_BN_MODES = ("running", "batch", "target")
 BN_STATS_MODES = ("all", "target")
 INIT_FORMATS = ("deeplab", "torchvision", "segmenter")  # DeepLab ImageNet init, a torchvision ResNet, or our own run
 # Settings a resume may change: none of them changes what iteration i computes from its data
-# (max_iter moves the end of the poly schedule, which the paper ties to it; see docs/TRAINING.md).
+# (max_iter moves the end of the poly schedule, which the paper ties to it; see docs/TRAINING.md). `shards` is where
+# the stores lie: a resume compares the stores' content instead (trainer.checkpoint.check_resumable).
 RESUMABLE_FIELDS = ("out", "resume", "max_iter", "checkpoint_interval", "log_interval", "image_interval",
-                    "num_workers", "device")  # fmt: skip
+                    "num_workers", "device", "shards")  # fmt: skip
 _SIZE_FIELDS = ("target_size_hw", "source_size_hw")
 
 
@@ -107,6 +109,14 @@ class TrainConfig:
                 raise InputError(f"{_flag(name)}: expected a positive integer, got {getattr(self, name)}")
         if self.iter_launch < 0 or self.num_workers < 0:
             raise InputError("--iter-launch and --num-workers must be >= 0")
+        for name, low, strict in (("lr", 0.0, False), ("lr_d", 0.0, False), ("eta", 0.0, True),  # lr 0: a frozen M
+                                  ("weight_decay", 0.0, False), ("poly_power", 0.0, False),
+                                  ("lambda_adv", 0.0, False), ("classifier_lr_mult", 0.0, False)):  # fmt: skip
+            _check_number(name, getattr(self, name), low, strict)
+        _check_unit(("momentum",), (self.momentum,))
+        if len(self.betas_d) != 2:
+            raise InputError(f"--betas-d: expected two numbers, got {len(self.betas_d)}")
+        _check_unit(("betas_d",) * 2, self.betas_d)
         for name in ("t", "alpha", "delta", "pl_portion"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
@@ -179,8 +189,23 @@ def _check_known(values: dict, where: str) -> set[str]:
 
 
 def _flag(name: str) -> str:
-    """The command-line flag of a field."""
-    return "--" + name.replace("_", "-")
+    """The command-line flag of a field (the sizes are given as --target-size / --source-size WxH)."""
+    return "--" + name.removesuffix("_hw").replace("_", "-")
+
+
+def _check_number(name: str, value, low: float, strict: bool) -> None:
+    """A finite number above `low` (`strict`) or at least `low`; else a one-line InputError naming the flag."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
+    if not ok:
+        bound = f"{'>' if strict else '>='} {low:g}"
+        raise InputError(f"{_flag(name)}: expected a finite number {bound}, got {value}")
+
+
+def _check_unit(names: tuple[str, ...], values) -> None:
+    """Momentum-like factors: finite, in [0, 1)."""
+    for name, value in zip(names, values):
+        if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+            raise InputError(f"{_flag(name)}: expected numbers in [0, 1), got {value}")
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -9,6 +9,10 @@ data the uninterrupted run saw. DataLoader workers split the decoding, not the s
 iterations start + w, start + w + n, ... (the DataLoader hands their batches back round-robin, in order) and skips
 the others' samples undecoded; the stream is therefore the same for any number of workers.
 
+Every shard is checked against its manifest entry: its size when the stores are opened, its sample count and sha256
+whenever the stream reads it to the end (`pipeline.shards.raw_samples`). A bad shard in a DataLoader worker comes
+back to the training process as the worker's one-line error, not as its flattened traceback.
+
 Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow01`, `flow10`
 float32 (B, 2, H, W) pixels (x, y) on the first frame's grid; source `image` float RGB 0..255 (B, 3, H, W),
 `label` long (B, H, W) train ids, 255 = ignore; `keys` the sample keys.
@@ -27,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import InputError
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, StoreInfo, decode_sample, open_store, raw_samples
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, ShardEntry, StoreInfo, decode_sample, open_store, raw_samples
 from trainer.config import TrainConfig
 
 # Seed words that keep the source and target streams of one rank independent.
@@ -40,9 +44,10 @@ PREFETCH_FACTOR = 2
 class StorePlan:
     """The shard files of the two stores, as their manifests list them (only shards holding samples)."""
 
-    source_shards: tuple[str, ...]
-    target_shards: tuple[str, ...]
+    source_shards: tuple[ShardEntry, ...]
+    target_shards: tuple[ShardEntry, ...]
     estimator_options: dict  # how the target store's flows were estimated (the online F(I1, It) uses the same)
+    stores: dict = dataclasses.field(default_factory=dict)  # {"source", "target"}: StoreInfo.identity(), for resume
 
 
 def _store(config: TrainConfig, name: str, flag: str, command: str) -> StoreInfo:
@@ -72,10 +77,11 @@ def open_stores(config: TrainConfig) -> tuple[TrainConfig, StorePlan]:
     if resolved.online_flow == "estimator" and resolved.flow_estimator is None:
         raise InputError(f"{target.path}: the manifest names no flow estimator; pass --online-flow linear")
     options = dict(target.estimator_options)
-    return resolved, StorePlan(source.sample_shards(), target.sample_shards(), options)
+    stores = {"source": source.identity(), "target": target.identity()}
+    return resolved, StorePlan(source.sample_entries(), target.sample_entries(), options, stores)
 
 
-def rank_shards(shards: tuple[str, ...], rank: int, world: int) -> tuple[str, ...]:
+def rank_shards(shards: tuple, rank: int, world: int) -> tuple:
     """This rank's share of a store (split by node); every rank reads all shards when there are fewer than ranks."""
     return shards[rank::world] if len(shards) >= world else shards
 
@@ -92,14 +98,15 @@ def _shuffled(samples: Iterator[dict], buffer_size: int, rng: np.random.Generato
         buffer[slot] = sample
 
 
-def block_samples(shards: tuple[str, ...], seed_words: tuple[int, ...], buffer_size: int) -> Iterator[dict]:
-    """The endless raw (undecoded) sample sequence seeded by seed_words: shards drawn with replacement, shuffled."""
+def block_samples(shards: tuple[ShardEntry, ...], seed_words: tuple[int, ...], buffer_size: int) -> Iterator[dict]:
+    """The endless raw (undecoded) sample sequence seeded by seed_words: shards drawn with replacement, shuffled;
+    each shard checked against its manifest entry as it is read."""
     rng = np.random.default_rng(seed_words)
 
     def resampled() -> Iterator[dict]:
         while True:
-            url = shards[int(rng.integers(len(shards)))]
-            yield from raw_samples(url)
+            entry = shards[int(rng.integers(len(shards)))]
+            yield from raw_samples(entry.path, entry)
 
     return _shuffled(resampled(), buffer_size, rng)
 
@@ -180,11 +187,27 @@ class IterationBatches(IterableDataset):
                                          ("target", self.plan.target_shards, TARGET_STREAM))
         }  # fmt: skip
         for iteration in itertools.count(self.start + worker, workers):
-            yield {
-                "iteration": iteration,
-                "source": collate_source(cursors["source"].batch(iteration), c.source_size_hw),
-                "target": collate_target(cursors["target"].batch(iteration), c.target_size_hw),
-            }
+            try:
+                yield {
+                    "iteration": iteration,
+                    "source": collate_source(cursors["source"].batch(iteration), c.source_size_hw),
+                    "target": collate_target(cursors["target"].batch(iteration), c.target_size_hw),
+                }
+            except InputError as exc:
+                if info is None:
+                    raise
+                # A worker's exception reaches the training process with its traceback folded into the message:
+                # hand the one line over as data instead (`_raise_worker_errors`).
+                yield {"iteration": iteration, "error": str(exc)}
+                return
+
+
+def _raise_worker_errors(batches: Iterator[dict]) -> Iterator[dict]:
+    """Re-raise a DataLoader worker's InputError, handed over as {"error": line}, in the training process."""
+    for batch in batches:
+        if "error" in batch:
+            raise InputError(batch["error"])
+        yield batch
 
 
 def iteration_batches(config: TrainConfig, plan: StorePlan, rank: int, world: int, start: int,
@@ -195,7 +218,7 @@ def iteration_batches(config: TrainConfig, plan: StorePlan, rank: int, world: in
         return iter(dataset)
     loader = DataLoader(dataset, batch_size=None, num_workers=config.num_workers, pin_memory=pin_memory,
                         prefetch_factor=PREFETCH_FACTOR)  # fmt: skip
-    return iter(loader)
+    return _raise_worker_errors(iter(loader))
 
 
 def data_position(iteration: int, config: TrainConfig, world: int) -> dict:

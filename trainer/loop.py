@@ -7,6 +7,7 @@ M and D are wrapped in DistributedDataParallel (gloo on the CPU, nccl on GPUs), 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ import torch.distributed as dist
 
 from pipeline.errors import InputError
 from pipeline.flow import load_estimator
-from pipeline.shards import write_text_atomic
+from pipeline.shards import remove_stale_partials, write_text_atomic
 from trainer.checkpoint import (
+    NONFINITE_CHECKED,
     check_resumable,
     checkpoint_path,
     latest_checkpoint,
+    nonfinite_tensor,
     read_checkpoint,
     resolve_resume,
     restore_training_state,
@@ -91,6 +94,36 @@ def to_device(batch: dict, device: torch.device, it: int) -> dict:
             for part in ("source", "target")}  # fmt: skip
 
 
+def _diverged(what: str, it: int, saved: Path | None) -> InputError:
+    last = f"the last good checkpoint is {saved}" if saved is not None else "no checkpoint was written"
+    return InputError(f"iteration {it}: {what}: the run diverged (try a lower --lr); {last}")
+
+
+def stop_if_diverged(stats: dict, it: int, saved: Path | None, rt: Runtime) -> None:
+    """Stop every rank with one line when a loss of iteration `it` is NaN or infinite on any rank (one sync per
+    iteration, and one all-reduce under DDP so that the ranks stop together)."""
+    losses = {k: v for k, v in stats.items() if k.startswith("loss_")}
+    if not losses:
+        return
+    bad = torch.stack([~torch.isfinite(torch.as_tensor(v)).all() for v in losses.values()]).to(torch.int32)
+    if rt.world > 1:
+        dist.all_reduce(bad)
+    names = [name for name, flag in zip(losses, bad.tolist()) if flag]
+    if names:
+        value = float(losses[names[0]])
+        shown = f"{names[0]} is {value}" if not math.isfinite(value) else f"{names[0]} is not finite on another rank"
+        raise _diverged(shown, it, saved)
+
+
+def stop_if_weights_diverged(nets, it: int, saved: Path | None) -> None:
+    """Refuse to checkpoint non-finite weights or optimiser states."""
+    for name in NONFINITE_CHECKED:
+        part = getattr(nets, name, None)
+        bad = None if part is None else nonfinite_tensor(part.state_dict())
+        if bad is not None:
+            raise _diverged(f"{name} {bad} holds NaN or inf after the step", it, saved)
+
+
 def write_config(config: TrainConfig) -> None:
     """RUN/config.json: the resolved settings of this run (rewritten on resume, e.g. with a new max_iter)."""
     path = Path(config.out) / CONFIG_NAME
@@ -116,13 +149,15 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
         raise InputError(f"--out {config.out}: the run already has checkpoints; pass --resume or another --out")
     state = read_checkpoint(resume_path) if resume_path is not None else None
     if state is not None:
-        check_resumable(state, config, rt.world, resume_path)
+        check_resumable(state, config, rt.world, resume_path, plan.stores)
     nets = build_nets(config, rt.device, distributed=rt.world > 1)
     start = restore_training_state(nets, state, rt.rank) if state is not None else 0
     del state
     estimate_flow = online_flow(config, plan, rt.device)
     batches = iteration_batches(config, plan, rt.rank, rt.world, start, pin_memory=rt.device.type == "cuda")
-    monitor = Monitor(config, start, enabled=rt.is_main)
+    if rt.is_main:  # a save killed mid-write left its temporary file behind
+        remove_stale_partials(checkpoint_path(config.out, 0).parent)
+    monitor = Monitor(config, start, enabled=rt.is_main, device=str(rt.device), world=rt.world)
     if rt.is_main:
         write_config(config)
     saved = resume_path if rt.is_main else None  # the newest checkpoint of this run so far
@@ -138,14 +173,16 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
             losses = step.losses
             if nets.disc is not None:
                 losses |= discriminator_step(nets, step.predictions, config)
+            stop_if_diverged(losses, it, saved, rt)
             monitor.record(it, losses, lrs, data_wait_s)
             if step.tc is not None and monitor.wants_views(it):
                 monitor.pictures(it, step.tc.views())
             done = it + 1
             if done % config.checkpoint_interval == 0 or done == config.max_iter:
+                stop_if_weights_diverged(nets, it, saved)  # on every rank: DDP's ranks hold the same weights
                 rng = gather_rng(rt.device)  # every rank takes part; rank 0 writes
                 if rt.is_main:
-                    state = training_state(nets, config, done, rng, data_position(done, config, rt.world))
+                    state = training_state(nets, config, done, rng, data_position(done, config, rt.world), plan.stores)
                     saved = save_checkpoint(state, checkpoint_path(config.out, done))
     finally:  # also on a crash: flush the events, stop the DataLoader workers
         monitor.close()

@@ -1,13 +1,18 @@
 """What rank 0 shows and keeps of a run: the tqdm bar, RUN/log.jsonl, TensorBoard scalars and pictures.
 
 Other ranks get a Monitor that does nothing. A resumed run drops log lines and events from iterations it redoes,
-so the records read as if the run had never stopped.
+so the records read as if the run had never stopped. The bar is drawn on a terminal only; elsewhere (a batch job's
+log file) a plain timestamped line goes to stdout every log_interval instead. Each log.jsonl line carries the
+wall-clock `time` and the `elapsed_s` of this process; its first line also names the `device` and `world_size`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +35,20 @@ def _truncate_log(path: Path, start: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def _on_terminal() -> bool:
+    """Whether the bar has a terminal to redraw on (and TQDM_DISABLE does not turn it off)."""
+    return sys.stderr.isatty() and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
+
+
 class Monitor:
     """Per-iteration bookkeeping; on rank 0 a bar, a JSON line and TensorBoard scalars every log_interval."""
 
-    def __init__(self, config: TrainConfig, start: int, enabled: bool):
+    def __init__(self, config: TrainConfig, start: int, enabled: bool, device: str | None = None, world: int = 1):
         self.config, self.enabled = config, enabled
         self.window_start, self.window_iters, self.window_wait = time.perf_counter(), 0, 0.0
+        self.run_start = self.window_start
         self.last: dict = {}
+        self.once = {"device": device, "world_size": world}  # said in the first log line of this process
         if not enabled:
             return
         run = Path(config.out)
@@ -46,8 +58,9 @@ class Monitor:
         from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only: it loads TensorBoard
 
         self.writer = SummaryWriter(log_dir=str(run / EVENTS_DIR), purge_step=start)
+        # A bar on a terminal; off one, its carriage-return updates would pile up in one line of the log file.
         self.bar = tqdm(total=config.max_iter, initial=start, desc=f"{config.method} {run.name}", unit="it",
-                        dynamic_ncols=True)  # fmt: skip
+                        dynamic_ncols=True, disable=not _on_terminal())  # fmt: skip
         self.protocol = get_protocol(config.protocol)
 
     def wants_views(self, it: int) -> bool:
@@ -63,16 +76,25 @@ class Monitor:
         self.bar.update(1)
         if (it + 1) % self.config.log_interval != 0 and it + 1 != self.config.max_iter:
             return None
-        elapsed = time.perf_counter() - self.window_start
+        now = time.perf_counter()
+        elapsed = now - self.window_start
         entry = {"iteration": it, **{k: float(v) for k, v in stats.items()}, **lrs,
                  "it_per_s": self.window_iters / max(elapsed, 1e-9),
                  "data_wait_frac": self.window_wait / max(elapsed, 1e-9)}  # fmt: skip
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        stamp = {"time": datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "elapsed_s": round(now - self.run_start, 3)}  # fmt: skip
+        with self.log_path.open("a") as f:  # allow_nan=False: a bare NaN would make the line invalid JSON
+            f.write(json.dumps({**entry, **stamp, **self.once}, allow_nan=False) + "\n")
+        self.once = {}
         for name, value in entry.items():
             if name != "iteration":
                 self.writer.add_scalar(f"train/{name}", value, it)
-        self.bar.set_postfix({k: f"{v:.3g}" for k, v in entry.items() if k.startswith("loss_")}, refresh=False)
+        losses = {k: f"{v:.3g}" for k, v in entry.items() if k.startswith("loss_")}
+        self.bar.set_postfix(losses, refresh=False)
+        if self.bar.disable:
+            print(f"{stamp['time']} {self.config.method} {Path(self.config.out).name}: iteration {it + 1}/"
+                  f"{self.config.max_iter}, {' '.join(f'{k} {v}' for k, v in losses.items())}, "
+                  f"{entry['it_per_s']:.2f} it/s", flush=True)  # fmt: skip
         self.window_start, self.window_iters, self.window_wait = time.perf_counter(), 0, 0.0
         self.last = entry
         return entry

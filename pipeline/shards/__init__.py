@@ -8,7 +8,14 @@ and `valstore.py`, the Cityscapes-val HDF5 store for mIoU and TC. Import from he
 See stores/README.md for the layout on disk.
 """
 
-from pipeline.atomic import PARTIAL_SUFFIX, atomic_path, file_sha256, write_bytes_atomic, write_text_atomic
+from pipeline.atomic import (
+    PARTIAL_SUFFIX,
+    atomic_path,
+    file_sha256,
+    remove_stale_partials,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from pipeline.shards.samples import (
     FRAME_MODES,
     FRAME_PNG_PARAMS,
@@ -43,6 +50,6 @@ __all__ = [
     "SHARD_SUFFIX", "SOURCE_KIND", "TARGET_KIND", "VAL_FILE", "VAL_KIND", "ShardEntry", "StoreInfo", "ValStore",
     "ValWriter", "atomic_path", "check_key", "check_manifest", "decode_sample", "encode_source_sample",
     "encode_target_sample", "encode_val_item", "file_sha256", "open_store", "png_bytes", "png_pixels", "raw_samples",
-    "read_manifest", "read_samples", "shard_name", "store_shards", "tc_clip_bounds", "write_bytes_atomic",
-    "write_manifest", "write_shard", "write_text_atomic",
+    "read_manifest", "read_samples", "remove_stale_partials", "shard_name", "store_shards", "tc_clip_bounds",
+    "write_bytes_atomic", "write_manifest", "write_shard", "write_text_atomic",
 ]  # fmt: skip

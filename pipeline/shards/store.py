@@ -7,6 +7,7 @@ estimator, counts, shards, plan hash). `write_manifest` is its one writer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,7 +19,7 @@ from pipeline import __version__
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import InputError
 from pipeline.shards.samples import decode_sample
-from pipeline.shards.tar import SHARD_SUFFIX, raw_samples
+from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size, raw_samples
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
@@ -131,15 +132,34 @@ class StoreInfo:
         _check(self.manifest, str(self.path), expected)
         return self
 
-    def sample_shards(self) -> tuple[str, ...]:
-        """Paths of the shards that hold samples; an empty store or a missing shard is a one-line InputError."""
-        shards = tuple(str(s.path) for s in self.shards if s.samples > 0)
-        if not shards:
+    def sample_entries(self) -> tuple[ShardEntry, ...]:
+        """The shards that hold samples, each checked to exist with the manifest's size (one stat per shard, so a
+        truncated or replaced shard is refused before training starts); else a one-line InputError naming it."""
+        entries = tuple(s for s in self.shards if s.samples > 0)
+        if not entries:
             raise InputError(f"{self.path}: the store holds no samples")
-        missing = [s for s in shards if not Path(s).is_file()]
-        if missing:
-            raise InputError(f"{missing[0]}: shard listed in the manifest is missing")
-        return shards
+        for entry in entries:
+            if not entry.path.is_file():
+                raise InputError(f"{entry.path}: shard listed in the manifest is missing")
+            check_shard_size(entry.path, entry)
+        return entries
+
+    def sample_shards(self) -> tuple[str, ...]:
+        """Paths of `sample_entries()`."""
+        return tuple(str(s.path) for s in self.sample_entries())
+
+    def identity(self) -> dict:
+        """What the store holds, independent of where it lies: kind, size, protocol, estimator and its options,
+        codec, frames, the plan hash (which samples went into which shard), counts and the shards' sha256. A resumed
+        run compares it with the one its checkpoint recorded (the same stores copied elsewhere compare equal)."""
+        shards = hashlib.sha256("\n".join(f"{s.path.name}:{s.samples}:{s.sha256}" for s in self.shards).encode())
+        return {
+            "name": self.name, "kind": self.kind, "size_wh": list(self.size_wh or []), "protocol": self.protocol,
+            "estimator": self.estimator, "estimator_options": dict(self.estimator_options),
+            "checkpoint_sha256": self.checkpoint_sha256, "codec": self.codec, "frames": self.frames,
+            "pairs": self.manifest.get("config", {}).get("pairs"), "plan_sha256": self.plan_sha256,
+            "num_samples": self.num_samples, "num_shards": len(self.shards), "shards_sha256": shards.hexdigest(),
+        }  # fmt: skip
 
 
 def open_store(path: str | os.PathLike) -> StoreInfo:
@@ -174,10 +194,14 @@ def store_shards(store: str | os.PathLike) -> list[str]:
 
 
 def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[dict]:
-    """Decoded samples of a store folder, one shard, or a list of shards, in shard order (`decode_sample`)."""
+    """Decoded samples of a store folder, one shard, or a list of shards, in shard order (`decode_sample`); a store
+    folder's shards are checked against its manifest as they are read (`raw_samples`)."""
+    entries: dict[str, ShardEntry] = {}  # a store folder's manifest entries: its shards are checked against them
     if isinstance(path, (str, os.PathLike)):
         if not Path(path).exists():
             raise InputError(f"{path}: no such store or shard")
+        if Path(path).is_dir() and (Path(path) / MANIFEST_NAME).is_file():
+            entries = {str(s.path): s for s in open_store(path).shards}
         shards = store_shards(path) if Path(path).is_dir() else [str(path)]
     else:
         shards = [str(p) for p in path]
@@ -186,5 +210,5 @@ def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Itera
     for shard in shards:
         if not Path(shard).is_file():
             raise InputError(f"{shard}: shard missing")
-        for sample in raw_samples(shard):
+        for sample in raw_samples(shard, entries.get(shard)):
             yield decode_sample(sample)

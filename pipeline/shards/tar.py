@@ -3,11 +3,14 @@
 `raw_samples(shard)` is the one reader of shard tars: `read_samples`, the trainer's streams and the tools all go
 through it, so a damaged tar is the same one-line InputError everywhere. It iterates the tar and groups members
 into samples with WebDataset's own functions (`tar_file_iterator`, `group_by_keys`), so any WebDataset pipeline
-reads our shards the same way.
+reads our shards the same way. Given the manifest's entry for the shard (`expected`), it also checks what reading
+costs nothing extra: the file's size before the first sample, and its sample count and sha256 once read to the end,
+so a tar cut at a member boundary or another shard copied over it is refused, not silently trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from pipeline.atomic import atomic_path, file_sha256
+from pipeline.atomic import HASH_CHUNK_BYTES, atomic_path, file_sha256
 from pipeline.errors import InputError
 from pipeline.shards.samples import check_key
 
@@ -56,10 +59,41 @@ def _bad_shard(shard: str, exc: BaseException) -> InputError:
     return InputError(f"{shard}: unreadable or truncated shard ({reason})")
 
 
-def raw_samples(shard: str | os.PathLike) -> Iterator[dict]:
+class _HashingReader:
+    """A read-only file wrapper that hashes and counts the bytes read through it."""
+
+    def __init__(self, raw):
+        self.raw, self.digest, self.bytes_read = raw, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        self.bytes_read += len(data)
+        return data
+
+    def read_to_end(self) -> None:
+        """Hash what the tar reader left unread (the end-of-archive blocks)."""
+        while self.read(HASH_CHUNK_BYTES):
+            pass
+
+
+def _damaged(shard: str, what: str) -> InputError:
+    return InputError(f"{shard}: {what}; the shard is damaged or was replaced, rebuild the store with i2vda-prep")
+
+
+def check_shard_size(shard: str | os.PathLike, expected) -> None:
+    """Refuse a shard whose file size is not the manifest's `expected.bytes` (a cheap check: one stat)."""
+    size = os.stat(shard).st_size
+    if expected.bytes and size != expected.bytes:
+        raise _damaged(str(shard), f"{size} bytes, the manifest says {expected.bytes}")
+
+
+def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
     """The undecoded samples of one tar, in tar order: {"__key__", "__url__", "<field>.<ext>": bytes}.
 
-    A missing, unreadable or truncated tar raises a one-line InputError naming it."""
+    A missing, unreadable or truncated tar raises a one-line InputError naming it. `expected` (the manifest's
+    `ShardEntry`: samples, bytes, sha256) adds the checks of the module docstring; the count and the sha256 are
+    checked only when the caller reads the shard to its end."""
     shard = str(shard)
 
     def fail(exc: BaseException) -> bool:  # WebDataset's handler hook: turn any member error into our one line
@@ -69,8 +103,21 @@ def raw_samples(shard: str | os.PathLike) -> Iterator[dict]:
         for member in tar_file_iterator(stream, handler=fail):
             yield {**member, "__url__": shard}
 
+    count = 0
     try:
-        with open(shard, "rb") as stream:
-            yield from group_by_keys(members(stream), handler=fail)
+        if expected is not None:
+            check_shard_size(shard, expected)
+        with open(shard, "rb") as raw:
+            stream = _HashingReader(raw)
+            for sample in group_by_keys(members(stream), handler=fail):
+                count += 1
+                yield sample
+            stream.read_to_end()
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise _bad_shard(shard, exc) from None
+    if expected is None:
+        return
+    if count != expected.samples:
+        raise _damaged(shard, f"holds {count} samples, the manifest says {expected.samples}")
+    if expected.sha256 and stream.digest.hexdigest() != expected.sha256:
+        raise _damaged(shard, "its sha256 differs from the manifest's")

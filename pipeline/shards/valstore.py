@@ -117,6 +117,10 @@ class ValStore:
         if not self.path.is_file():
             raise InputError(f"{self.path}: no val store here; run `i2vda-prep val` first")
         self.info: StoreInfo | None = open_store(folder) if (folder / MANIFEST_NAME).is_file() else None
+        listed = [s for s in self.info.shards if s.path.name == self.path.name] if self.info else []
+        if listed and listed[0].bytes and self.path.stat().st_size != listed[0].bytes:
+            raise InputError(f"{self.path}: {self.path.stat().st_size} bytes, the manifest says {listed[0].bytes}; "
+                             f"the val store is damaged, rebuild it with `i2vda-prep val`")  # fmt: skip
         self._file, self._pid = None, None
         samples = self._h5()[SAMPLES_GROUP] if SAMPLES_GROUP in self._h5() else None
         if self._h5().attrs.get("format") != VAL_FORMAT or samples is None:
@@ -126,7 +130,12 @@ class ValStore:
     def _h5(self) -> h5py.File:
         """The open file; reopened in a new process (HDF5 handles must not cross a fork)."""
         if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            try:
+                self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            except OSError as exc:  # h5py's message names no file
+                reason = " ".join(str(exc).split())
+                raise InputError(f"{self.path}: not a readable HDF5 val store ({reason}); rebuild it with "
+                                 f"`i2vda-prep val`") from None  # fmt: skip
         return self._file
 
     def _group(self, key: str) -> h5py.Group:
