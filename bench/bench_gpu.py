@@ -52,7 +52,7 @@ try:
     from pipeline.errors import InputError, one_line_errors
     from pipeline.flow.flownet2 import FlowNet2
     from trainer.config import TrainConfig
-    from trainer.steps import build_nets, set_learning_rates
+    from trainer.networks import build_nets, set_learning_rates
 except ModuleNotFoundError as exc:  # one line naming every missing package (docs/PERFORMANCE.md, GPU)
     needed = {"torch": "torch", "numpy": "numpy", "cv2": "opencv-python-headless", "click": "click", "h5py": "h5py",
               "tqdm": "tqdm", "tensorboard": "tensorboard", "webdataset": "webdataset", "braceexpand": "braceexpand",

@@ -48,7 +48,8 @@ from trainer.data import iteration_batches, open_stores
 from trainer.loop import to_device, train
 from trainer.losses import segmentation_loss
 from trainer.models import build_segmenter, caffe_normalize
-from trainer.steps import Iteration, build_nets, discriminator_step, segmenter_step, set_learning_rates
+from trainer.networks import build_nets, set_learning_rates
+from trainer.steps import Iteration, discriminator_step, segmenter_step
 from trainer.temporal import synthesize_intermediate
 
 TARGET_HW, SOURCE_HW = (128, 256), (128, 224)  # the demo's training sizes

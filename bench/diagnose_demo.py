@@ -36,8 +36,8 @@ from pipeline.sources.images import read_rgb, resize_label, resize_rgb
 from pipeline.sources.protocols import get_protocol
 from trainer.checkpoint import latest_checkpoint, read_checkpoint
 from trainer.models import build_segmenter, caffe_normalize
+from trainer.networks import proxy_logits
 from trainer.predict import load_segmenter
-from trainer.steps import proxy_logits
 from trainer.temporal import DELTA, ETA_PX, class_balanced_entropy, normalized_entropy, occlusion_mask
 
 PROTOCOL = "viper15"  # the demo adapts VIPER -> Cityscapes

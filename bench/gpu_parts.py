@@ -21,7 +21,8 @@ from pipeline.flow.flownet2 import FlowNet2, FlowNet2Estimator
 from trainer.config import TrainConfig
 from trainer.losses import segmentation_loss
 from trainer.models import caffe_normalize
-from trainer.steps import AMP_DTYPES, Iteration, Nets, autocast, discriminator_step, segmenter_step
+from trainer.networks import Nets
+from trainer.steps import AMP_DTYPES, Iteration, autocast, discriminator_step, segmenter_step
 from trainer.temporal import synthesize_intermediate
 
 MIB = 2**20

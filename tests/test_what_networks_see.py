@@ -15,7 +15,7 @@ import torch.nn as nn
 from test_train_loop import load, make_stores, read_log, same_state, tiny_config
 
 import trainer.loop as loop
-import trainer.steps as steps
+import trainer.networks as networks
 from pipeline.errors import InputError
 from trainer.loop import train
 from trainer.models import caffe_normalize
@@ -113,7 +113,7 @@ def _first_layer_stats(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, 
 def test_untracked_inputs_leave_running_statistics_alone():
     net, a, b = _tiny_bn_net(), torch.randn(2, 3, 8, 8) * 3, torch.randn(2, 3, 8, 8)
     twin = copy.deepcopy(net)
-    out = steps.MultiInput(net)(a, b, track=(False, True))
+    out = networks.MultiInput(net)(a, b, track=(False, True))
     twin(b)  # only b's statistics enter
     bn, bn_twin = net[1], twin[1]
     assert torch.allclose(bn.running_mean, bn_twin.running_mean) and torch.allclose(bn.running_var, bn_twin.running_var)
@@ -127,18 +127,18 @@ def test_proxy_batchnorm_modes():
     proxy = copy.deepcopy(model).eval().requires_grad_(False)
     before = copy.deepcopy(proxy.state_dict())
     # running: M' in eval mode, M's running statistics.
-    assert torch.allclose(steps.proxy_logits(proxy, x, "running"), copy.deepcopy(model).eval()(x))
+    assert torch.allclose(networks.proxy_logits(proxy, x, "running"), copy.deepcopy(model).eval()(x))
     # batch: normalised by x's own statistics; running statistics untouched.
-    assert torch.allclose(steps.proxy_logits(proxy, x, "batch"), copy.deepcopy(model).train()(x), atol=1e-5)
+    assert torch.allclose(networks.proxy_logits(proxy, x, "batch"), copy.deepcopy(model).train()(x), atol=1e-5)
     assert same_state(proxy.state_dict(), before) and not proxy[1].training
     # target: after a copy the statistics are reset, then re-estimated on the target batches seen since.
-    nets = steps.Nets(model, None, proxy, None, None, None, None, None, None)
-    for bn in steps._batchnorms(proxy):
+    nets = networks.Nets(model, None, proxy, None, None, None, None, None, None)
+    for bn in networks._batchnorms(proxy):
         bn.momentum = None
-    steps.copy_proxy(nets, "target")
+    networks.copy_proxy(nets, "target")
     x2 = torch.randn(2, 3, 8, 8) - 1
-    steps.proxy_logits(proxy, x, "target")
-    steps.proxy_logits(proxy, x2, "target")
+    networks.proxy_logits(proxy, x, "target")
+    networks.proxy_logits(proxy, x2, "target")
     (m1, v1), (m2, v2) = _first_layer_stats(x, proxy[0]), _first_layer_stats(x2, proxy[0])
     assert torch.allclose(proxy[1].running_mean, (m1 + m2) / 2, atol=1e-5)
     assert torch.allclose(proxy[1].running_var, (v1 + v2) / 2, atol=1e-5)
@@ -158,7 +158,7 @@ def test_bn_stats_target_estimates_running_statistics_on_target_frames_only(stor
                       lr=0.0))  # lr 0: conv1 stays at its initial weights, so the statistics can be recomputed
     state = load(run / "checkpoints" / "iter_0000002.pt")["model"]
     torch.manual_seed(tiny_config(stores, run).seed)
-    conv = steps.build_segmenter("deeplab_tiny", 15).conv1
+    conv = networks.build_segmenter("deeplab_tiny", 15).conv1
     mean, var = torch.zeros(conv.out_channels), torch.ones(conv.out_channels)
     for it in range(2):
         (x,) = [x for i, name, x in calls if i == it and name == "M" and _which(x, batches[it], None) == "I0"]

@@ -34,8 +34,9 @@ from trainer.checkpoint import (
 from trainer.config import TrainConfig
 from trainer.data import StorePlan, data_position, iteration_batches, open_stores
 from trainer.monitor import Monitor
+from trainer.networks import build_nets, copy_proxy, set_learning_rates
 from trainer.rng import gather_rng
-from trainer.steps import Iteration, build_nets, copy_proxy, discriminator_step, segmenter_step, set_learning_rates
+from trainer.steps import Iteration, discriminator_step, segmenter_step
 
 CONFIG_NAME = "config.json"
 
