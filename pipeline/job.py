@@ -35,6 +35,7 @@ from pipeline.plan import (
     store_lock,
     store_manifest,
 )
+from pipeline.ray_watchdog import stop_watchdog, watch_local_ray
 from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_FILE, VAL_KIND, ValWriter, file_sha256, write_manifest
 from pipeline.sources import list_source
 from pipeline.sources.cityscapes import list_annotated, list_pairs
@@ -74,16 +75,20 @@ class PrepActor:
 
 @contextmanager
 def ray_session():
-    """Use the Ray instance already set up in this process, else `ray.init()` (RAY_ADDRESS or local) and shut down."""
+    """Use the Ray instance already set up in this process, else `ray.init()` (RAY_ADDRESS or local) and shut down.
+    A local Ray is watched by `pipeline.ray_watchdog`, so it dies with this process even if it is killed."""
     if ray.is_initialized():
         yield
         return
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)  # fmt: skip
+    address = os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    watchdog = watch_local_ray() if address is None else None
     try:
         yield
     finally:
         ray.shutdown()
+        if watchdog is not None:
+            stop_watchdog(watchdog)
 
 
 def _start_actors(config: PrepConfig, num_tasks: int) -> list:

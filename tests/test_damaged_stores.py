@@ -135,3 +135,22 @@ def test_resume_accepts_the_same_stores_elsewhere_and_refuses_other_data(stores,
     with pytest.raises(InputError, match="--target.*estimator_options") as err:
         train(tiny_config(moved, run, max_iter=3, resume="latest", **settings))
     assert "\n" not in str(err.value)
+
+
+def test_resume_other_stores_resumes_on_other_data_with_a_warning_naming_it(stores, tmp_path, capsys):
+    run = tmp_path / "run"
+    settings = dict(method="source_only", checkpoint_interval=1)
+    train(tiny_config(stores, run, max_iter=1, **settings))
+    manifest_path = stores / TARGET / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["estimator_options"] = {"preset": "fine"}
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    train(tiny_config(stores, run, max_iter=2, resume="latest", resume_other_stores=True, **settings))
+    assert (run / "checkpoints" / "iter_0000002.pt").is_file()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"--target store {TARGET!r}" in warnings[0]
+    assert "in estimator_options;" in warnings[0]  # the one setting that differs, named
+    # The flag is not sticky: the next plain resume compares with the checkpoint just written, on the new stores.
+    train(tiny_config(stores, run, max_iter=3, resume="latest", **settings))
+    assert (run / "checkpoints" / "iter_0000003.pt").is_file()

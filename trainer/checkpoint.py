@@ -11,7 +11,9 @@ Resume (`read_checkpoint`), eval and predict (`trainer.predict.load_segmenter`),
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -166,8 +168,9 @@ def load_weights(model: torch.nn.Module, state: Mapping, where: str, what: str, 
 
 def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Path, stores: dict | None = None) -> None:
     """Refuse to resume a checkpoint whose run differs from this one (other than RESUMABLE_FIELDS), or, given this
-    run's `stores` (`StoreInfo.identity()` of "source" and "target"), whose stores held other data. Stores are
-    compared by content, not by path: the same stores copied to another folder resume."""
+    run's `stores` (`StoreInfo.identity()` of "source" and "target"), whose stores held other data (unless
+    `config.resume_other_stores`: then one warning line on stderr per such store). Stores are compared by content,
+    not by path: the same stores copied to another folder resume."""
     mismatch = resume_mismatch(state["config"], config)
     if mismatch is not None:
         raise InputError(f"--resume {path}: the checkpoint was trained with another setting ({mismatch})")
@@ -176,12 +179,19 @@ def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Pa
         if current is None:
             continue
         differs = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-        if differs:
-            k = differs[0]
-            raise InputError(f"--resume {path}: the --{role} store {current.get('name')!r} holds other data than "
-                             f"the checkpoint was trained on ({k}: checkpoint {saved.get(k)!r}, now "
-                             f"{current.get(k)!r}); resume on the same stores, or start a new run with another "
-                             f"--out")  # fmt: skip
+        if not differs:
+            continue
+        if config.resume_other_stores:
+            if os.environ.get("RANK", "0") == "0":  # torchrun's rank: one warning per run, not one per process
+                print(f"warning: --resume-other-stores: the --{role} store {current.get('name')!r} differs from "
+                      f"the one {path} was trained on in {', '.join(differs)}; resuming on it",
+                      file=sys.stderr)  # fmt: skip
+            continue
+        k = differs[0]
+        raise InputError(f"--resume {path}: the --{role} store {current.get('name')!r} holds other data than the "
+                         f"checkpoint was trained on ({k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}); "
+                         f"resume on the same stores, pass --resume-other-stores to resume on them knowingly, or "
+                         f"start a new run with another --out")  # fmt: skip
     saved_world = state["data"]["world_size"]
     if saved_world != world:
         raise InputError(f"--resume {path}: written by {saved_world} process(es), this run has {world}; the data "

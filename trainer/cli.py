@@ -135,6 +135,9 @@ def _choice(values) -> click.Choice:
               help="Iterations per reseeded data block (bounds the skip on resume).")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None,
               help="Continue RUN from its newest checkpoint (bare --resume) or from the given checkpoint file.")
+@click.option("--resume-other-stores", is_flag=True,
+              help="With --resume: continue even if the stores' content differs from the checkpoint's (e.g. rebuilt "
+                   "with another estimator preset); a warning names what differs.")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, target_size: str | None, source_size: str | None, **options):
     """Train a segmenter on source images and target video pairs: I2VDA (ECCV 2022) Algorithm 1 or a baseline."""

@@ -31,9 +31,10 @@ BN_STATS_MODES = ("all", "target")
 INIT_FORMATS = ("deeplab", "torchvision", "segmenter")  # DeepLab ImageNet init, a torchvision ResNet, or our own run
 # Settings a resume may change: none of them changes what iteration i computes from its data
 # (max_iter moves the end of the poly schedule, which the paper ties to it; see docs/TRAINING.md). `shards` is where
-# the stores lie: a resume compares the stores' content instead (trainer.checkpoint.check_resumable).
+# the stores lie: a resume compares the stores' content instead (trainer.checkpoint.check_resumable), unless
+# `resume_other_stores` says the user means to continue on other data.
 RESUMABLE_FIELDS = ("out", "resume", "max_iter", "checkpoint_interval", "log_interval", "image_interval",
-                    "num_workers", "device", "shards")  # fmt: skip
+                    "num_workers", "device", "shards", "resume_other_stores")  # fmt: skip
 _SIZE_FIELDS = ("target_size_hw", "source_size_hw")
 
 
@@ -95,6 +96,7 @@ class TrainConfig:
     shuffle_buffer: int = 256
     block_iters: int = 1000  # the data stream restarts from a seed every block_iters iterations (trainer/data.py)
     resume: str | None = None  # "latest" (newest checkpoint in out/) or a checkpoint file
+    resume_other_stores: bool = False  # resume even if the stores hold other data than the checkpoint's (a warning)
 
     def __post_init__(self) -> None:
         for name, allowed in (("method", METHODS), ("online_flow", ONLINE_FLOWS), ("amp", AMP_MODES),
