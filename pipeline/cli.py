@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
@@ -169,10 +168,11 @@ def val(root, out, split, size, tc_window, frames, flow, flow_ckpt, dis_preset, 
 
 @cli.command()
 @click.argument("store")
-@click.option("--out", default=None, help="PNG contact sheet [default: STORE/sheet.png]")
-@click.option("--rows", type=int, default=4, show_default=True, help="samples on the sheet")
+@click.option("--sheet", default=None, metavar="PATH",
+              help="PNG contact sheet [default: ./<store name>_sheet.png; never inside the store]")
+@click.option("--rows", type=int, default=4, show_default=True, help="samples on the sheet, spread over the store")
 @click.option("--verify", is_flag=True, help="re-hash every file against the manifest's sha256")
-def inspect(store, out, rows, verify) -> None:
+def inspect(store, sheet, rows, verify) -> None:
     """Counts, sizes, estimator, codec and bytes of a store, and a sheet of samples (flows in colour)."""
     from pipeline.inspect_store import describe, mismatched_files, verify_line, write_sheet
 
@@ -184,7 +184,7 @@ def inspect(store, out, rows, verify) -> None:
     if bad:  # the sheet would read the damaged files: stop here, non-zero
         raise InputError(f"{store}: {len(bad)} file(s) do not match the manifest's sha256 ({', '.join(bad)}); "
                          f"rerun the store's i2vda-prep command to rebuild them")
-    click.echo(f"sheet      {write_sheet(store, out or Path(store) / 'sheet.png', rows)}")
+    click.echo(f"sheet      {write_sheet(store, sheet, rows)}")
 
 
 cli.add_command(demo_world)
