@@ -62,8 +62,8 @@ def test_validation_leaves_the_run_bit_identical_and_logs_miou(stores, val_store
 
 
 def test_validation_keeps_the_modes_and_bn_statistics_of_m(stores, val_store, tmp_path):
-    from trainer.monitor import Monitor
     from trainer.models import build_segmenter
+    from trainer.monitor import Monitor
 
     config = tiny_config(stores, tmp_path / "run", val=str(val_store), val_interval=1, max_iter=2,
                          protocol="viper15")  # fmt: skip

@@ -87,7 +87,7 @@ class TrainConfig:
     checkpoint_interval: int = 1000  # DA-VSN's SAVE_PRED_EVERY
     log_interval: int = 10
     image_interval: int = 500
-    val: str | None = None  # a val store (`i2vda-prep val`): M's mIoU on it every val_interval iterations and at the end
+    val: str | None = None  # a val store (`i2vda-prep val`): M scored on it every val_interval iterations, at the end
     val_interval: int = 0  # with val: iterations between scorings; 0 = at the end only
     device: str = "auto"
     amp: str = "off"
