@@ -26,7 +26,8 @@ TARGET_SOURCES = ("cityscapes_seq",)
 SOURCE_DATASETS = LABELLED_SOURCES  # viper, synthia, and cityscapes: its annotated train frames, for the oracle
 DEFAULT_OUT = "stores"
 INTERRUPTED = 130  # the shell's exit status for a process stopped by SIGINT
-# As every i2vda command: -h is --help; the subcommands inherit both settings from the group.
+# As every i2vda command: -h is --help. Each subcommand names it too: click keeps a command's help option from its
+# first context, and one made without the group (a test parsing `flows` arguments alone) would not inherit it.
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
 DATASET_NAMES = {"cityscapes_seq": "Cityscapes", "cityscapes_val": "Cityscapes", "cityscapes": "Cityscapes",
                  "viper": "VIPER", "synthia": "SYNTHIA"}  # fmt: skip
@@ -95,7 +96,7 @@ def cli() -> None:
     """Offline side of i2vda: precompute flows and labels into WebDataset shards and HDF5 stores."""
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @click.option("--src", type=Choice(TARGET_SOURCES), default="cityscapes_seq", show_default=True,
               help="target video dataset")
 @click.option("--root", required=True, help="Cityscapes root (holds leftImg8bit_sequence/ and gtFine/)")
@@ -118,7 +119,7 @@ def flows(src, root, out, split, pairs, size, samples_per_shard, frames, flow, f
         frames=frames))  # fmt: skip
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @click.option("--src", type=Choice(SOURCE_DATASETS), required=True,
               help="source dataset; cityscapes = its labelled train frames (the oracle)")
 @click.option("--root", required=True,
@@ -146,7 +147,7 @@ def source(src, root, out, protocol, size, samples_per_shard, workers, on_error,
         frames=frames))  # fmt: skip
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @click.option("--root", required=True, help="Cityscapes root (holds leftImg8bit_sequence/ and gtFine/)")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/cityscapes_val/")
 @click.option("--split", default="val", show_default=True)
@@ -165,7 +166,7 @@ def val(root, out, split, size, tc_window, frames, flow, flow_ckpt, dis_preset, 
         frames=frames))  # fmt: skip
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT)
 @click.argument("store")
 @click.option("--sheet", default=None, metavar="PATH",
               help="PNG contact sheet [default: ./<store name>_sheet.png; never inside the store]")
