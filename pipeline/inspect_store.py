@@ -11,12 +11,28 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.flow.viz import flow_to_color
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_KIND, ValStore, file_sha256, open_store, read_samples
+from pipeline.shards import (
+    SOURCE_KIND,
+    TARGET_KIND,
+    VAL_KIND,
+    ValStore,
+    decode_sample,
+    file_sha256,
+    open_store,
+    raw_samples,
+)
 from pipeline.sources.protocols import colorize, get_protocol
 
 TILE_WIDTH = 320  # pixels per sheet column: four columns make a sheet that fits a screen
 DEFAULT_ROWS = 4
 VAL_SHEET_PROTOCOL = "viper15"  # the val store holds every protocol; the sheet shows one
+# Column titles and the class legend (as trainer/visualize.py's figures, which the pipeline may not import).
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+TITLE_HEIGHT = 24
+TITLE_SCALE = 0.5
+LEGEND_ENTRY_WIDTH = 160  # pixels per legend entry: a swatch and a class name such as "traffic light"
+LEGEND_ROW_HEIGHT = 20
+LEGEND_SWATCH = 12
 
 
 def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
@@ -68,53 +84,118 @@ def _flow_pair_colors(flows: list[np.ndarray]) -> list[np.ndarray]:
     return [_tile(flow_to_color(f, max_flow=max_flow)) for f in flows]
 
 
-def _rows(store: Path, kind: str, rows: int) -> list[list[np.ndarray]]:
+def spread_indices(count: int, rows: int) -> list[int]:
+    """`rows` sample indices out of `count`, evenly spread (the middle of `rows` equal parts): samples are sorted by
+    key, so the sheet shows pairs of clips far apart rather than consecutive pairs of one clip."""
+    rows = min(rows, count)
+    return [(2 * k + 1) * count // (2 * rows) for k in range(rows)]
+
+
+def sheet_samples(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> list[dict]:
+    """The decoded samples the sheet of a shard store shows (`spread_indices`); only the shards holding them are
+    read, each up to its last chosen sample."""
+    entries = open_store(store).sample_entries()
+    wanted = spread_indices(sum(e.samples for e in entries), rows)
+    samples, first = [], 0
+    for entry in entries:
+        local = [i - first for i in wanted if first <= i < first + entry.samples]
+        first += entry.samples
+        if local:
+            samples += [decode_sample(raw) for i, raw in enumerate(islice(raw_samples(entry.path), local[-1] + 1))
+                        if i in local]  # fmt: skip
+    return samples
+
+
+def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.ndarray]], object]:
+    """Column titles, rows of tiles, and the protocol whose colours the labels use (None: no labels)."""
     if kind == TARGET_KIND:
-        return [[_tile(s["frame0"]), _tile(s["frame1"]), *_flow_pair_colors([s["flow01"], s["flow10"]])]
-                for s in islice(read_samples(store), rows)]  # fmt: skip
+        tiles = [[_tile(s["frame0"]), _tile(s["frame1"]), *_flow_pair_colors([s["flow01"], s["flow10"]])]
+                 for s in sheet_samples(store, rows)]  # fmt: skip
+        return ["I0 (frame f-1)", "I1 (frame f)", "flow 0->1", "flow 1->0"], tiles, None
     if kind == SOURCE_KIND:
-        out = []
-        for s in islice(read_samples(store), rows):
-            protocol = get_protocol(s["meta"]["protocol"])
-            out.append([_tile(s["image"]), _tile(colorize(s["label"], protocol), nearest=True)])
-        return out
+        samples = sheet_samples(store, rows)
+        protocol = get_protocol(open_store(store).protocol or samples[0]["meta"]["protocol"])
+        tiles = [[_tile(s["image"]), _tile(colorize(s["label"], protocol), nearest=True)] for s in samples]
+        return ["image", f"label ({protocol.name})"], tiles, protocol
+    protocol = get_protocol(VAL_SHEET_PROTOCOL)
     with ValStore(store) as val:
-        out = []
-        for key in val.keys()[:rows]:
-            s = val.sample(key)
-            label = colorize(s["labels"][VAL_SHEET_PROTOCOL], get_protocol(VAL_SHEET_PROTOCOL))
-            row = [_tile(s["image"]), _tile(label, nearest=True)]
+        tiles = []
+        keys = val.keys()
+        for index in spread_indices(len(keys), rows):
+            s = val.sample(keys[index])
+            row = [_tile(s["image"]), _tile(colorize(s["labels"][VAL_SHEET_PROTOCOL], protocol), nearest=True)]
             if len(s["clip_flows"]):  # the flow leaving the annotated frame (entering it, if it ends the clip)
                 row += _flow_pair_colors([s["clip_flows"][min(s["annotated_index"], len(s["clip_flows"]) - 1)]])
-            out.append(row)
-        return out
+            tiles.append(row)
+    return ["annotated frame", f"label ({VAL_SHEET_PROTOCOL})", "flow leaving it"], tiles, protocol
+
+
+def _text_strip(height: int, width: int) -> np.ndarray:
+    return np.full((height, width, 3), 255, dtype=np.uint8)
+
+
+def _titles(titles: list[str], columns: int) -> np.ndarray:
+    """A white strip with each column's title centred over its TILE_WIDTH columns."""
+    strip = _text_strip(TITLE_HEIGHT, columns * TILE_WIDTH)
+    for c, title in enumerate(titles[:columns]):
+        (text_w, text_h), _ = cv2.getTextSize(title, FONT, TITLE_SCALE, 1)
+        origin = (c * TILE_WIDTH + max((TILE_WIDTH - text_w) // 2, 0), (TITLE_HEIGHT + text_h) // 2)
+        cv2.putText(strip, title, origin, FONT, TITLE_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def _legend(protocol, width: int) -> np.ndarray:
+    """A white strip: the colour square and the name of each class of `protocol`, wrapped into rows."""
+    per_row = max(1, width // LEGEND_ENTRY_WIDTH)
+    strip = _text_strip(-(-protocol.num_classes // per_row) * LEGEND_ROW_HEIGHT, width)
+    for i, name in enumerate(protocol.class_names[: protocol.num_classes]):
+        x = 4 + (i % per_row) * LEGEND_ENTRY_WIDTH
+        y = (i // per_row) * LEGEND_ROW_HEIGHT + (LEGEND_ROW_HEIGHT - LEGEND_SWATCH) // 2
+        cv2.rectangle(strip, (x, y), (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1),
+                      tuple(int(v) for v in protocol.palette[i]), thickness=-1)  # fmt: skip
+        cv2.putText(strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), FONT, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    return strip
 
 
 def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndarray:
-    """(H, W, 3) uint8 RGB sheet: per sample, target frames + flows in colour, source image + coloured label,
-    val frame + coloured label + its forward flow."""
+    """(H, W, 3) uint8 RGB sheet of `rows` samples spread over the store, under column titles: target frames + flows
+    in colour, source image + coloured label, val frame + coloured label + its forward flow; where labels are
+    drawn, the class legend below."""
     store = Path(store)
     kind = open_store(store).kind
     if kind not in (TARGET_KIND, SOURCE_KIND, VAL_KIND):
         raise InputError(f"{store}: unknown store kind {kind!r}")
-    tiles = _rows(store, kind, rows)
+    titles, tiles, protocol = _rows(store, kind, rows)
     if not tiles:
         raise InputError(f"{store}: the store holds no samples to show")
-    width = max(len(r) for r in tiles) * TILE_WIDTH
-    lines = []
+    columns = max(len(r) for r in tiles)
+    width = columns * TILE_WIDTH
+    lines = [_titles(titles, columns)]
     for row in tiles:
         height = row[0].shape[0]  # tiles of other aspect ratios are fitted to the row's first
         line = np.concatenate([cv2.resize(t, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST)
                                if t.shape[0] != height else t for t in row], axis=1)  # fmt: skip
         lines.append(np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))))
+    if protocol is not None:
+        lines.append(_legend(protocol, width))
     return np.concatenate(lines, axis=0)
 
 
-def write_sheet(store: str | os.PathLike, out: str | os.PathLike, rows: int = DEFAULT_ROWS) -> Path:
-    """Write the contact sheet of `store` as a PNG at `out`."""
-    out = Path(out)
+def default_sheet_path(store: str | os.PathLike) -> Path:
+    """`./<store name>_sheet.png` in the current folder: the sheet never goes into the data."""
+    return Path(f"{Path(store).resolve().name}_sheet.png")
+
+
+def write_sheet(store: str | os.PathLike, out: str | os.PathLike | None = None, rows: int = DEFAULT_ROWS) -> Path:
+    """Write the contact sheet of `store` as a PNG at `out` (default `default_sheet_path`); a path inside the
+    store is refused, since the store's folder holds only what its manifest lists."""
+    out = default_sheet_path(store) if out is None else Path(out)
+    if out.resolve().is_relative_to(Path(store).resolve()):
+        raise InputError(f"--sheet {out}: inside the store {store}; write the sheet elsewhere "
+                         f"(default ./{default_sheet_path(store)})")  # fmt: skip
     sheet = contact_sheet(store, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), np.ascontiguousarray(sheet[..., ::-1])):
-        raise InputError(f"--out {out}: cannot write a PNG there")
+        raise InputError(f"--sheet {out}: cannot write a PNG there")
     return out

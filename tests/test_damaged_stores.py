@@ -98,7 +98,7 @@ def test_shard_0_copied_over_the_others_is_refused_by_its_sha256(stores, tmp_pat
 def test_inspect_verify_exits_non_zero_on_a_mismatch(stores, capsys):
     from pipeline.cli import main as prep_main
 
-    assert prep_main(["inspect", str(stores / TARGET), "--verify", "--out", str(stores / "sheet.png")]) is None
+    assert prep_main(["inspect", str(stores / TARGET), "--verify", "--sheet", str(stores / "sheet.png")]) is None
     assert "all files match" in capsys.readouterr().out
     shutil.copyfile(_shard(stores, 0), _shard(stores, 2))
     with pytest.raises(SystemExit) as exit_info:

@@ -21,6 +21,7 @@ import ray
 from prep_trees import frame_path, label_path, write_cityscapes
 
 from pipeline.flow.dis import DISEstimator
+from pipeline.inspect_store import TITLE_HEIGHT
 from pipeline.job import run_shards, run_val
 from pipeline.plan import PrepConfig
 from pipeline.shards import TARGET_KIND, VAL_KIND, ValStore, check_manifest, file_sha256, read_manifest, read_samples
@@ -375,22 +376,24 @@ def test_source_store_holds_resized_images_and_protocol_labels(local_ray, tmp_pa
         expected = cv2.resize(train_ids, (32, 16), interpolation=cv2.INTER_NEAREST_EXACT)
         assert sample["label"].dtype == np.uint8 and np.array_equal(sample["label"], expected)
         assert sample["meta"]["protocol"] == "synthia11"
-    code, err = _run_cli(["inspect", str(tmp_path / "stores" / "synthia"), "--out", str(tmp_path / "s.png")], capsys)
+    code, err = _run_cli(["inspect", str(tmp_path / "stores" / "synthia"), "--sheet", str(tmp_path / "s.png")], capsys)
     assert code == 0, err
-    assert cv2.imread(str(tmp_path / "s.png")).shape == (3 * 160, 2 * 320, 3)  # image | coloured label, 3 rows
+    height, width, _ = cv2.imread(str(tmp_path / "s.png")).shape  # titles, image | coloured label, 3 rows, legend
+    assert width == 2 * 320 and height > TITLE_HEIGHT + 3 * 160
 
 
 def test_inspect_describes_a_store_and_draws_its_sheet(reference, tmp_path, capsys):
     store, _ = reference
     sheet_path = tmp_path / "sheet.png"
-    code, err = _run_cli(["inspect", str(store), "--out", str(sheet_path), "--rows", "3", "--verify"], capsys)
+    code, err = _run_cli(["inspect", str(store), "--sheet", str(sheet_path), "--rows", "3", "--verify"], capsys)
     out = capsys.readouterr().out
     assert code == 0, err
     assert f"{len(PAIR_KEYS)} of {len(PAIR_KEYS)} planned" in out and "all files match" in out and "dis" in out
     assert "codec      zstd-dx16x64" in out and "frames     stored PNG" in out
     sheet = cv2.imread(str(sheet_path))[..., ::-1]
     tile_wh = (320, 160)  # STORE_WH scaled to the sheet's 320-pixel columns
-    assert sheet.shape == (3 * tile_wh[1], 4 * tile_wh[0], 3)  # 3 pairs: frame0, frame1, flow01, flow10
-    first = next(read_samples(store))
-    assert np.array_equal(sheet[: tile_wh[1], : tile_wh[0]], cv2.resize(first["frame0"], tile_wh,
-                                                                          interpolation=cv2.INTER_AREA))  # fmt: skip
+    # Titles over 3 pairs (frame0, frame1, flow01, flow10) spread over the store: PAIR_KEYS 2, 8 and 13.
+    assert sheet.shape == (TITLE_HEIGHT + 3 * tile_wh[1], 4 * tile_wh[0], 3)
+    first = next(s for s in read_samples(store) if s["__key__"] == PAIR_KEYS[2])
+    assert np.array_equal(sheet[TITLE_HEIGHT : TITLE_HEIGHT + tile_wh[1], : tile_wh[0]],
+                          cv2.resize(first["frame0"], tile_wh, interpolation=cv2.INTER_AREA))  # fmt: skip

@@ -123,6 +123,10 @@ def _choice(values) -> click.Choice:
               help="Iterations between log.jsonl lines.")
 @click.option("--image-interval", type=int, default=D["image_interval"], show_default=True,
               help="Iterations between TensorBoard pictures.")
+@click.option("--val", default=None, help="A val store (i2vda-prep val): M's mIoU and per-class IoU on it, "
+              "without TC, every --val-interval iterations and at the end, into log.jsonl and TensorBoard (rank 0).")
+@click.option("--val-interval", type=int, default=D["val_interval"], show_default=True,
+              help="Iterations between scorings on the --val store; 0 = at the end only.")
 @click.option("--device", type=_choice(DEVICES), default=D["device"], show_default=True, help="auto = CUDA if any.")
 @click.option("--amp", type=_choice(AMP_MODES), default=D["amp"], show_default=True,
               help="Autocast precision on CUDA (bf16 on Ampere and later).")

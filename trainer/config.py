@@ -34,7 +34,7 @@ INIT_FORMATS = ("deeplab", "torchvision", "segmenter")  # DeepLab ImageNet init,
 # the stores lie: a resume compares the stores' content instead (trainer.checkpoint.check_resumable), unless
 # `resume_other_stores` says the user means to continue on other data.
 RESUMABLE_FIELDS = ("out", "resume", "max_iter", "checkpoint_interval", "log_interval", "image_interval",
-                    "num_workers", "device", "shards", "resume_other_stores")  # fmt: skip
+                    "num_workers", "device", "shards", "resume_other_stores", "val", "val_interval")  # fmt: skip
 _SIZE_FIELDS = ("target_size_hw", "source_size_hw")
 
 
@@ -87,6 +87,8 @@ class TrainConfig:
     checkpoint_interval: int = 1000  # DA-VSN's SAVE_PRED_EVERY
     log_interval: int = 10
     image_interval: int = 500
+    val: str | None = None  # a val store (`i2vda-prep val`): M scored on it every val_interval iterations, at the end
+    val_interval: int = 0  # with val: iterations between scorings; 0 = at the end only
     device: str = "auto"
     amp: str = "off"
     channels_last: bool = False
@@ -111,6 +113,9 @@ class TrainConfig:
                 raise InputError(f"{_flag(name)}: expected a positive integer, got {getattr(self, name)}")
         if self.iter_launch < 0 or self.num_workers < 0:
             raise InputError("--iter-launch and --num-workers must be >= 0")
+        if self.val_interval < 0 or (self.val_interval and self.val is None):
+            raise InputError(f"--val-interval {self.val_interval}: expected iterations >= 0 between scorings on "
+                             f"the --val store{'' if self.val is not None else ', and --val is not given'}")
         for name, low, strict in (("lr", 0.0, False), ("lr_d", 0.0, False), ("eta", 0.0, True),  # lr 0: a frozen M
                                   ("weight_decay", 0.0, False), ("poly_power", 0.0, False),
                                   ("lambda_adv", 0.0, False), ("classifier_lr_mult", 0.0, False)):  # fmt: skip

@@ -178,6 +178,7 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
             monitor.record(it, losses, lrs, data_wait_s)
             if step.tc is not None and monitor.wants_views(it):
                 monitor.pictures(it, step.tc.views())
+            monitor.validate(it, nets.model)  # with --val, when due: eval mode, then M's modes as they were
             done = it + 1
             if done % config.checkpoint_interval == 0 or done == config.max_iter:
                 stop_if_weights_diverged(nets, it, saved)  # on every rank: DDP's ranks hold the same weights

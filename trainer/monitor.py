@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.errors import InputError
 from pipeline.flow import flow_to_color
+from pipeline.shards import ValStore
 from pipeline.sources import colorize, get_protocol
 from trainer.config import TrainConfig
 
@@ -49,8 +51,15 @@ class Monitor:
         self.run_start = self.window_start
         self.last: dict = {}
         self.once = {"device": device, "world_size": world}  # said in the first log line of this process
+        self.device = device or "cpu"
+        self.val_store = None
         if not enabled:
             return
+        if config.val is not None:  # opened and checked now, not after the first val_interval iterations
+            self.val_store = ValStore(config.val)
+            if config.protocol not in self.val_store.protocols:
+                raise InputError(f"--val {config.val}: no {config.protocol} labels in the val store; it holds "
+                                 f"{', '.join(self.val_store.protocols) or 'none'}")  # fmt: skip
         run = Path(config.out)
         run.mkdir(parents=True, exist_ok=True)
         self.log_path = run / LOG_NAME
@@ -81,11 +90,7 @@ class Monitor:
         entry = {"iteration": it, **{k: float(v) for k, v in stats.items()}, **lrs,
                  "it_per_s": self.window_iters / max(elapsed, 1e-9),
                  "data_wait_frac": self.window_wait / max(elapsed, 1e-9)}  # fmt: skip
-        stamp = {"time": datetime.now().astimezone().isoformat(timespec="seconds"),
-                 "elapsed_s": round(now - self.run_start, 3)}  # fmt: skip
-        with self.log_path.open("a") as f:  # allow_nan=False: a bare NaN would make the line invalid JSON
-            f.write(json.dumps({**entry, **stamp, **self.once}, allow_nan=False) + "\n")
-        self.once = {}
+        stamp = self._write_line(entry)
         for name, value in entry.items():
             if name != "iteration":
                 self.writer.add_scalar(f"train/{name}", value, it)
@@ -97,6 +102,47 @@ class Monitor:
                   f"{entry['it_per_s']:.2f} it/s", flush=True)  # fmt: skip
         self.window_start, self.window_iters, self.window_wait = time.perf_counter(), 0, 0.0
         self.last = entry
+        return entry
+
+    def _write_line(self, entry: dict) -> dict:
+        """Append `entry` to log.jsonl with the time stamp (and, in the first line, device and world size)."""
+        stamp = {"time": datetime.now().astimezone().isoformat(timespec="seconds"),
+                 "elapsed_s": round(time.perf_counter() - self.run_start, 3)}  # fmt: skip
+        with self.log_path.open("a") as f:  # allow_nan=False: a bare NaN would make the line invalid JSON
+            f.write(json.dumps({**entry, **stamp, **self.once}, allow_nan=False) + "\n")
+        self.once = {}
+        return stamp
+
+    def validate(self, it: int, model: torch.nn.Module) -> dict | None:
+        """With --val, every val_interval iterations and at the end: M's mIoU and per-class IoU (percent, no TC) on
+        the val store, as a log.jsonl line (`val_miou`, `val_per_class`: null for a class absent from the store)
+        and TensorBoard scalars; -> that line, or None when not due. `evaluate` runs M in eval mode, so its BN
+        statistics do not move; every module's train/eval mode is put back as it was."""
+        done = it + 1
+        interval = self.config.val_interval
+        if self.val_store is None or not (done == self.config.max_iter or (interval and done % interval == 0)):
+            return None
+        from trainer.evaluate import evaluate  # imported when first due: it loads the prediction code
+
+        modes = [(module, module.training) for module in model.modules()]  # parents before children
+        try:
+            result = evaluate(model, self.val_store, self.protocol, self.device, with_tc=False)
+        finally:
+            for module, training in modes:
+                module.train(training)
+        per_class = {name: None if np.isnan(v) else v for name, v in result["per_class"].items()}
+        entry = {"iteration": it, "val_miou": None if np.isnan(result["miou"]) else result["miou"],
+                 "val_per_class": per_class}  # fmt: skip
+        self._write_line(entry)
+        self.writer.add_scalar("val/miou", result["miou"], it)
+        for name, value in result["per_class"].items():
+            self.writer.add_scalar(f"val/iou/{name}", value, it)
+        line = (f"{Path(self.config.out).name}: val mIoU {result['miou']:.2f} after {done} iterations "
+                f"({result['num_frames']} frames of {self.config.val})")
+        if self.bar.disable:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
         return entry
 
     def pictures(self, it: int, views: dict) -> None:
@@ -120,3 +166,5 @@ class Monitor:
         if self.enabled:
             self.writer.close()
             self.bar.close()
+        if self.val_store is not None:
+            self.val_store.close()

@@ -24,7 +24,7 @@ def _wh(size_wh: tuple[int, int]) -> str:
     return f"{size_wh[0]}x{size_wh[1]}"
 
 
-@click.command("demo-world")
+@click.command("demo-world", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="folder to write")
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same bytes")
 @click.option("--train-flow", is_flag=True, help="also write ground-truth flow for the train snippets")
