@@ -6,7 +6,7 @@ Flows: a demo-like street flow (forward ego-motion over a road plane and facades
 smooth with motion boundaries), the same with 0.05 px estimation noise, the motorcycle pair's ground truth
 (u = -disparity, unknown set to 0) and DIS (medium) flow on that pair, all at 1024x512; `--demo-world DIR` adds the
 ground-truth flows of a world written by `i2vda-prep demo-world`. Candidates other than ours (`zstd-dx16x64`, the shard
-codec of `pipeline/flow/codec.py`, and `png16x64`, the one i2vda 0.1 wrote) are written here only to be measured.
+codec of `pipeline/flow/codec.py`, and `png16x64`, the one shard layout v1 used) are written here only to be measured.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ CODECS = {  # name: (encode(flow), decode(data, shape of the flow)); the shape s
     f"{FLOW_CODEC} zstd level 1": (lambda flow: encode_flow(flow, level=1), lambda data, shape: decode_flow(data)),
     f"{FLOW_CODEC} zstd level 9": (lambda flow: encode_flow(flow, level=9), lambda data, shape: decode_flow(data)),
     "int16x64 zstd3, no prediction": (_zstd_plain_encode, _zstd_plain_decode),
-    "png16x64 (i2vda 0.1)": (encode_legacy_png16, lambda data, shape: decode_flow(data)),
+    "png16x64 (shard layout v1)": (encode_legacy_png16, lambda data, shape: decode_flow(data)),
     "png16x64 opencv default": (_png_variant([]), lambda data, shape: decode_flow(data)),
     "png16x64 level 6": (_png_variant([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS,
                                        cv2.IMWRITE_PNG_COMPRESSION, 6]), lambda data, shape: decode_flow(data)),

@@ -8,7 +8,7 @@ Input: a demo world rendered at 1024x512, prepped by the plain loop into two sha
 flows, meta); the readers alternate within each repeat. Estimation is what prep pays per pair: DIS MEDIUM for F0->1
 and F1->0 in one call. Medians over `--repeats`; the goal is reading >= 4x faster. Also: bytes and speed of the frame
 PNG settings we considered (`PNG_OPTIONS`), on one frame of the store and on a real photo (the motorcycle pair's left
-image resized to 1024x512), and the decode time of the i2vda 0.1 flow codec (png16x64) on the same flow.
+image resized to 1024x512), and the decode time of the shard layout v1 flow codec (png16x64) on the same flow.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main(pairs: int, repeats: int, out: str) -> None:
     legacy_flow = encode_legacy_png16(sample["flow01"])
     decode_ms = {"frame_png": 1000 * _median_call(lambda: png_pixels(frame_png, "frame"), repeats),
                  "flow": 1000 * _median_call(lambda: decode_flow(flow_bytes), repeats),
-                 "flow png16x64 (i2vda 0.1)": 1000 * _median_call(lambda: decode_flow(legacy_flow), repeats),
+                 "flow png16x64 (shard layout v1)": 1000 * _median_call(lambda: decode_flow(legacy_flow), repeats),
                  }  # fmt: skip
     photo = cv2.resize(skimage.data.stereo_motorcycle()[0], tuple(config.size_wh), interpolation=cv2.INTER_AREA)
     png_options = {"demo frame": frame_png_options(sample["frame0"], repeats),

@@ -68,7 +68,7 @@ def test_legacy_png16_stores_still_decode():
     flow[..., 0] = [[1.0, -1.0, 0.5], [0.0, 2.25, -0.015625]]
     flow[..., 1] = [[-3.0, 0.0, 4.0], [7.5, -0.5, 100.0]]
     legacy = encode_legacy_png16(flow)
-    with Image.open(io.BytesIO(legacy)) as png:  # the i2vda 0.1 layout, read by an independent decoder
+    with Image.open(io.BytesIO(legacy)) as png:  # the shard layout v1 codec, read by an independent decoder
         assert png.format == "PNG" and png.size == (3, 4)  # W, 2H
         codes = np.array(png).astype(np.int64)
     expected = np.concatenate((flow[..., 0], flow[..., 1]), axis=0) * 64 + 2**15  # u rows on top of v rows

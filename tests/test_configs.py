@@ -75,3 +75,22 @@ def test_the_main_configs_hold_the_papers_settings(name, source, protocol, sourc
     assert (config.iter_copy, config.iter_launch, config.eta, config.delta, config.alpha, config.t) == (
         8000, 8000, 1.0, 0.3, 0.5, None)  # Tables 4-5's best columns
     assert config.arch == "deeplab_r101" and config.flow_estimator == "flownet2" and config.lambda_adv == 0.01
+
+
+def test_sizes_are_width_first_in_config_files_as_in_flags(tmp_path):
+    """`target_size: 1024x512` in a file means 1024 wide, 512 high, as `--target-size 1024x512`; [H, W] fields still
+    read (RUN/config.json); both at once, or a bad size, is one error line."""
+    from pipeline.errors import InputError
+    from trainer.config import read_config_file
+
+    good = tmp_path / "good.yaml"
+    good.write_text("target_size: 1024x512\nsource_size: 896x512\n")
+    assert read_config_file(good) == {"target_size_hw": [512, 1024], "source_size_hw": [512, 896]}
+    both = tmp_path / "both.yaml"
+    both.write_text("target_size: 1024x512\ntarget_size_hw: [512, 1024]\n")
+    with pytest.raises(InputError, match="not both"):
+        read_config_file(both)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("target_size: 512\n")
+    with pytest.raises(InputError, match="expected WIDTHxHEIGHT"):
+        read_config_file(bad)

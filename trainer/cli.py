@@ -11,7 +11,7 @@ import dataclasses
 import click
 from click.core import ParameterSource
 
-from pipeline.errors import InputError, one_line_errors
+from pipeline.errors import one_line_errors
 from trainer.config import (
     AMP_MODES,
     BN_STATS_MODES,
@@ -21,6 +21,7 @@ from trainer.config import (
     ONLINE_FLOWS,
     PROXY_BN_MODES,
     TrainConfig,
+    hw_from_wh,
     read_config_file,
 )
 from trainer.loop import train
@@ -29,19 +30,6 @@ from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
 
 # Every flag's default is the TrainConfig field's (the paper's where it gives one).
 D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-
-
-def _hw_from_wh(value: str | None, flag: str) -> tuple[int, int] | None:
-    """A 'WIDTHxHEIGHT' flag value ('1024x512') -> (H, W) = (512, 1024), the order of the *_size_hw fields."""
-    if value is None:
-        return None
-    try:
-        w, h = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise InputError(f"{flag} {value}: expected WIDTHxHEIGHT, e.g. 1024x512") from None
-    if w < 1 or h < 1:
-        raise InputError(f"{flag} {value}: expected a positive WIDTHxHEIGHT in pixels, e.g. 1024x512")
-    return h, w
 
 
 def _choice(values) -> click.Choice:
@@ -152,7 +140,7 @@ def cli(ctx: click.Context, config_file: str | None, target_size: str | None, so
     for field, value, flag in (("target_size_hw", target_size, "--target-size"),
                                ("source_size_hw", source_size, "--source-size")):  # fmt: skip
         if value is not None:
-            values[field] = _hw_from_wh(value, flag)
+            values[field] = hw_from_wh(value, flag)
     result = train(TrainConfig.from_dict(values, where=config_file or "flags"))
     if result["checkpoint"] is not None:  # rank 0 (the others save nothing)
         click.echo(f"{result['iterations']} iterations done; last checkpoint {result['checkpoint']}")

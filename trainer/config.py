@@ -215,8 +215,24 @@ def _check_unit(names: tuple[str, ...], values) -> None:
             raise InputError(f"{_flag(name)}: expected numbers in [0, 1), got {value}")
 
 
+# Sizes as the flags write them ("1024x512", width first) -> the (H, W) fields; config files use these keys.
+WH_SIZE_KEYS = {"target_size": "target_size_hw", "source_size": "source_size_hw"}
+
+
+def hw_from_wh(value: str, where: str) -> tuple[int, int]:
+    """A 'WIDTHxHEIGHT' size ('1024x512', as flags and config files write it) -> (H, W) = (512, 1024)."""
+    try:
+        w, h = (int(v) for v in str(value).lower().split("x"))
+    except ValueError:
+        raise InputError(f"{where} {value}: expected WIDTHxHEIGHT, e.g. 1024x512") from None
+    if w < 1 or h < 1:
+        raise InputError(f"{where} {value}: expected a positive WIDTHxHEIGHT in pixels, e.g. 1024x512")
+    return h, w
+
+
 def read_config_file(path: str | Path) -> dict:
-    """Settings from a JSON or YAML file (`--config`): a mapping of TrainConfig field names to values."""
+    """Settings from a JSON or YAML file (`--config`): a mapping of TrainConfig field names to values; sizes may be
+    written as the flags write them (`target_size: 1024x512`, `source_size: 896x512`: width first)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--config {path}: no such file")
@@ -233,6 +249,11 @@ def read_config_file(path: str | Path) -> dict:
         raise InputError(f"--config {path}: not valid JSON/YAML ({first})") from None
     if not isinstance(values, dict):
         raise InputError(f"--config {path}: expected a mapping of settings, got {type(values).__name__}")
+    for key, field in WH_SIZE_KEYS.items():
+        if key in values:
+            if field in values:
+                raise InputError(f"--config {path}: give {key} (WIDTHxHEIGHT) or {field} ([H, W]), not both")
+            values[field] = list(hw_from_wh(values.pop(key), f"--config {path}: {key}"))
     _check_known(values, f"--config {path}")
     return values
 

@@ -20,7 +20,7 @@ reader calls `decode_flow`. Flows beyond the range are clipped by default (a dis
 training size is an estimator failure, not motion); `on_overflow="raise"` raises InputError instead. Non-finite flows
 always raise. Corrupt or truncated bytes raise InputError naming the member (the zstd checksum covers the payload).
 
-Stores written by i2vda 0.1 hold `png16x64` flows (`flow01.png16`: one 16-bit grayscale PNG of size (2H, W), u rows
+Stores of shard layout v1 hold `png16x64` flows (`flow01.png16`: one 16-bit grayscale PNG of size (2H, W), u rows
 above v rows, `round(64 * f) + 2**15`); `decode_flow` recognises them by the PNG signature and reads them too.
 """
 
@@ -36,7 +36,7 @@ from pipeline.errors import InputError
 
 FLOW_CODEC = "zstd-dx16x64"
 FLOW_EXT = "zflow"
-LEGACY_CODEC, LEGACY_EXT = "png16x64", "png16"  # i2vda 0.1 stores: decoded, no longer written
+LEGACY_CODEC, LEGACY_EXT = "png16x64", "png16"  # shard layout v1 stores: decoded, no longer written
 FLOW_EXTS = (FLOW_EXT, LEGACY_EXT)
 
 FLOW_SCALE = 64  # quantisation steps per pixel: the 1/64 px precision the design requires (KITTI uses the same)
@@ -134,7 +134,7 @@ def _decode_legacy_png16(data, name: str) -> np.ndarray:
 
 
 def encode_legacy_png16(flow: np.ndarray, on_overflow: str = "clip") -> bytes:
-    """The i2vda 0.1 layout (png16x64), for reading tests and the codec benchmark; stores no longer use it."""
+    """The shard layout v1 flow codec (png16x64), for reading tests and the codec benchmark; stores no longer use it."""
     codes = flow_codes(flow, on_overflow).astype(np.int32) + _LEGACY_OFFSET
     planes = np.concatenate((codes[..., 0], codes[..., 1]), axis=0).astype(np.uint16)  # (2H, W): u on top, v below
     params = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS, cv2.IMWRITE_PNG_COMPRESSION, 3]
