@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
 from pipeline.errors import InputError, one_line_errors
 from pipeline.shards import ValStore
@@ -37,7 +36,7 @@ from trainer.evaluate import (
     per_class_iou,
     target_frames,
 )
-from trainer.predict import DEFAULT_BATCH_SIZE, load_segmenter, predict_labels
+from trainer.predict import DEFAULT_BATCH_SIZE, load_segmenter, predict_labels, resolve_device
 from trainer.visualize import save_prediction_pngs, snippet_frames, write_mp4
 
 PRED_SUFFIX = "_pred.png"  # a prediction is named like its gtFine file with _gtFine_labelIds -> _pred
@@ -70,18 +69,6 @@ def _check_store(store: ValStore, protocol: Protocol, config: dict, val: Path) -
     if size_hw != trained_hw:
         raise InputError(f"--val {val}: frames are {size_hw[1]}x{size_hw[0]} but the checkpoint was trained at "
                          f"{trained_hw[1]}x{trained_hw[0]}; prepare the val store at the training size")  # fmt: skip
-
-
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device: expected cpu or cuda[:N], got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA device is available here")
-    return device
 
 
 def _run_summary(result: dict, path: Path, iteration: int) -> dict:
@@ -268,7 +255,7 @@ def cli(ckpt, val, pred_dir, root, out, protocol, tc, tc_protocol, device, save_
         report = score_prediction_dir(pred_dir, root, get_protocol(protocol))
         write_reports(out, report)
     else:
-        device = _device(device)
+        device = resolve_device(device)
         report, model, store, chosen = score_checkpoints(ckpt, val, protocol, tc, tc_protocol, device, batch_size,
                                                          adapt_bn, adapt_store)
         write_reports(out, report)
