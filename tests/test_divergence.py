@@ -87,3 +87,24 @@ def test_non_finite_weights_are_never_written_and_never_evaluated(stores, tmp_pa
     torch.save(state, tmp_path / "diverged.pt")  # as an older i2vda would have written it
     with pytest.raises(InputError, match=f"diverged.pt: the segmenter weights are not finite \\({first} holds"):
         load_segmenter(tmp_path / "diverged.pt")
+
+
+def test_losses_are_checked_where_the_loop_reads_them_back(stores, tmp_path, monkeypatch):
+    """No host sync on the other iterations: with --log-interval 3 and a checkpoint every 4, a loss that is NaN from
+    iteration 1 on is caught at iteration 2 (the first log line), not before."""
+    real_step, seen = loop.segmenter_step, []
+
+    def nan_from_1(nets, batch, config, step):
+        out = real_step(nets, batch, config, step)
+        seen.append(step.it)
+        if step.it < 1:
+            return out
+        return dataclasses.replace(out, losses={**out.losses, "loss_seg": torch.tensor(float("nan"))})
+
+    monkeypatch.setattr(loop, "segmenter_step", nan_from_1)
+    with pytest.raises(InputError, match="^iteration 2: loss_seg is nan"):
+        train(tiny_config(stores, tmp_path / "run", method="source_only", max_iter=8, checkpoint_interval=4,
+                          log_interval=3))  # fmt: skip
+    assert seen == [0, 1, 2]
+    assert [loop.checks_divergence(tiny_config(stores, tmp_path, max_iter=8, checkpoint_interval=4, log_interval=3), i)
+            for i in range(8)] == [False, False, True, True, False, True, False, True]  # fmt: skip

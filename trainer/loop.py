@@ -100,9 +100,17 @@ def _diverged(what: str, it: int, saved: Path | None) -> InputError:
     return InputError(f"iteration {it}: {what}: the run diverged (try a lower --lr); {last}")
 
 
+def checks_divergence(config: TrainConfig, it: int) -> bool:
+    """Whether iteration `it` checks its losses: where the loop reads them back anyway (a log line, a checkpoint, the
+    end), so the check adds no host sync to the other iterations. Diverged weights stay non-finite, and every save
+    checks the weights themselves, so a divergence between two checks is caught at the next one."""
+    done = it + 1
+    return done % config.log_interval == 0 or done % config.checkpoint_interval == 0 or done == config.max_iter
+
+
 def stop_if_diverged(stats: dict, it: int, saved: Path | None, rt: Runtime) -> None:
-    """Stop every rank with one line when a loss of iteration `it` is NaN or infinite on any rank (one sync per
-    iteration, and one all-reduce under DDP so that the ranks stop together)."""
+    """Stop every rank with one line when a loss of iteration `it` is NaN or infinite on any rank (one all-reduce
+    under DDP so that the ranks stop together)."""
     losses = {k: v for k, v in stats.items() if k.startswith("loss_")}
     if not losses:
         return
@@ -174,7 +182,8 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
             losses = step.losses
             if nets.disc is not None:
                 losses |= discriminator_step(nets, step.predictions, config)
-            stop_if_diverged(losses, it, saved, rt)
+            if checks_divergence(config, it):
+                stop_if_diverged(losses, it, saved, rt)
             monitor.record(it, losses, lrs, data_wait_s)
             if step.tc is not None and monitor.wants_views(it):
                 monitor.pictures(it, step.tc.views())
