@@ -20,13 +20,15 @@ install: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 demo: $(VENV)/.installed
-	$(PY) -m trainer.demo --out runs/demo
+	$(PY) -m trainer.experiment --out runs/demo
 
 clean:
 	rm -rf $(VENV) runs

@@ -66,8 +66,10 @@ def motorcycle_flows(size_wh: tuple[int, int]) -> dict[str, np.ndarray]:
     u = np.where(np.isfinite(disparity), -disparity, 0.0).astype(np.float32)
     u = cv2.resize(u, size_wh, interpolation=cv2.INTER_NEAREST) * (size_wh[0] / left.shape[1])
     left, right = (cv2.resize(im, size_wh, interpolation=cv2.INTER_AREA) for im in (left, right))
-    return {"motorcycle_truth": np.stack((u, np.zeros_like(u)), axis=-1),
-            "motorcycle_dis": DISEstimator("medium")(left, right)}
+    return {
+        "motorcycle_truth": np.stack((u, np.zeros_like(u)), axis=-1),
+        "motorcycle_dis": DISEstimator("medium")(left, right),
+    }
 
 
 def _npy_encode(flow: np.ndarray) -> bytes:
@@ -157,8 +159,10 @@ CODECS = {  # name: (encode(flow), decode(data, shape of the flow)); the shape s
     "int16x64 zstd3, no prediction": (_zstd_plain_encode, _zstd_plain_decode),
     "png16x64 (shard layout v1)": (encode_legacy_png16, lambda data, shape: decode_flow(data)),
     "png16x64 opencv default": (_png_variant([]), lambda data, shape: decode_flow(data)),
-    "png16x64 level 6": (_png_variant([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS,
-                                       cv2.IMWRITE_PNG_COMPRESSION, 6]), lambda data, shape: decode_flow(data)),
+    "png16x64 level 6": (
+        _png_variant([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS, cv2.IMWRITE_PNG_COMPRESSION, 6]),
+        lambda data, shape: decode_flow(data),
+    ),
     "kitti_png16 3ch": (_kitti_encode, _kitti_decode),
     "int16x64 savez_compressed": (_npz_encode, _npz_decode),
     "int16x64 row-delta zlib1": (_delta_encode, _delta_decode),
@@ -204,18 +208,30 @@ def main(repeats: int, demo_world: Path | None, out: Path) -> None:
             error = float(np.abs(decode(data, flow.shape) - flow).max())
             encode_ms, encode_cpu_ms = median_ms(encode, (flow,), repeats)
             decode_ms, decode_cpu_ms = median_ms(decode, (data, flow.shape), repeats)
-            rows.append({
-                "flow": flow_name, "size_wh": [flow.shape[1], flow.shape[0]], "codec": codec_name,
-                "bytes": len(data), "pct_of_npy": 100.0 * len(data) / npy_bytes, "max_error_px": error,
-                "encode_ms": encode_ms, "encode_cpu_ms": encode_cpu_ms,
-                "decode_ms": decode_ms, "decode_cpu_ms": decode_cpu_ms,
-            })
+            rows.append(
+                {
+                    "flow": flow_name,
+                    "size_wh": [flow.shape[1], flow.shape[0]],
+                    "codec": codec_name,
+                    "bytes": len(data),
+                    "pct_of_npy": 100.0 * len(data) / npy_bytes,
+                    "max_error_px": error,
+                    "encode_ms": encode_ms,
+                    "encode_cpu_ms": encode_cpu_ms,
+                    "decode_ms": decode_ms,
+                    "decode_cpu_ms": decode_cpu_ms,
+                }
+            )
     print(f"flow codecs, medians of {repeats} runs (wall / process CPU ms); pct = bytes / int16x10 .npy bytes")
-    print(f"{'flow':18s}{'codec':34s}{'MiB':>7s}{'pct':>7s}{'enc wall':>10s}{'enc cpu':>9s}{'dec wall':>10s}"
-          f"{'dec cpu':>9s}{'max err':>9s}")
+    print(
+        f"{'flow':18s}{'codec':34s}{'MiB':>7s}{'pct':>7s}{'enc wall':>10s}{'enc cpu':>9s}{'dec wall':>10s}"
+        f"{'dec cpu':>9s}{'max err':>9s}"
+    )
     for r in rows:
-        print(f"{r['flow']:18s}{r['codec']:34s}{r['bytes'] / 2**20:7.3f}{r['pct_of_npy']:7.1f}{r['encode_ms']:10.1f}"
-              f"{r['encode_cpu_ms']:9.1f}{r['decode_ms']:10.1f}{r['decode_cpu_ms']:9.1f}{r['max_error_px']:9.4f}")
+        print(
+            f"{r['flow']:18s}{r['codec']:34s}{r['bytes'] / 2**20:7.3f}{r['pct_of_npy']:7.1f}{r['encode_ms']:10.1f}"
+            f"{r['encode_cpu_ms']:9.1f}{r['decode_ms']:10.1f}{r['decode_cpu_ms']:9.1f}{r['max_error_px']:9.4f}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"repeats": repeats, "opencv": cv2.__version__, "rows": rows}, indent=2))
     print(f"wrote {out}")

@@ -134,24 +134,37 @@ def main(repeats: int, demo_world: Path | None, out: Path) -> None:
     cv2.setNumThreads(default_threads)
 
     columns = [k for k in rows[0] if k != "preset"]
-    print(f"DIS on {native[0].shape[1]}x{native[0].shape[0]} motorcycle pair (native) and resized to "
-          f"{SIZE_WH[0]}x{SIZE_WH[1]}; OpenCV {cv2.__version__}, default threads {default_threads}; "
-          f"demo pairs: {len(demo)}")
+    print(
+        f"DIS on {native[0].shape[1]}x{native[0].shape[0]} motorcycle pair (native) and resized to "
+        f"{SIZE_WH[0]}x{SIZE_WH[1]}; OpenCV {cv2.__version__}, default threads {default_threads}; "
+        f"demo pairs: {len(demo)}"
+    )
     print(f"{'preset':10s}" + "".join(f"{c:>19s}" for c in columns))
     for row in rows:
         print(f"{row['preset']:10s}" + "".join(f"{row[c]:19.2f}" for c in columns))
-    zero_flow = {name: epe_stats(np.zeros_like(pair[2]), pair[2], pair[3])[0] for name, pair in
-                 (("native", native), ("1024x512", big))}
-    print(f"zero-flow EPE (the mean disparity): {zero_flow['native']:.2f} px native, "
-          f"{zero_flow['1024x512']:.2f} px at 1024x512")
+    zero_flow = {
+        name: epe_stats(np.zeros_like(pair[2]), pair[2], pair[3])[0]
+        for name, pair in (("native", native), ("1024x512", big))
+    }
+    print(
+        f"zero-flow EPE (the mean disparity): {zero_flow['native']:.2f} px native, "
+        f"{zero_flow['1024x512']:.2f} px at 1024x512"
+    )
     print(f"\nMEDIUM with one setting changed, motorcycle at {SIZE_WH[0]}x{SIZE_WH[1]}, one thread")
     print(f"{'variant':24s}{'epe':>8s}{'bad3 %':>8s}{'cpu ms':>8s}")
     for v in variants:
         print(f"{v['variant']:24s}{v['epe_1024x512']:8.3f}{v['bad3_1024x512_pct']:8.2f}{v['cpu_ms_threads1']:8.1f}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"opencv": cv2.__version__, "default_threads": default_threads, "repeats": repeats,
-              "size_wh": SIZE_WH, "demo_pairs": len(demo), "rows": rows, "medium_variants": variants,
-              "zero_flow_epe": zero_flow}
+    report = {
+        "opencv": cv2.__version__,
+        "default_threads": default_threads,
+        "repeats": repeats,
+        "size_wh": SIZE_WH,
+        "demo_pairs": len(demo),
+        "rows": rows,
+        "medium_variants": variants,
+        "zero_flow_epe": zero_flow,
+    }
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 

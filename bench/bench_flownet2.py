@@ -66,8 +66,9 @@ def measure(batch: int, size_hw: tuple[int, int], repeats: int, device: torch.de
     rss_model = _rss_now_mib()
     with torch.no_grad():
         times = _timed(lambda: model(frames), repeats, device)
-        features = torch.randn(2, batch, CORRELATION_CHANNELS, h // CORRELATION_STRIDE, w // CORRELATION_STRIDE,
-                               device=device)  # fmt: skip
+        features = torch.randn(
+            2, batch, CORRELATION_CHANNELS, h // CORRELATION_STRIDE, w // CORRELATION_STRIDE, device=device
+        )
         corr_times = _timed(lambda: correlation(features[0], features[1]), repeats, device)
     result = {
         "batch": batch,
@@ -113,19 +114,35 @@ def main(batches: str, repeats: int, size_wh: str, device: str, out: str, worker
     results = []
     for batch in (int(b) for b in batches.split(",")):
         # A fresh process per configuration, so that each peak RSS is its own.
-        command = [sys.executable, __file__, "--worker-batch", str(batch), "--repeats", str(repeats),
-                   "--size", size_wh, "--device", device]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--worker-batch",
+            str(batch),
+            "--repeats",
+            str(repeats),
+            "--size",
+            size_wh,
+            "--device",
+            device,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"FlowNet2 forward at {w}x{h} on {device} ({_cpu_name()}, torch {torch.__version__}, "
-          f"{results[0]['threads']} threads), median of {repeats} runs after one warm-up:")  # fmt: skip
-    print(f"{'batch':>5} {'forward s':>10} {'s/pair':>8} {'corr s':>8} {'peak RSS MiB':>13} {'forward extra MiB':>18}"
-          f" {'load avg':>9}")  # fmt: skip
+    print(
+        f"FlowNet2 forward at {w}x{h} on {device} ({_cpu_name()}, torch {torch.__version__}, "
+        f"{results[0]['threads']} threads), median of {repeats} runs after one warm-up:"
+    )
+    print(
+        f"{'batch':>5} {'forward s':>10} {'s/pair':>8} {'corr s':>8} {'peak RSS MiB':>13} {'forward extra MiB':>18}"
+        f" {'load avg':>9}"
+    )
     for r in results:
         per_pair = r["forward_median_s"] / r["batch"]
         memory = f"{r['rss_peak_mib']:>13.0f} {r['forward_extra_rss_mib']:>18.0f}"
-        print(f"{r['batch']:>5} {r['forward_median_s']:>10.2f} {per_pair:>8.2f} {r['correlation_median_s']:>8.3f} "
-              f"{memory} {r['load_average_1min']:>9.1f}")  # fmt: skip
+        print(
+            f"{r['batch']:>5} {r['forward_median_s']:>10.2f} {per_pair:>8.2f} {r['correlation_median_s']:>8.3f} "
+            f"{memory} {r['load_average_1min']:>9.1f}"
+        )
     report = {"cpu": _cpu_name(), "torch": torch.__version__, "repeats": repeats, "results": results}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")

@@ -51,15 +51,29 @@ try:
 
     from pipeline.errors import InputError, one_line_errors
     from pipeline.flow.flownet2 import FlowNet2
-    from trainer.config import TrainConfig
-    from trainer.networks import build_nets, set_learning_rates
+    from trainer.training.config import TrainConfig
+    from trainer.training.networks import build_nets, set_learning_rates
 except ModuleNotFoundError as exc:  # one line naming every missing package (docs/PERFORMANCE.md, GPU)
-    needed = {"torch": "torch", "numpy": "numpy", "cv2": "opencv-python-headless", "click": "click", "h5py": "h5py",
-              "tqdm": "tqdm", "tensorboard": "tensorboard", "webdataset": "webdataset", "braceexpand": "braceexpand",
-              "yaml": "pyyaml", "zstandard": "zstandard", "pipeline": "this repository (PYTHONPATH=<repository root>)"}
+    needed = {
+        "torch": "torch",
+        "numpy": "numpy",
+        "cv2": "opencv-python-headless",
+        "click": "click",
+        "h5py": "h5py",
+        "tqdm": "tqdm",
+        "tensorboard": "tensorboard",
+        "webdataset": "webdataset",
+        "braceexpand": "braceexpand",
+        "yaml": "pyyaml",
+        "zstandard": "zstandard",
+        "pipeline": "this repository (PYTHONPATH=<repository root>)",
+    }
     missing = [package for module, package in needed.items() if importlib.util.find_spec(module) is None]
-    print(f"error: bench_gpu.py cannot import {', '.join(missing or [exc.name])}; install them, or put their wheels "
-          f"in .whl/ and run bench/gpu.sh (docs/PERFORMANCE.md, GPU)", file=sys.stderr)  # fmt: skip
+    print(
+        f"error: bench_gpu.py cannot import {', '.join(missing or [exc.name])}; install them, or put their wheels "
+        f"in .whl/ and run bench/gpu.sh (docs/PERFORMANCE.md, GPU)",
+        file=sys.stderr,
+    )
     sys.exit(2)  # pipeline.errors.EXIT_BAD_INPUT, which may be what is missing
 
 PARTS = ("flownet2", "deeplab", "iteration", "stream")
@@ -95,15 +109,30 @@ TINY = Preset((64, 128), (64, 112), "deeplab_tiny", 16, (1,), 1, 2, 4, 2, 4, (0,
 
 def bench_stream(root: Path, preset: Preset, device: torch.device, save) -> dict:
     """Write the two stores, then one i2vda-train run per worker count; `save` is called after each step."""
-    stream = {"stores": write_stores(root / "stores", preset.target_hw, preset.source_hw, preset.pairs,
-                                     preset.samples_per_shard), "runs": []}  # fmt: skip
+    stream = {
+        "stores": write_stores(
+            root / "stores", preset.target_hw, preset.source_hw, preset.pairs, preset.samples_per_shard
+        ),
+        "runs": [],
+    }
     save(stream)
     amp = precisions(device.type == "cuda")[-1]  # --amp bf16 on CUDA
     for workers in preset.stream_workers:
-        stream["runs"].append(train_run(
-            root / "stores", root / f"run_{workers}", workers=workers, iters=preset.stream_iters,
-            batch=preset.stream_batch, arch=preset.arch, disc_width=preset.disc_width, device=device.type, amp=amp,
-            threads=preset.threads, timeout_s=preset.stream_timeout_s))  # fmt: skip
+        stream["runs"].append(
+            train_run(
+                root / "stores",
+                root / f"run_{workers}",
+                workers=workers,
+                iters=preset.stream_iters,
+                batch=preset.stream_batch,
+                arch=preset.arch,
+                disc_width=preset.disc_width,
+                device=device.type,
+                amp=amp,
+                threads=preset.threads,
+                timeout_s=preset.stream_timeout_s,
+            )
+        )
         save(stream)
     return stream
 
@@ -114,21 +143,33 @@ def pick_device(name: str, tiny: bool) -> torch.device:
     if name == "cuda" and not visible:
         raise InputError("--device cuda: no CUDA device is visible")
     if name == "auto" and not visible and not tiny:
-        raise InputError("no CUDA device is visible: pass --tiny for a CPU dry run (or --device cpu for the paper's "
-                         "sizes on the CPU, which takes hours)")  # fmt: skip
+        raise InputError(
+            "no CUDA device is visible: pass --tiny for a CPU dry run (or --device cpu for the paper's "
+            "sizes on the CPU, which takes hours)"
+        )
     return torch.device("cuda" if visible and name != "cpu" else "cpu")
 
 
 def header(preset: Preset, device: torch.device, tiny: bool, parts: tuple[str, ...]) -> dict:
     """What ran where: the machine, the versions, the settings."""
     cuda = device.type == "cuda"
-    return {"script": "bench/bench_gpu.py", "tiny": tiny, "parts": list(parts), "device": device.type,
-            "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
-            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "cudnn": torch.backends.cudnn.version() if cuda else None, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_avg_1min_before": os.getloadavg()[0],
-            "started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "preset": dataclasses.asdict(preset), "complete": False}  # fmt: skip
+    return {
+        "script": "bench/bench_gpu.py",
+        "tiny": tiny,
+        "parts": list(parts),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1min_before": os.getloadavg()[0],
+        "started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "preset": dataclasses.asdict(preset),
+        "complete": False,
+    }
 
 
 def run(preset: Preset, device: torch.device, tiny: bool, parts: tuple[str, ...], out: Path) -> dict:
@@ -145,14 +186,20 @@ def run(preset: Preset, device: torch.device, tiny: bool, parts: tuple[str, ...]
 
     save()
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as trainer.loop.start_runtime: fixed sizes, autotuned kernels
+        torch.backends.cudnn.benchmark = True  # as trainer.training.loop.start_runtime: fixed sizes, autotuned kernels
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         if set(parts) & {"flownet2", "deeplab", "iteration"}:
             batches = {b: make_batch(preset.target_hw, preset.source_hw, b, device, seed=b) for b in preset.batches}
             torch.manual_seed(0)
             estimator = PrebuiltFlowNet2(FlowNet2().to(device).eval(), device)
-            base = TrainConfig(out=str(Path(tmp) / "unused"), protocol=PROTOCOL, arch=preset.arch,
-                               disc_width=preset.disc_width, device=device.type, iter_launch=0)  # fmt: skip
+            base = TrainConfig(
+                out=str(Path(tmp) / "unused"),
+                protocol=PROTOCOL,
+                arch=preset.arch,
+                disc_width=preset.disc_width,
+                device=device.type,
+                iter_launch=0,
+            )
             nets = build_nets(base, device, distributed=False)
             set_learning_rates(nets, base, 0)
             counts = (preset.warmup, preset.repeats)
@@ -167,9 +214,12 @@ def run(preset: Preset, device: torch.device, tiny: bool, parts: tuple[str, ...]
                 torch.cuda.empty_cache()  # the streaming runs are other processes on the same GPU
         if "stream" in parts:
             report["stream"] = bench_stream(Path(tmp), preset, device, lambda stream: save("stream", stream))
-    report |= {"derived": derived(report, preset.batches, device.type == "cuda"), "complete": True,
-               "load_avg_1min_after": os.getloadavg()[0],
-               "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    report |= {
+        "derived": derived(report, preset.batches, device.type == "cuda"),
+        "complete": True,
+        "load_avg_1min_after": os.getloadavg()[0],
+        "finished_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
     save()
     return report
 
@@ -185,19 +235,44 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
-@click.option("--tiny", is_flag=True, help="Small sizes, deeplab_tiny, 2 repeats: a dry run of every code path on the "
-              "CPU (tests/test_bench_gpu.py), not a measurement.")
-@click.option("--device", "device_name", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
-              show_default=True, help="auto = CUDA when visible.")
+@click.option(
+    "--tiny",
+    is_flag=True,
+    help="Small sizes, deeplab_tiny, 2 repeats: a dry run of every code path on the "
+    "CPU (tests/test_bench_gpu.py), not a measurement.",
+)
+@click.option(
+    "--device",
+    "device_name",
+    type=click.Choice(["auto", "cuda", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="auto = CUDA when visible.",
+)
 @click.option("--parts", default=",".join(PARTS), show_default=True, help="Comma-separated parts to run.")
 @click.option("--warmup", type=int, default=None, help="Untimed calls per case [default: 3; --tiny 1].")
 @click.option("--repeats", type=int, default=None, help="Timed calls per case, median kept [default: 8; --tiny 2].")
-@click.option("--stream-workers", default=None,
-              help="DataLoader workers of the streaming runs, one run each [default: 0,8; --tiny 0,2].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/out/bench_gpu.json"),
-              show_default=True, help="The JSON report (rewritten after every part).")
-def cli(tiny: bool, device_name: str, parts: str, warmup: int | None, repeats: int | None,
-        stream_workers: str | None, out: Path) -> None:
+@click.option(
+    "--stream-workers",
+    default=None,
+    help="DataLoader workers of the streaming runs, one run each [default: 0,8; --tiny 0,2].",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("bench/out/bench_gpu.json"),
+    show_default=True,
+    help="The JSON report (rewritten after every part).",
+)
+def cli(
+    tiny: bool,
+    device_name: str,
+    parts: str,
+    warmup: int | None,
+    repeats: int | None,
+    stream_workers: str | None,
+    out: Path,
+) -> None:
     """Measure the I2VDA trainer on a GPU in one call (module docstring); write one JSON, print one table."""
     preset = TINY if tiny else FULL
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())

@@ -30,11 +30,11 @@ import ray
 from ray.util import ActorPool
 
 from pipeline.build import Builder, pin_threads
-from pipeline.demo.world import WorldConfig, write_world
 from pipeline.job import PrepActor, run_shards
 from pipeline.plan import PrepConfig, parse_size, plan_shards
 from pipeline.shards import TARGET_KIND, raw_samples, read_samples, store_shards
 from pipeline.sources.cityscapes import list_pairs
+from pipeline.world.world import WorldConfig, write_world
 
 SIZE_WH = (1024, 512)  # the paper's Cityscapes training size
 SAMPLES_PER_SHARD = 2  # small shards, so two workers share the work evenly
@@ -46,15 +46,30 @@ def demo_world_root(folder: Path, pairs: int, native_wh: tuple[int, int] = SIZE_
     Cityscapes root."""
     snippets = 2
     frames = -(-pairs // snippets) + 1  # ceil(pairs / snippets) pairs per snippet
-    config = WorldConfig(target_size_wh=native_wh, train_snippets=snippets, val_snippets=0, snippet_frames=frames,
-                         annotated_index=frames - 1, viper_sequences=1, viper_frames=1, synthia_frames=1)  # fmt: skip
+    config = WorldConfig(
+        target_size_wh=native_wh,
+        train_snippets=snippets,
+        val_snippets=0,
+        snippet_frames=frames,
+        annotated_index=frames - 1,
+        viper_sequences=1,
+        viper_frames=1,
+        synthia_frames=1,
+    )
     write_world(folder, seed=0, config=config, overwrite=True)
     return folder / "cityscapes"
 
 
 def config_for(root: Path, out: Path, workers: int | None = None) -> PrepConfig:
-    return PrepConfig(kind=TARGET_KIND, src="cityscapes_seq", root=str(root), out=str(out), size_wh=SIZE_WH,
-                      samples_per_shard=SAMPLES_PER_SHARD, workers=workers)  # fmt: skip
+    return PrepConfig(
+        kind=TARGET_KIND,
+        src="cityscapes_seq",
+        root=str(root),
+        out=str(out),
+        size_wh=SIZE_WH,
+        samples_per_shard=SAMPLES_PER_SHARD,
+        workers=workers,
+    )
 
 
 class NoReuseBuilder(Builder):
@@ -119,8 +134,12 @@ def member_bytes(store: Path) -> dict[str, int]:
 @click.command()
 @click.option("--pairs", default=16, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
-@click.option("--native", default="1024x512", show_default=True,
-              help="WxH the world's frames are rendered at (2048x1024: Cityscapes' own size, resized by prep)")
+@click.option(
+    "--native",
+    default="1024x512",
+    show_default=True,
+    help="WxH the world's frames are rendered at (2048x1024: Cityscapes' own size, resized by prep)",
+)
 @click.option("--out", default="bench/out/bench_prep.json", show_default=True)
 def main(pairs: int, repeats: int, native: str, out: str) -> None:
     """Run the benchmark and write its JSON."""
@@ -168,18 +187,31 @@ def main(pairs: int, repeats: int, native: str, out: str) -> None:
     frames = statistics.mean(sum((root / rel).stat().st_size for rel in s["meta"]["source_paths"]) for s in samples)
     davsn_flows = statistics.mean(davsn_flow_bytes(s["flow01"]) + davsn_flow_bytes(s["flow10"]) for s in samples)
     result = {
-        "size_wh": SIZE_WH, "native_wh": native_wh, "pairs": count, "repeats": repeats,
+        "size_wh": SIZE_WH,
+        "native_wh": native_wh,
+        "pairs": count,
+        "repeats": repeats,
         "estimator": "dis medium, 1 thread per worker",
-        "seconds": runs, "pairs_per_s": rate, "load_avg_1min_before_after": [load_before[0], load_after[0]],
+        "seconds": runs,
+        "pairs_per_s": rate,
+        "load_avg_1min_before_after": [load_before[0], load_after[0]],
         "cpu_s_per_pair": {name: statistics.median(v) / count for name, v in cpu.items()},
         "plain_vs_no_frame_reuse": rate["plain"] / rate["plain_no_frame_reuse"],
-        "ray_1_vs_plain": rate["ray_1"] / rate["plain"], "ray_2_vs_ray_1": rate["ray_2"] / rate["ray_1"],
-        "ray_init_s": ray_start, "actor_start_s_median": statistics.median(actor_start),
+        "ray_1_vs_plain": rate["ray_1"] / rate["plain"],
+        "ray_2_vs_ray_1": rate["ray_2"] / rate["ray_1"],
+        "ray_init_s": ray_start,
+        "actor_start_s_median": statistics.median(actor_start),
         "run_shards_end_to_end_s (2 workers, Ray already up)": end_to_end,
-        "bytes_per_pair": {"ours_shard_file": ours, "ours_members": per_pair, "davsn": davsn_flows + frames,
-                           "davsn_flows": davsn_flows, "davsn_frames (dataset PNGs)": frames},
-        "ours_vs_davsn": ours / (davsn_flows + frames), "ours_flows_vs_davsn_flows": ours_flows / davsn_flows,
-    }  # fmt: skip
+        "bytes_per_pair": {
+            "ours_shard_file": ours,
+            "ours_members": per_pair,
+            "davsn": davsn_flows + frames,
+            "davsn_flows": davsn_flows,
+            "davsn_frames (dataset PNGs)": frames,
+        },
+        "ours_vs_davsn": ours / (davsn_flows + frames),
+        "ours_flows_vs_davsn_flows": ours_flows / davsn_flows,
+    }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

@@ -81,9 +81,11 @@ def frame_png_options(rgb: np.ndarray, repeats: int) -> dict:
     out = {}
     for name, params in PNG_OPTIONS.items():
         data = cv2.imencode(".png", bgr, params)[1]
-        out[name] = {"bytes": int(data.size),
-                     "encode_ms": 1000 * _median_call(lambda p=params: cv2.imencode(".png", bgr, p), repeats),
-                     "decode_ms": 1000 * _median_call(lambda d=data: cv2.imdecode(d, cv2.IMREAD_UNCHANGED), repeats)}
+        out[name] = {
+            "bytes": int(data.size),
+            "encode_ms": 1000 * _median_call(lambda p=params: cv2.imencode(".png", bgr, p), repeats),
+            "decode_ms": 1000 * _median_call(lambda d=data: cv2.imdecode(d, cv2.IMREAD_UNCHANGED), repeats),
+        }
     return out
 
 
@@ -108,9 +110,14 @@ def main(pairs: int, repeats: int, out: str) -> None:
         stores[frames] = config.store_dir
     shards = store_shards(stores["stored"])
 
-    timed = time_readers({"ours": lambda: read_samples(stores["stored"]),
-                          "wds": lambda: wds.WebDataset(shards, shardshuffle=False).map(decode_sample),
-                          "ours, compressed frames": lambda: read_samples(stores["compressed"])}, repeats)
+    timed = time_readers(
+        {
+            "ours": lambda: read_samples(stores["stored"]),
+            "wds": lambda: wds.WebDataset(shards, shardshuffle=False).map(decode_sample),
+            "ours, compressed frames": lambda: read_samples(stores["compressed"]),
+        },
+        repeats,
+    )
     (ours_s, count), (wds_s, wds_count) = timed["ours"], timed["wds"]
     compressed_s = timed["ours, compressed frames"][0]
     assert count == wds_count == timed["ours, compressed frames"][1] == len(records)
@@ -118,33 +125,44 @@ def main(pairs: int, repeats: int, out: str) -> None:
     sample = next(iter(read_samples(stores["stored"])))
     frame_png, flow_bytes = png_bytes(sample["frame0"]), encode_flow(sample["flow01"])
     legacy_flow = encode_legacy_png16(sample["flow01"])
-    decode_ms = {"frame_png": 1000 * _median_call(lambda: png_pixels(frame_png, "frame"), repeats),
-                 "flow": 1000 * _median_call(lambda: decode_flow(flow_bytes), repeats),
-                 "flow png16x64 (shard layout v1)": 1000 * _median_call(lambda: decode_flow(legacy_flow), repeats),
-                 }  # fmt: skip
+    decode_ms = {
+        "frame_png": 1000 * _median_call(lambda: png_pixels(frame_png, "frame"), repeats),
+        "flow": 1000 * _median_call(lambda: decode_flow(flow_bytes), repeats),
+        "flow png16x64 (shard layout v1)": 1000 * _median_call(lambda: decode_flow(legacy_flow), repeats),
+    }
     photo = cv2.resize(skimage.data.stereo_motorcycle()[0], tuple(config.size_wh), interpolation=cv2.INTER_AREA)
-    png_options = {"demo frame": frame_png_options(sample["frame0"], repeats),
-                   "photo (motorcycle, resized)": frame_png_options(photo, repeats)}
+    png_options = {
+        "demo frame": frame_png_options(sample["frame0"], repeats),
+        "photo (motorcycle, resized)": frame_png_options(photo, repeats),
+    }
     frames0, frames1 = sample["frame0"][None], sample["frame1"][None]
     estimate_s = _median_call(lambda: builder.flows_both_ways(frames0, frames1), repeats)
     fine = DISEstimator("fine")  # for context: the slower, finer DIS preset
     fine_s = _median_call(lambda: fine(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0])), repeats)
     result = {
-        "size_wh": list(config.size_wh), "pairs": count, "repeats": repeats, "threads": 1,
-        "read_samples_per_s": count / ours_s, "webdataset_samples_per_s": count / wds_s,
+        "size_wh": list(config.size_wh),
+        "pairs": count,
+        "repeats": repeats,
+        "threads": 1,
+        "read_samples_per_s": count / ours_s,
+        "webdataset_samples_per_s": count / wds_s,
         "read_samples_per_s (compressed frames)": count / compressed_s,
         "estimate_s_per_pair (dis medium, both directions)": estimate_s,
-        "estimate_pairs_per_s": 1 / estimate_s, "estimate_s_per_pair (dis fine, both directions)": fine_s,
-        "decode_ms_per_member": decode_ms, "read_ms_per_sample": 1000 * ours_s / count,
+        "estimate_pairs_per_s": 1 / estimate_s,
+        "estimate_s_per_pair (dis fine, both directions)": fine_s,
+        "decode_ms_per_member": decode_ms,
+        "read_ms_per_sample": 1000 * ours_s / count,
         "read_ms_per_sample (compressed frames)": 1000 * compressed_s / count,
-        "read_vs_estimate": (count / ours_s) * estimate_s, "webdataset_read_vs_estimate": (count / wds_s) * estimate_s,
+        "read_vs_estimate": (count / ours_s) * estimate_s,
+        "webdataset_read_vs_estimate": (count / wds_s) * estimate_s,
         "read_vs_estimate (compressed frames)": (count / compressed_s) * estimate_s,
         "read_vs_estimate_dis_fine": (count / ours_s) * fine_s,
-        "shard_bytes_per_pair": {frames: sum(Path(p).stat().st_size for p in store_shards(store)) / count
-                                 for frames, store in stores.items()},
+        "shard_bytes_per_pair": {
+            frames: sum(Path(p).stat().st_size for p in store_shards(store)) / count for frames, store in stores.items()
+        },
         "frame_png_options": png_options,
         "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
-    }  # fmt: skip
+    }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

@@ -43,14 +43,14 @@ from pipeline.shards import (
     write_manifest,
     write_shard,
 )
-from trainer.config import TrainConfig
-from trainer.data import iteration_batches, open_stores
-from trainer.loop import to_device, train
 from trainer.losses import segmentation_loss
 from trainer.models import build_segmenter, caffe_normalize
-from trainer.networks import build_nets, set_learning_rates
-from trainer.steps import Iteration, discriminator_step, segmenter_step
 from trainer.temporal import synthesize_intermediate
+from trainer.training.config import TrainConfig
+from trainer.training.data import iteration_batches, open_stores
+from trainer.training.loop import to_device, train
+from trainer.training.networks import build_nets, set_learning_rates
+from trainer.training.steps import Iteration, discriminator_step, segmenter_step
 
 TARGET_HW, SOURCE_HW = (128, 256), (128, 224)  # the demo's training sizes
 R101_HW = (256, 512)
@@ -83,16 +83,35 @@ def synthetic_stores(root: Path, seed: int = 0) -> Path:
             flow01 = _smooth(rng, TARGET_HW, 2, scale=8.0) - 4.0  # within +-4 px
             xs, ys = np.meshgrid(np.arange(TARGET_HW[1], dtype=np.float32), np.arange(TARGET_HW[0], dtype=np.float32))
             # frame 1 = W(frame 0, F_1->0) with F_1->0 ~ -F_0->1 (smooth flow)
-            frame1 = cv2.remap(frame0, xs - flow01[..., 0], ys - flow01[..., 1], cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+            frame1 = cv2.remap(
+                frame0, xs - flow01[..., 0], ys - flow01[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
             target.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow01, -flow01, {}))
         info["src"].append(write_shard(root / "src" / shard_name("src", s), source))
         info["tgt"].append(write_shard(root / "tgt" / shard_name("tgt", s), target))
-    write_manifest(root / "src", {"name": "src", "kind": SOURCE_KIND, "complete": True, "protocol": "viper15",
-                                  "size_wh": [SOURCE_HW[1], SOURCE_HW[0]], "shards": info["src"]})  # fmt: skip
-    write_manifest(root / "tgt", {"name": "tgt", "kind": TARGET_KIND, "complete": True, "estimator": "dis",
-                                  "estimator_options": {"preset": "medium"}, "size_wh": [TARGET_HW[1], TARGET_HW[0]],
-                                  "shards": info["tgt"]})  # fmt: skip
+    write_manifest(
+        root / "src",
+        {
+            "name": "src",
+            "kind": SOURCE_KIND,
+            "complete": True,
+            "protocol": "viper15",
+            "size_wh": [SOURCE_HW[1], SOURCE_HW[0]],
+            "shards": info["src"],
+        },
+    )
+    write_manifest(
+        root / "tgt",
+        {
+            "name": "tgt",
+            "kind": TARGET_KIND,
+            "complete": True,
+            "estimator": "dis",
+            "estimator_options": {"preset": "medium"},
+            "size_wh": [TARGET_HW[1], TARGET_HW[0]],
+            "shards": info["tgt"],
+        },
+    )
     return root
 
 
@@ -108,9 +127,21 @@ def median_seconds(fn, repeats: int) -> float:
 
 def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
     """Part 1: the real loop's step time and data wait, then each stage alone on one batch."""
-    config = TrainConfig(out=str(run), shards=str(stores), source="src", target="tgt", arch="deeplab_tiny",
-                         device="cpu", max_iter=iters, iter_launch=0, iter_copy=10, num_workers=2, log_interval=1,
-                         checkpoint_interval=iters, shuffle_buffer=8)  # fmt: skip
+    config = TrainConfig(
+        out=str(run),
+        shards=str(stores),
+        source="src",
+        target="tgt",
+        arch="deeplab_tiny",
+        device="cpu",
+        max_iter=iters,
+        iter_launch=0,
+        iter_copy=10,
+        num_workers=2,
+        log_interval=1,
+        checkpoint_interval=iters,
+        shuffle_buffer=8,
+    )
     train(config)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][WARMUP_ITERS:]
     step_s = statistics.median(1.0 / e["it_per_s"] for e in log)
@@ -143,15 +174,22 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
     predictions = segmenter_step(nets, batch, config, Iteration(0, 0, estimator.estimate_torch)).predictions  # warm-up
     full = median_seconds(full_step, repeats)
     stages = {
-        "synthesize_It": median_seconds(lambda: synthesize_intermediate(
-            tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"], 0.5), repeats),
+        "synthesize_It": median_seconds(
+            lambda: synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"], 0.5), repeats
+        ),
         "M_forward_backward": median_seconds(m_forward_backward, repeats),
         "M_proxy_forward": median_seconds(proxy_forward, repeats),
         "online_flow_dis": median_seconds(lambda: estimator.estimate_torch(tgt["frame1"], i_t), repeats),
         "D_update": median_seconds(lambda: discriminator_step(nets, predictions, config), repeats),
-    }  # fmt: skip
-    return {"loop_step_s_median": step_s, "loop_data_wait_frac_median": wait, "loop_iters": iters,
-            "loop_warmup_iters_dropped": WARMUP_ITERS, "isolated_full_step_s": full, "stages_s": stages}
+    }
+    return {
+        "loop_step_s_median": step_s,
+        "loop_data_wait_frac_median": wait,
+        "loop_iters": iters,
+        "loop_warmup_iters_dropped": WARMUP_ITERS,
+        "isolated_full_step_s": full,
+        "stages_s": stages,
+    }
 
 
 def matmul_gflops(repeats: int) -> float:
@@ -182,9 +220,15 @@ def r101_step(repeats: int) -> dict:
     flops = counter.get_total_flops()
     seconds = median_seconds(step, repeats)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KiB
-    return {"size_wh": [R101_HW[1], R101_HW[0]], "step_s_median": seconds, "repeats": repeats, "flops": flops,
-            "gflop_per_s": flops / seconds / 1e9, "peak_rss_mib": peak_kib / KIB,
-            "peak_rss_increase_mib": (peak_kib - rss_before_kib) / KIB}  # fmt: skip
+    return {
+        "size_wh": [R101_HW[1], R101_HW[0]],
+        "step_s_median": seconds,
+        "repeats": repeats,
+        "flops": flops,
+        "gflop_per_s": flops / seconds / 1e9,
+        "peak_rss_mib": peak_kib / KIB,
+        "peak_rss_increase_mib": (peak_kib - rss_before_kib) / KIB,
+    }
 
 
 @click.command()
@@ -193,14 +237,18 @@ def r101_step(repeats: int) -> dict:
 @click.option("--r101-repeats", default=2, show_default=True, help="Timed R101 steps after the counted one.")
 @click.option("--threads", default=0, show_default=True, help="torch intra-op threads; 0 = torch's default.")
 @click.option("--stores", type=click.Path(path_type=Path), default=None, help="Use DIR/src and DIR/tgt.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/out/bench_train_step.json"),
-              show_default=True)  # fmt: skip
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("bench/out/bench_train_step.json"), show_default=True
+)
 def main(iters: int, repeats: int, r101_repeats: int, threads: int, stores: Path | None, out: Path) -> None:
     """Time the training step (see the module docstring) and write the numbers as JSON."""
     if threads > 0:
         torch.set_num_threads(threads)
-    result = {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_avg_1min_before":
-              os.getloadavg()[0]}  # fmt: skip
+    result = {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1min_before": os.getloadavg()[0],
+    }
     result["matmul_fp32_gflop_per_s"] = matmul_gflops(repeats)
     result["r101"] = r101_step(r101_repeats)
     result["r101"]["fraction_of_matmul_rate"] = result["r101"]["gflop_per_s"] / result["matmul_fp32_gflop_per_s"]

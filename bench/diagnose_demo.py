@@ -34,11 +34,11 @@ from pipeline.shards import ValStore
 from pipeline.sources.cityscapes import list_annotated
 from pipeline.sources.images import read_rgb, resize_label, resize_rgb
 from pipeline.sources.protocols import get_protocol
-from trainer.checkpoint import latest_checkpoint, read_checkpoint
+from trainer.evaluation.predict import load_segmenter
 from trainer.models import build_segmenter, caffe_normalize
-from trainer.networks import proxy_logits
-from trainer.predict import load_segmenter
 from trainer.temporal import DELTA, ETA_PX, class_balanced_entropy, normalized_entropy, occlusion_mask
+from trainer.training.checkpoint import latest_checkpoint, read_checkpoint
+from trainer.training.networks import proxy_logits
 
 PROTOCOL = "viper15"  # the demo adapts VIPER -> Cityscapes
 
@@ -71,12 +71,20 @@ def pseudo_label_quality(ckpt: str, store: ValStore, delta: float) -> dict:
     for c, name in enumerate(names):
         if confusion[c].sum() == 0 and confusion[:, c].sum() == 0:
             continue
-        per_class[name] = {"true_share": confusion[c].sum() / total, "pred_share": confusion[:, c].sum() / total,
-                           "pl_precision": kept[c, c] / max(kept[:, c].sum(), 1),
-                           "pl_recall": kept[c, c] / max(confusion[c].sum(), 1)}  # fmt: skip
-    return {"checkpoint": str(ckpt), "iteration": iteration, "pixel_acc": np.trace(confusion) / total,
-            "pl_coverage": kept.sum() / total, "pl_precision": np.trace(kept) / max(kept.sum(), 1),
-            "per_class": per_class}  # fmt: skip
+        per_class[name] = {
+            "true_share": confusion[c].sum() / total,
+            "pred_share": confusion[:, c].sum() / total,
+            "pl_precision": kept[c, c] / max(kept[:, c].sum(), 1),
+            "pl_recall": kept[c, c] / max(confusion[c].sum(), 1),
+        }
+    return {
+        "checkpoint": str(ckpt),
+        "iteration": iteration,
+        "pixel_acc": np.trace(confusion) / total,
+        "pl_coverage": kept.sum() / total,
+        "pl_precision": np.trace(kept) / max(kept.sum(), 1),
+        "per_class": per_class,
+    }
 
 
 def flow_and_occlusion_quality(world: Path, size_wh: tuple[int, int], eta: float) -> dict:
@@ -104,9 +112,14 @@ def flow_and_occlusion_quality(world: Path, size_wh: tuple[int, int], eta: float
         occluded_found += (~o_true & ~o_est).sum()
         n += o_true.size
     errors = np.concatenate(epe)
-    return {"pairs": len(agree), "dis_epe_px_mean": float(errors.mean()), "dis_epe_px_median": float(np.median(errors)),
-            "occlusion_mask_accuracy": float(np.mean(agree)), "true_occluded_share": occluded_true / n,
-            "occluded_recall": occluded_found / max(occluded_true, 1)}  # fmt: skip
+    return {
+        "pairs": len(agree),
+        "dis_epe_px_mean": float(errors.mean()),
+        "dis_epe_px_median": float(np.median(errors)),
+        "occlusion_mask_accuracy": float(np.mean(agree)),
+        "true_occluded_share": occluded_true / n,
+        "occluded_recall": occluded_found / max(occluded_true, 1),
+    }
 
 
 def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
@@ -145,14 +158,28 @@ def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
                 kept += np.bincount(label[sel] * k + pred[i][sel], minlength=k * k).reshape(k, k)
         total = truth_counts.sum()
         names = get_protocol(protocol).class_names
-        per_class = {names[c]: {"true_share": truth_counts[c] / total, "label_share": kept[:, c].sum() / kept.sum(),
-                                "pl_recall": kept[c, c] / max(truth_counts[c], 1),
-                                "pl_precision": kept[c, c] / max(kept[:, c].sum(), 1)}
-                     for c in range(k) if truth_counts[c] or kept[:, c].sum()}  # fmt: skip
-        rows.append({"run": str(run), "iteration": state["iteration"], "proxy_bn": config.get("proxy_bn", "running"),
-                     "bn_stats": config.get("bn_stats", "all"), "pl_select": config.get("pl_select", "entropy"),
-                     "coverage": kept.sum() / total, "precision": np.trace(kept) / max(kept.sum(), 1),
-                     "per_class": per_class})  # fmt: skip
+        per_class = {
+            names[c]: {
+                "true_share": truth_counts[c] / total,
+                "label_share": kept[:, c].sum() / kept.sum(),
+                "pl_recall": kept[c, c] / max(truth_counts[c], 1),
+                "pl_precision": kept[c, c] / max(kept[:, c].sum(), 1),
+            }
+            for c in range(k)
+            if truth_counts[c] or kept[:, c].sum()
+        }
+        rows.append(
+            {
+                "run": str(run),
+                "iteration": state["iteration"],
+                "proxy_bn": config.get("proxy_bn", "running"),
+                "bn_stats": config.get("bn_stats", "all"),
+                "pl_select": config.get("pl_select", "entropy"),
+                "coverage": kept.sum() / total,
+                "precision": np.trace(kept) / max(kept.sum(), 1),
+                "per_class": per_class,
+            }
+        )
     return rows
 
 
@@ -169,27 +196,40 @@ def main(world, val_store, ckpts, proxies, delta, eta, out) -> None:
     torch.set_num_threads(1)
     store = ValStore(val_store)
     size_wh = tuple(store.image(store.keys()[0]).shape[1::-1])
-    report = {"delta": delta, "eta": eta, "size_wh": size_wh,
-              "flow": flow_and_occlusion_quality(Path(world), size_wh, eta), "checkpoints": []}  # fmt: skip
+    report = {
+        "delta": delta,
+        "eta": eta,
+        "size_wh": size_wh,
+        "flow": flow_and_occlusion_quality(Path(world), size_wh, eta),
+        "checkpoints": [],
+    }
     for ckpt in ckpts:
         path = latest_checkpoint(ckpt) if Path(ckpt).is_dir() else ckpt
         report["checkpoints"].append(pseudo_label_quality(str(path), store, delta))
     f = report["flow"]
-    click.echo(f"flow (DIS vs truth, {f['pairs']} pairs): EPE mean {f['dis_epe_px_mean']:.2f} px, median "
-               f"{f['dis_epe_px_median']:.2f} px; Eq. 7 mask agrees on {100 * f['occlusion_mask_accuracy']:.1f}% of "
-               f"pixels, finds {100 * f['occluded_recall']:.1f}% of the {100 * f['true_occluded_share']:.1f}% occluded")
+    click.echo(
+        f"flow (DIS vs truth, {f['pairs']} pairs): EPE mean {f['dis_epe_px_mean']:.2f} px, median "
+        f"{f['dis_epe_px_median']:.2f} px; Eq. 7 mask agrees on {100 * f['occlusion_mask_accuracy']:.1f}% of "
+        f"pixels, finds {100 * f['occluded_recall']:.1f}% of the {100 * f['true_occluded_share']:.1f}% occluded"
+    )
     for c in report["checkpoints"]:
-        click.echo(f"{c['checkpoint']}: pixel acc {100 * c['pixel_acc']:.1f}%, PL (E < {delta}) coverage "
-                   f"{100 * c['pl_coverage']:.1f}%, precision {100 * c['pl_precision']:.1f}%")
+        click.echo(
+            f"{c['checkpoint']}: pixel acc {100 * c['pixel_acc']:.1f}%, PL (E < {delta}) coverage "
+            f"{100 * c['pl_coverage']:.1f}%, precision {100 * c['pl_precision']:.1f}%"
+        )
         for name, v in c["per_class"].items():
-            click.echo(f"    {name:12s} true {100 * v['true_share']:5.1f}%  predicted {100 * v['pred_share']:5.1f}%  "
-                       f"PL precision {100 * v['pl_precision']:5.1f}%  PL recall {100 * v['pl_recall']:5.1f}%")
+            click.echo(
+                f"    {name:12s} true {100 * v['true_share']:5.1f}%  predicted {100 * v['pred_share']:5.1f}%  "
+                f"PL precision {100 * v['pl_precision']:5.1f}%  PL recall {100 * v['pl_recall']:5.1f}%"
+            )
     report["proxies"] = [row for run in proxies for row in proxy_label_quality(Path(run), store)]
     for r in report["proxies"]:
         recall = ", ".join(f"{n} {100 * v['pl_recall']:.0f}" for n, v in r["per_class"].items())
-        click.echo(f"{r['run']} M' @ {r['iteration']} (proxy-bn {r['proxy_bn']}, bn-stats {r['bn_stats']}, "
-                   f"{r['pl_select']}): PL coverage {100 * r['coverage']:.1f}%, precision {100 * r['precision']:.1f}%;"
-                   f" recall per class: {recall}")
+        click.echo(
+            f"{r['run']} M' @ {r['iteration']} (proxy-bn {r['proxy_bn']}, bn-stats {r['bn_stats']}, "
+            f"{r['pl_select']}): PL coverage {100 * r['coverage']:.1f}%, precision {100 * r['precision']:.1f}%;"
+            f" recall per class: {recall}"
+        )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=1, default=float))
 

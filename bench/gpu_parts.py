@@ -2,7 +2,7 @@
 
 Every case is a dict of its settings, completed by `timed` (median wall seconds between two synchronizations, and on
 CUDA the GPU seconds between CUDA events and the peak allocated MiB) or by the error that stopped it. Batches follow
-trainer/data.py's layout on the device: target `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), `flow01`,
+trainer/training/data.py's layout on the device: target `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), `flow01`,
 `flow10` (B, 2, H, W) pixels (x, y); source `image` (B, 3, H, W) and `label` long (B, H, W).
 """
 
@@ -18,12 +18,12 @@ import torch
 from gpu_stream import synthetic_pair, synthetic_source
 
 from pipeline.flow.flownet2 import FlowNet2, FlowNet2Estimator
-from trainer.config import TrainConfig
 from trainer.losses import segmentation_loss
 from trainer.models import caffe_normalize
-from trainer.networks import Nets
-from trainer.steps import AMP_DTYPES, Iteration, autocast, discriminator_step, segmenter_step
 from trainer.temporal import synthesize_intermediate
+from trainer.training.config import TrainConfig
+from trainer.training.networks import Nets
+from trainer.training.steps import AMP_DTYPES, Iteration, autocast, discriminator_step, segmenter_step
 
 MIB = 2**20
 FLOW_CHUNK = 4  # FlowNet2Estimator's default batch_size, the one the loop's online flow runs with
@@ -44,8 +44,12 @@ def flownet2_cases(batches: tuple[int, ...], cuda: bool) -> list[dict]:
 
 def iteration_cases(batches: tuple[int, ...], cuda: bool) -> list[dict]:
     """Batch x precision x online flow: FlowNet2 F(I1, It) (Eq. 5), or linear (1 - t) F_1->0."""
-    return [{"batch": b, "amp": a, "online_flow": f} for b in batches for a in precisions(cuda)
-            for f in ("flownet2", "linear")]  # fmt: skip
+    return [
+        {"batch": b, "amp": a, "online_flow": f}
+        for b in batches
+        for a in precisions(cuda)
+        for f in ("flownet2", "linear")
+    ]
 
 
 def amp_context(amp: str, device: torch.device):
@@ -86,9 +90,12 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> dict:
         walls.append(time.perf_counter() - start)
         if events:
             gpus.append(events[0].elapsed_time(events[1]) / 1e3)
-    return {"median_s": statistics.median(walls), "runs_s": walls,
-            "gpu_median_s": statistics.median(gpus) if gpus else None,
-            "peak_mib": torch.cuda.max_memory_allocated(device) / MIB if cuda else None}  # fmt: skip
+    return {
+        "median_s": statistics.median(walls),
+        "runs_s": walls,
+        "gpu_median_s": statistics.median(gpus) if gpus else None,
+        "peak_mib": torch.cuda.max_memory_allocated(device) / MIB if cuda else None,
+    }
 
 
 def guarded(case: dict, measure, device: torch.device) -> dict:
@@ -118,16 +125,23 @@ def make_batch(target_hw, source_hw, batch: int, device: torch.device, seed: int
     def stack(arrays) -> torch.Tensor:  # (H, W, C) arrays -> (B, C, H, W) float32 on the device
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous().to(device)
 
-    target = {"frame0": stack([p[0] for p in pairs]), "frame1": stack([p[1] for p in pairs]),
-              "flow01": stack([p[2] for p in pairs]), "flow10": stack([-p[2] for p in pairs])}  # fmt: skip
-    source = {"image": stack([s[0] for s in sources]),
-              "label": torch.from_numpy(np.stack([s[1] for s in sources])).long().to(device)}  # fmt: skip
+    target = {
+        "frame0": stack([p[0] for p in pairs]),
+        "frame1": stack([p[1] for p in pairs]),
+        "flow01": stack([p[2] for p in pairs]),
+        "flow10": stack([-p[2] for p in pairs]),
+    }
+    source = {
+        "image": stack([s[0] for s in sources]),
+        "label": torch.from_numpy(np.stack([s[1] for s in sources])).long().to(device),
+    }
     i_t = synthesize_intermediate(target["frame0"], target["frame1"], target["flow01"], target["flow10"], T_FIXED)
     return {"source": source, "target": target}, i_t
 
 
-def bench_flownet2(estimator: PrebuiltFlowNet2, batches: dict, device: torch.device, warmup: int,
-                   repeats: int) -> list[dict]:
+def bench_flownet2(
+    estimator: PrebuiltFlowNet2, batches: dict, device: torch.device, warmup: int, repeats: int
+) -> list[dict]:
     """estimate_torch(I1, It) per flownet2_cases; channels_last cases convert the network's weights first."""
     results = []
     for case in flownet2_cases(tuple(batches), device.type == "cuda"):
@@ -174,11 +188,12 @@ def _stages(nets: Nets, config: TrainConfig, batch: dict, i_t: torch.Tensor, dev
         "M' forward (I1)": proxy_forward,
         M_ALONE: m_alone,
         "D update (Eq. 12)": lambda: discriminator_step(nets, predictions, config),
-    }  # fmt: skip
+    }
 
 
-def bench_deeplab(nets: Nets, base: TrainConfig, batches: dict, device: torch.device, warmup: int,
-                  repeats: int) -> list[dict]:
+def bench_deeplab(
+    nets: Nets, base: TrainConfig, batches: dict, device: torch.device, warmup: int, repeats: int
+) -> list[dict]:
     """Every stage of _stages per batch size and precision."""
     results = []
     for b, (batch, i_t) in batches.items():
@@ -190,15 +205,23 @@ def bench_deeplab(nets: Nets, base: TrainConfig, batches: dict, device: torch.de
     return results
 
 
-def bench_iteration(nets: Nets, base: TrainConfig, estimator: PrebuiltFlowNet2, batches: dict, device: torch.device,
-                    warmup: int, repeats: int) -> list[dict]:
+def bench_iteration(
+    nets: Nets,
+    base: TrainConfig,
+    estimator: PrebuiltFlowNet2,
+    batches: dict,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+) -> list[dict]:
     """segmenter_step + discriminator_step with L_tc on, per iteration_cases: the loop's iteration without its data."""
     results = []
     for case in iteration_cases(tuple(batches), device.type == "cuda"):
         online = case["online_flow"] == "flownet2"
-        config = dataclasses.replace(base, amp=case["amp"], batch_size=case["batch"],
-                                     online_flow="estimator" if online else "linear")  # fmt: skip
-        estimate = estimator.estimate_torch if online else None  # what trainer.loop.online_flow hands the step
+        config = dataclasses.replace(
+            base, amp=case["amp"], batch_size=case["batch"], online_flow="estimator" if online else "linear"
+        )
+        estimate = estimator.estimate_torch if online else None  # what trainer.training.loop.online_flow hands the step
 
         def iteration(batch=batches[case["batch"]][0], config=config, estimate=estimate):
             step = segmenter_step(nets, batch, config, Iteration(0, 0, estimate))

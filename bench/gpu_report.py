@@ -41,16 +41,26 @@ def derived(report: dict, batches: tuple[int, ...], cuda: bool) -> dict:
         flow = _median(report.get("flownet2"), batch=b, amp="off", channels_last=False)  # the loop's call: fp32
         alone = _median(report.get("deeplab"), stage=M_ALONE, batch=b, amp=amp)
         per_batch[str(b)] = {
-            "amp": amp, "iteration_s": step, "it_per_s": _ratio(1.0, step),
+            "amp": amp,
+            "iteration_s": step,
+            "it_per_s": _ratio(1.0, step),
             "hours_for_paper_iterations": _ratio(PAPER_ITERATIONS * step, SECONDS_PER_HOUR) if step else None,
             "online_flow_share": _ratio(flow, step),
             "online_flow_share_by_difference": _ratio(step - linear, step) if step and linear else None,
             "iteration_over_m_alone": _ratio(step, alone),
-        }  # fmt: skip
+        }
     runs = [r for r in (report.get("stream") or {}).get("runs", []) if "error" not in r]
-    stream = [{"workers": r["workers"], "batch": r["batch"], "amp": r["amp"], "it_per_s": r["it_per_s"],
-               "hours_for_paper_iterations": PAPER_ITERATIONS / r["it_per_s"] / SECONDS_PER_HOUR,
-               "data_wait_frac": r["data_wait_frac"]} for r in runs]  # fmt: skip
+    stream = [
+        {
+            "workers": r["workers"],
+            "batch": r["batch"],
+            "amp": r["amp"],
+            "it_per_s": r["it_per_s"],
+            "hours_for_paper_iterations": PAPER_ITERATIONS / r["it_per_s"] / SECONDS_PER_HOUR,
+            "data_wait_frac": r["data_wait_frac"],
+        }
+        for r in runs
+    ]
     return {"per_batch": per_batch, "stream": stream, "paper_iterations": PAPER_ITERATIONS}
 
 
@@ -75,8 +85,9 @@ def table_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
         if "error" in row:
             rows.append((part, case, f"failed: {row['error']}", "", ""))
         else:
-            rows.append((part, case, _seconds(row["median_s"]), _seconds(row["gpu_median_s"]),
-                         _show(row["peak_mib"], ".0f")))  # fmt: skip
+            rows.append(
+                (part, case, _seconds(row["median_s"]), _seconds(row["gpu_median_s"]), _show(row["peak_mib"], ".0f"))
+            )
 
     for r in report.get("flownet2") or []:
         layout = ", channels_last" if r["channels_last"] else ""
@@ -84,12 +95,18 @@ def table_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
     for r in report.get("deeplab") or []:
         add(f"{report['preset']['arch']}, D", f"{r['stage']}, b{r['batch']} {_precision(r['amp'])}", r)
     for r in report.get("iteration") or []:
-        add("iteration (segmenter_step + discriminator_step)",
-            f"b{r['batch']} {_precision(r['amp'])}, {r['online_flow']} F_1->t", r)  # fmt: skip
+        add(
+            "iteration (segmenter_step + discriminator_step)",
+            f"b{r['batch']} {_precision(r['amp'])}, {r['online_flow']} F_1->t",
+            r,
+        )
     for r in (report.get("stream") or {}).get("runs", []):
         case = f"{r['workers']} workers, b{r['batch']} {_precision(r['amp'])}, {r['iterations']} it"
-        result = (f"failed: {r['error']}" if "error" in r else
-                  f"{r['it_per_s']:.2f} it/s, data wait {r['data_wait_frac']:.1%}")  # fmt: skip
+        result = (
+            f"failed: {r['error']}"
+            if "error" in r
+            else f"{r['it_per_s']:.2f} it/s, data wait {r['data_wait_frac']:.1%}"
+        )
         rows.append((f"stream (i2vda-train; data wait goal <= {GOAL_DATA_WAIT:.0%})", case, result, "", ""))
     d = report.get("derived") or {}
     hours = f"hours for {PAPER_ITERATIONS:,} iterations (goal <= {GOAL_HOURS:g} h on one H200)"
@@ -100,9 +117,14 @@ def table_rows(report: dict) -> list[tuple[str, str, str, str, str]]:
             ("derived", f"{where}: iterations per second", _show(f["it_per_s"], ".2f"), "", ""),
             ("derived", f"{where}: {hours}", _show(f["hours_for_paper_iterations"], ".2f"), "", ""),
             ("derived", f"{where}: online flow share (FlowNet2 alone / by difference)", shares, "", ""),
-            ("derived", f"{where}: iteration / M alone (goal <= {GOAL_OVER_M_ALONE}x)",
-             _show(f["iteration_over_m_alone"], ".2f"), "", ""),
-        ]  # fmt: skip
+            (
+                "derived",
+                f"{where}: iteration / M alone (goal <= {GOAL_OVER_M_ALONE}x)",
+                _show(f["iteration_over_m_alone"], ".2f"),
+                "",
+                "",
+            ),
+        ]
     for s in d.get("stream", []):
         where = f"stream, {s['workers']} workers, b{s['batch']} {_precision(s['amp'])}"
         rows.append(("derived", f"{where}: {hours}", f"{s['hours_for_paper_iterations']:.2f}", "", ""))
@@ -113,8 +135,10 @@ def print_table(report: dict) -> None:
     """The report as one Markdown table, headed by the machine and the settings."""
     p = report["preset"]
     mode = "TINY dry run on small sizes (not a measurement)" if report["tiny"] else "the paper's sizes"
-    click.echo(f"bench_gpu: {report['device_name']} ({report['device']}), torch {report['torch']}, "
-               f"Python {report['python']}; {mode}; median of {p['repeats']} after {p['warmup']} warm-up")
+    click.echo(
+        f"bench_gpu: {report['device_name']} ({report['device']}), torch {report['torch']}, "
+        f"Python {report['python']}; {mode}; median of {p['repeats']} after {p['warmup']} warm-up"
+    )
     click.echo("| part | case | median | GPU time | peak MiB |")
     click.echo("|---|---|---:|---:|---:|")
     for row in table_rows(report):

@@ -32,7 +32,7 @@ from pipeline.shards import (
     write_shard,
 )
 from pipeline.sources.protocols import get_protocol
-from trainer.monitor import LOG_NAME
+from trainer.training.monitor import LOG_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = "viper15"
@@ -55,8 +55,9 @@ def synthetic_pair(rng: np.random.Generator, size_hw: tuple[int, int]) -> tuple[
     flow01 = smooth_field(rng, size_hw, 2, MAX_FLOW_PX) - MAX_FLOW_PX / 2
     ys, xs = np.mgrid[: size_hw[0], : size_hw[1]].astype(np.float32)
     # frame1(p) = frame0(p - F(p)): backward warp with F_1->0 ~ -F_0->1, which holds for a smooth flow
-    frame1 = cv2.remap(frame0, xs - flow01[..., 0], ys - flow01[..., 1], cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    frame1 = cv2.remap(
+        frame0, xs - flow01[..., 0], ys - flow01[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     return frame0, frame1, flow01
 
 
@@ -72,15 +73,31 @@ def _plan_digest(config: PrepConfig, seed: int) -> str:
     return hashlib.sha256(json.dumps({"bench_gpu": seed, **config.identity()}).encode()).hexdigest()
 
 
-def write_stores(root: Path, target_hw: tuple[int, int], source_hw: tuple[int, int], pairs: int, per_shard: int,
-                 seed: int = 0) -> dict:
+def write_stores(
+    root: Path, target_hw: tuple[int, int], source_hw: tuple[int, int], pairs: int, per_shard: int, seed: int = 0
+) -> dict:
     """root/cityscapes_seq (pairs with DIS flows both ways) and root/viper (viper15), `pairs` samples each."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    target = PrepConfig(kind=TARGET_KIND, src=TARGET_STORE, root=str(root), out=str(root),
-                        size_wh=(target_hw[1], target_hw[0]), flow="dis", samples_per_shard=per_shard)  # fmt: skip
-    source = PrepConfig(kind=SOURCE_KIND, src=SOURCE_STORE, root=str(root), out=str(root), protocol=PROTOCOL,
-                        size_wh=(source_hw[1], source_hw[0]), flow=None, samples_per_shard=per_shard)  # fmt: skip
+    target = PrepConfig(
+        kind=TARGET_KIND,
+        src=TARGET_STORE,
+        root=str(root),
+        out=str(root),
+        size_wh=(target_hw[1], target_hw[0]),
+        flow="dis",
+        samples_per_shard=per_shard,
+    )
+    source = PrepConfig(
+        kind=SOURCE_KIND,
+        src=SOURCE_STORE,
+        root=str(root),
+        out=str(root),
+        protocol=PROTOCOL,
+        size_wh=(source_hw[1], source_hw[0]),
+        flow=None,
+        samples_per_shard=per_shard,
+    )
     builder = Builder(target)  # loads DIS once, as a prep worker does
     entries: dict[str, dict] = {TARGET_STORE: {}, SOURCE_STORE: {}}
     flow_s = 0.0
@@ -92,20 +109,29 @@ def write_stores(root: Path, target_hw: tuple[int, int], source_hw: tuple[int, i
         flow_start = time.perf_counter()
         flows01, flows10 = builder.flows_both_ways(np.stack([m[0] for m in made]), np.stack([m[1] for m in made]))
         flow_s += time.perf_counter() - flow_start
-        samples = [encode_target_sample(key, f0, f1, a, b, {"key": key, **builder.flow_meta})
-                   for key, (f0, f1, _), a, b in zip(keys, made, flows01, flows10)]  # fmt: skip
+        samples = [
+            encode_target_sample(key, f0, f1, a, b, {"key": key, **builder.flow_meta})
+            for key, (f0, f1, _), a, b in zip(keys, made, flows01, flows10)
+        ]
         name = shard_name(TARGET_STORE, index)
         entries[TARGET_STORE][name] = write_shard(target.store_dir / name, samples)
-        samples = [encode_source_sample(key, *synthetic_source(rng, source_hw), {"key": key, "protocol": PROTOCOL})
-                   for key in keys]  # fmt: skip
+        samples = [
+            encode_source_sample(key, *synthetic_source(rng, source_hw), {"key": key, "protocol": PROTOCOL})
+            for key in keys
+        ]
         name = shard_name(SOURCE_STORE, index)
         entries[SOURCE_STORE][name] = write_shard(source.store_dir / name, samples)
     for config, store in ((target, TARGET_STORE), (source, SOURCE_STORE)):
-        write_manifest(config.store_dir, store_manifest(config, _plan_digest(config, seed), pairs, entries[store],
-                                                        complete=True))  # fmt: skip
-    return {"pairs": pairs, "samples_per_shard": per_shard, "seconds": time.perf_counter() - start,
-            "dis_flow_seconds": flow_s,
-            "bytes": {s: sum(e["bytes"] for e in entries[s].values()) for s in entries}}  # fmt: skip
+        write_manifest(
+            config.store_dir, store_manifest(config, _plan_digest(config, seed), pairs, entries[store], complete=True)
+        )
+    return {
+        "pairs": pairs,
+        "samples_per_shard": per_shard,
+        "seconds": time.perf_counter() - start,
+        "dis_flow_seconds": flow_s,
+        "bytes": {s: sum(e["bytes"] for e in entries[s].values()) for s in entries},
+    }
 
 
 def log_rates(log_path: Path, log_interval: int) -> dict:
@@ -116,31 +142,85 @@ def log_rates(log_path: Path, log_interval: int) -> dict:
     if not kept:
         raise RuntimeError(f"{log_path}: {len(entries)} log window(s), none left after the warm-up")
     seconds = [log_interval / e["it_per_s"] for e in kept]  # each window is log_interval iterations long
-    return {"it_per_s": len(kept) * log_interval / sum(seconds),
-            "data_wait_frac": sum(e["data_wait_frac"] * s for e, s in zip(kept, seconds)) / sum(seconds),
-            "windows_used": len(kept), "windows_dropped": dropped, "log_interval": log_interval}  # fmt: skip
+    return {
+        "it_per_s": len(kept) * log_interval / sum(seconds),
+        "data_wait_frac": sum(e["data_wait_frac"] * s for e, s in zip(kept, seconds)) / sum(seconds),
+        "windows_used": len(kept),
+        "windows_dropped": dropped,
+        "log_interval": log_interval,
+    }
 
 
-def train_run(stores: Path, run: Path, workers: int, iters: int, batch: int, arch: str, disc_width: int,
-              device: str, amp: str, threads: int, timeout_s: float) -> dict:
-    """`i2vda-train` (as `python -m trainer.cli`) for `iters` iterations with `workers` DataLoader workers and
+def train_run(
+    stores: Path,
+    run: Path,
+    workers: int,
+    iters: int,
+    batch: int,
+    arch: str,
+    disc_width: int,
+    device: str,
+    amp: str,
+    threads: int,
+    timeout_s: float,
+) -> dict:
+    """`i2vda-train` (as `python -m trainer.training.cli`) for `iters` iterations with `workers` DataLoader workers and
     `threads` torch threads (0: torch's default); -> rates.
 
     L_tc runs from the first iteration (`--iter-launch 0`), with F_1->t = (1 - t) F_1->0 (`--online-flow linear`):
     the fastest iteration the loop has, so the data wait measured is the largest share it can take."""
     log_interval = max(1, iters // 10)
-    command = [sys.executable, "-m", "trainer.cli", "--out", str(run), "--shards", str(stores),
-               "--source", SOURCE_STORE, "--target", TARGET_STORE, "--arch", arch, "--disc-width", str(disc_width),
-               "--device", device, "--amp", amp, "--max-iter", str(iters), "--batch-size", str(batch),
-               "--num-workers", str(workers), "--log-interval", str(log_interval), "--checkpoint-interval",
-               str(iters), "--image-interval", str(iters), "--iter-launch", "0", "--online-flow", "linear"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "trainer.training.cli",
+        "--out",
+        str(run),
+        "--shards",
+        str(stores),
+        "--source",
+        SOURCE_STORE,
+        "--target",
+        TARGET_STORE,
+        "--arch",
+        arch,
+        "--disc-width",
+        str(disc_width),
+        "--device",
+        device,
+        "--amp",
+        amp,
+        "--max-iter",
+        str(iters),
+        "--batch-size",
+        str(batch),
+        "--num-workers",
+        str(workers),
+        "--log-interval",
+        str(log_interval),
+        "--checkpoint-interval",
+        str(iters),
+        "--image-interval",
+        str(iters),
+        "--iter-launch",
+        "0",
+        "--online-flow",
+        "linear",
+    ]
     # The repository on the path (bench/gpu.sh runs it uninstalled) after what the caller set (carried wheels).
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
     env = {**os.environ, "PYTHONPATH": path, "TQDM_DISABLE": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the training process
-    result = {"workers": workers, "iterations": iters, "batch": batch, "arch": arch, "device": device, "amp": amp,
-              "threads": threads or None}  # fmt: skip
+    result = {
+        "workers": workers,
+        "iterations": iters,
+        "batch": batch,
+        "arch": arch,
+        "device": device,
+        "amp": amp,
+        "threads": threads or None,
+    }
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)

@@ -50,13 +50,19 @@ class Builder:
         self.root = Path(config.root)
         self.estimator = None
         if config.kind != SOURCE_KIND:
-            self.estimator = load_estimator(config.flow, checkpoint=config.flow_ckpt, device=device,
-                                            **config.estimator_options)  # fmt: skip
+            self.estimator = load_estimator(
+                config.flow, checkpoint=config.flow_ckpt, device=device, **config.estimator_options
+            )
         self._last_frame1: tuple[str, np.ndarray, np.ndarray] | None = None  # (path, native, resized); see _pair
-        self.flow_meta = {} if self.estimator is None else {
-            "estimator": self.estimator.name, "estimator_options": dict(self.estimator.options),
-            "checkpoint_sha256": self.estimator.checkpoint_sha256,
-        }  # fmt: skip
+        self.flow_meta = (
+            {}
+            if self.estimator is None
+            else {
+                "estimator": self.estimator.name,
+                "estimator_options": dict(self.estimator.options),
+                "checkpoint_sha256": self.estimator.checkpoint_sha256,
+            }
+        )
 
     def _rel(self, path: str) -> str:
         return Path(path).relative_to(self.root).as_posix()
@@ -69,8 +75,11 @@ class Builder:
             raise BadSample(key, self._rel(path), str(exc)) from None
         if previous is not None and rgb.shape != previous[1].shape:
             (h, w), (h0, w0) = rgb.shape[:2], previous[1].shape[:2]
-            raise BadSample(key, self._rel(path), f"{path}: frame of {w}x{h} pixels, but the frame before it, "
-                                                  f"{previous[0]}, has {w0}x{h0}")  # fmt: skip
+            raise BadSample(
+                key,
+                self._rel(path),
+                f"{path}: frame of {w}x{h} pixels, but the frame before it, {previous[0]}, has {w0}x{h0}",
+            )
         return rgb
 
     def _guarded(self, make: Callable, record, skipped: list):
@@ -111,11 +120,17 @@ class Builder:
                 continue
             flows01, flows10 = self.flows_both_ways(np.stack([p[1] for p in pairs]), np.stack([p[2] for p in pairs]))
             for (record, frame0, frame1, native_wh), flow01, flow10 in zip(pairs, flows01, flows10):
-                meta = {"key": record.key, "city": record.city, "seq": record.seq, "frame0": record.frame - 1,
-                        "frame1": record.frame, "source_paths": [record.rel0, record.rel1],
-                        "source_size_wh": native_wh, **self.flow_meta}  # fmt: skip
-                yield encode_target_sample(record.key, frame0, frame1, flow01, flow10, meta,
-                                           self.config.frames)
+                meta = {
+                    "key": record.key,
+                    "city": record.city,
+                    "seq": record.seq,
+                    "frame0": record.frame - 1,
+                    "frame1": record.frame,
+                    "source_paths": [record.rel0, record.rel1],
+                    "source_size_wh": native_wh,
+                    **self.flow_meta,
+                }
+                yield encode_target_sample(record.key, frame0, frame1, flow01, flow10, meta, self.config.frames)
 
     def _source_sample(self, record) -> dict:
         protocol = get_protocol(self.config.protocol)
@@ -125,14 +140,23 @@ class Builder:
         except InputError as exc:
             raise BadSample(record.key, record.rel_label, str(exc)) from None
         if label.shape != image.shape[:2]:
-            raise BadSample(record.key, record.rel_label, f"{record.label_path}: label of {label.shape[1]}x"
-                            f"{label.shape[0]} pixels, image {record.image_path} of {image.shape[1]}x{image.shape[0]}")
-        meta = {"key": record.key, "source": self.config.src, "protocol": protocol.name,
-                "source_paths": {"image": record.rel_image, "label": record.rel_label},
-                "source_size_wh": [image.shape[1], image.shape[0]]}  # fmt: skip
+            raise BadSample(
+                record.key,
+                record.rel_label,
+                f"{record.label_path}: label of {label.shape[1]}x"
+                f"{label.shape[0]} pixels, image {record.image_path} of {image.shape[1]}x{image.shape[0]}",
+            )
+        meta = {
+            "key": record.key,
+            "source": self.config.src,
+            "protocol": protocol.name,
+            "source_paths": {"image": record.rel_image, "label": record.rel_label},
+            "source_size_wh": [image.shape[1], image.shape[0]],
+        }
         size_wh = self.config.size_wh
-        return encode_source_sample(record.key, resize_rgb(image, size_wh), resize_label(label, size_wh), meta,
-                                    self.config.frames)
+        return encode_source_sample(
+            record.key, resize_rgb(image, size_wh), resize_label(label, size_wh), meta, self.config.frames
+        )
 
     def shard(self, task: ShardTask) -> dict:
         """Write shard `task.name` into the store folder; -> its manifest entry (with `skipped` samples)."""
@@ -156,21 +180,29 @@ class Builder:
         native = frames[0]
         clip = np.stack([resize_rgb(f, self.config.size_wh) for f in frames])
         step, last = self.config.batch_size, len(clip) - 1  # flows F(t -> t+1) for t = 0 .. T-2, `step` at a time
-        flows = [self.estimator(clip[t : min(t + step, last)], clip[t + 1 : min(t + step, last) + 1])
-                 for t in range(0, last, step)]  # fmt: skip
+        flows = [
+            self.estimator(clip[t : min(t + step, last)], clip[t + 1 : min(t + step, last) + 1])
+            for t in range(0, last, step)
+        ]
         height, width = clip.shape[1:3]
         clip_flows = np.concatenate(flows) if flows else np.zeros((0, height, width, 2), np.float32)
         try:
             labels = {name: read_label(record.label_path, get_protocol(name)) for name in PROTOCOL_NAMES}
         except InputError as exc:
             raise BadSample(record.key, self._rel(record.label_path), str(exc)) from None
-        meta = {"key": record.key, "city": record.city, "seq": record.seq, "frame": record.frame,
-                "source_paths": {"clip": [self._rel(p) for p in paths], "label": self._rel(record.label_path)},
-                "source_size_wh": [native.shape[1], native.shape[0]],
-                "label_size_wh": [labels[PROTOCOL_NAMES[0]].shape[1], labels[PROTOCOL_NAMES[0]].shape[0]],
-                **self.flow_meta}  # fmt: skip
-        return encode_val_item(record.key, clip, clip_flows, labels, numbers[start:stop], annotated - start, meta,
-                               self.config.frames)
+        meta = {
+            "key": record.key,
+            "city": record.city,
+            "seq": record.seq,
+            "frame": record.frame,
+            "source_paths": {"clip": [self._rel(p) for p in paths], "label": self._rel(record.label_path)},
+            "source_size_wh": [native.shape[1], native.shape[0]],
+            "label_size_wh": [labels[PROTOCOL_NAMES[0]].shape[1], labels[PROTOCOL_NAMES[0]].shape[0]],
+            **self.flow_meta,
+        }
+        return encode_val_item(
+            record.key, clip, clip_flows, labels, numbers[start:stop], annotated - start, meta, self.config.frames
+        )
 
     def val_item(self, record: AnnotatedFrame) -> dict:
         """One encoded val item, or {"skipped": [entry]} when it is bad and --on-error skip."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from pipeline.demo.command import demo_world
 from pipeline.errors import InputError, one_line_errors
 from pipeline.flow.dis import DIS_PRESETS
 from pipeline.flow.estimators import ESTIMATOR_NAMES
@@ -21,6 +20,7 @@ from pipeline.shards import FRAME_MODES, SOURCE_KIND, TARGET_KIND, VAL_KIND
 from pipeline.sources import LABELLED_SOURCES
 from pipeline.sources.cityscapes import PAIR_MODES
 from pipeline.sources.protocols import PROTOCOL_NAMES, default_protocol, get_protocol
+from pipeline.world.command import demo_world
 
 TARGET_SOURCES = ("cityscapes_seq",)
 SOURCE_DATASETS = LABELLED_SOURCES  # viper, synthia, and cityscapes: its annotated train frames, for the oracle
@@ -29,8 +29,13 @@ INTERRUPTED = 130  # the shell's exit status for a process stopped by SIGINT
 # As every i2vda command: -h is --help. Each subcommand names it too: click keeps a command's help option from its
 # first context, and one made without the group (a test parsing `flows` arguments alone) would not inherit it.
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
-DATASET_NAMES = {"cityscapes_seq": "Cityscapes", "cityscapes_val": "Cityscapes", "cityscapes": "Cityscapes",
-                 "viper": "VIPER", "synthia": "SYNTHIA"}  # fmt: skip
+DATASET_NAMES = {
+    "cityscapes_seq": "Cityscapes",
+    "cityscapes_val": "Cityscapes",
+    "cityscapes": "Cityscapes",
+    "viper": "VIPER",
+    "synthia": "SYNTHIA",
+}
 
 
 class Choice(click.Choice):
@@ -52,8 +57,10 @@ def _size(text: str | None, store: str) -> tuple[int, int]:
     w, h = parse_size(text)
     if w < h:
         usual = "x".join(map(str, DEFAULT_SIZE_WH[store]))
-        click.echo(f"warning: --size {text} is WIDTHxHEIGHT: {w} wide, {h} high (portrait); "
-                   f"{DATASET_NAMES[store]} is {usual}", err=True)  # fmt: skip
+        click.echo(
+            f"warning: --size {text} is WIDTHxHEIGHT: {w} wide, {h} high (portrait); {DATASET_NAMES[store]} is {usual}",
+            err=True,
+        )
     return w, h
 
 
@@ -67,18 +74,36 @@ def _run_and_report(config: PrepConfig) -> None:
 
 def _flow_options(command):
     """--flow, --flow-ckpt, --dis-preset, --workers, --batch-size, --on-error (shared by flows and val)."""
-    for option in reversed([
-        click.option("--flow", type=Choice(ESTIMATOR_NAMES), default="dis", show_default=True,
-                     help="flow estimator"),
-        click.option("--flow-ckpt", default=None, help="FlowNet2_checkpoint.pth.tar (needed by --flow flownet2)"),
-        click.option("--dis-preset", type=Choice(tuple(DIS_PRESETS)), default="medium", show_default=True,
-                     help="DIS preset (see pipeline/flow/dis.py)"),
-        click.option("--workers", type=int, default=None, help="actors; default one per GPU (FlowNet2) or CPU"),
-        click.option("--batch-size", type=int, default=DEFAULT_FLOW_BATCH_SIZE, show_default=True,
-                     help="pairs per estimator call (both directions go in one call)"),
-        click.option("--on-error", type=Choice(ON_ERROR), default="fail", show_default=True,
-                     help="fail: stop at the first bad file; skip: leave it out and list it in the manifest"),
-    ]):  # fmt: skip
+    for option in reversed(
+        [
+            click.option(
+                "--flow", type=Choice(ESTIMATOR_NAMES), default="dis", show_default=True, help="flow estimator"
+            ),
+            click.option("--flow-ckpt", default=None, help="FlowNet2_checkpoint.pth.tar (needed by --flow flownet2)"),
+            click.option(
+                "--dis-preset",
+                type=Choice(tuple(DIS_PRESETS)),
+                default="medium",
+                show_default=True,
+                help="DIS preset (see pipeline/flow/dis.py)",
+            ),
+            click.option("--workers", type=int, default=None, help="actors; default one per GPU (FlowNet2) or CPU"),
+            click.option(
+                "--batch-size",
+                type=int,
+                default=DEFAULT_FLOW_BATCH_SIZE,
+                show_default=True,
+                help="pairs per estimator call (both directions go in one call)",
+            ),
+            click.option(
+                "--on-error",
+                type=Choice(ON_ERROR),
+                default="fail",
+                show_default=True,
+                help="fail: stop at the first bad file; skip: leave it out and list it in the manifest",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
@@ -86,9 +111,13 @@ def _flow_options(command):
 def _frames_option(default: str):
     """--frames: how the store writes its RGB PNGs (training stores favour decode speed, the val store disk)."""
     return click.option(
-        "--frames", type=Choice(FRAME_MODES), default=default, show_default=True,
+        "--frames",
+        type=Choice(FRAME_MODES),
+        default=default,
+        show_default=True,
         help="RGB PNGs in the store: stored (no zlib: ~1.5 ms to decode a 1024x512 frame) or compressed (about half "
-             "the bytes, ~6x slower to decode); see docs/PREP.md")  # fmt: skip
+        "the bytes, ~6x slower to decode); see docs/PREP.md",
+    )
 
 
 @click.group(context_settings=CONTEXT)
@@ -97,42 +126,91 @@ def cli() -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--src", type=Choice(TARGET_SOURCES), default="cityscapes_seq", show_default=True,
-              help="target video dataset")
+@click.option(
+    "--src", type=Choice(TARGET_SOURCES), default="cityscapes_seq", show_default=True, help="target video dataset"
+)
 @click.option("--root", required=True, help="Cityscapes root (holds leftImg8bit_sequence/ and gtFine/)")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/<src>/")
 @click.option("--split", default="train", show_default=True)
-@click.option("--pairs", type=Choice(PAIR_MODES), default="all", show_default=True,
-              help="all consecutive pairs, or annotated: those ending at a labelled frame (DA-VSN's)")
-@click.option("--size", metavar="WxH", default=None, help="width x height of the stored frames and flows "
-              "[default: 1024x512]")
+@click.option(
+    "--pairs",
+    type=Choice(PAIR_MODES),
+    default="all",
+    show_default=True,
+    help="all consecutive pairs, or annotated: those ending at a labelled frame (DA-VSN's)",
+)
+@click.option(
+    "--size", metavar="WxH", default=None, help="width x height of the stored frames and flows [default: 1024x512]"
+)
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @_frames_option("stored")
 @_flow_options
-def flows(src, root, out, split, pairs, size, samples_per_shard, frames, flow, flow_ckpt, dis_preset, workers,
-          batch_size, on_error) -> None:  # fmt: skip
+def flows(
+    src,
+    root,
+    out,
+    split,
+    pairs,
+    size,
+    samples_per_shard,
+    frames,
+    flow,
+    flow_ckpt,
+    dis_preset,
+    workers,
+    batch_size,
+    on_error,
+) -> None:
     """Frame pairs (I0, I1) with F0->1 and F1->0 into OUT/cityscapes_seq/*.tar (resumable)."""
-    _run_and_report(PrepConfig(
-        kind=TARGET_KIND, src=src, root=root, out=out, size_wh=_size(size, src), split=split, pairs=pairs, flow=flow,
-        flow_ckpt=flow_ckpt, dis_preset=dis_preset, samples_per_shard=samples_per_shard, workers=workers,
-        batch_size=batch_size, on_error=on_error,
-        frames=frames))  # fmt: skip
+    _run_and_report(
+        PrepConfig(
+            kind=TARGET_KIND,
+            src=src,
+            root=root,
+            out=out,
+            size_wh=_size(size, src),
+            split=split,
+            pairs=pairs,
+            flow=flow,
+            flow_ckpt=flow_ckpt,
+            dis_preset=dis_preset,
+            samples_per_shard=samples_per_shard,
+            workers=workers,
+            batch_size=batch_size,
+            on_error=on_error,
+            frames=frames,
+        )
+    )
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--src", type=Choice(SOURCE_DATASETS), required=True,
-              help="source dataset; cityscapes = its labelled train frames (the oracle)")
-@click.option("--root", required=True,
-              help="VIPER: folder holding train/; SYNTHIA: the sequence folder; Cityscapes: folder holding gtFine/")
+@click.option(
+    "--src",
+    type=Choice(SOURCE_DATASETS),
+    required=True,
+    help="source dataset; cityscapes = its labelled train frames (the oracle)",
+)
+@click.option(
+    "--root",
+    required=True,
+    help="VIPER: folder holding train/; SYNTHIA: the sequence folder; Cityscapes: folder holding gtFine/",
+)
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/<src>/")
-@click.option("--protocol", type=Choice(PROTOCOL_NAMES), default=None,
-              help="class protocol [default: the paper's for --src; cityscapes needs it]")
-@click.option("--size", metavar="WxH", default=None,
-              help="width x height [default: viper 896x512, synthia 1280x768, cityscapes 1024x512]")
+@click.option(
+    "--protocol",
+    type=Choice(PROTOCOL_NAMES),
+    default=None,
+    help="class protocol [default: the paper's for --src; cityscapes needs it]",
+)
+@click.option(
+    "--size",
+    metavar="WxH",
+    default=None,
+    help="width x height [default: viper 896x512, synthia 1280x768, cityscapes 1024x512]",
+)
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @click.option("--workers", type=int, default=None, help="actors; default one per CPU")
-@click.option("--on-error", type=Choice(ON_ERROR), default="fail", show_default=True,
-              help="see `flows --help`")
+@click.option("--on-error", type=Choice(ON_ERROR), default="fail", show_default=True, help="see `flows --help`")
 @_frames_option("stored")
 def source(src, root, out, protocol, size, samples_per_shard, workers, on_error, frames) -> None:
     """Labelled source images (resized) and protocol train-id labels into OUT/<src>/*.tar."""
@@ -141,35 +219,67 @@ def source(src, root, out, protocol, size, samples_per_shard, workers, on_error,
     protocol = default_protocol(src) if protocol is None else get_protocol(protocol)
     if src != "cityscapes" and protocol.source != src:
         raise InputError(f"--protocol {protocol.name} is for {protocol.source}, not --src {src}")
-    _run_and_report(PrepConfig(
-        kind=SOURCE_KIND, src=src, root=root, out=out, size_wh=_size(size, src), protocol=protocol.name, flow=None,
-        samples_per_shard=samples_per_shard, workers=workers, on_error=on_error,
-        frames=frames))  # fmt: skip
+    _run_and_report(
+        PrepConfig(
+            kind=SOURCE_KIND,
+            src=src,
+            root=root,
+            out=out,
+            size_wh=_size(size, src),
+            protocol=protocol.name,
+            flow=None,
+            samples_per_shard=samples_per_shard,
+            workers=workers,
+            on_error=on_error,
+            frames=frames,
+        )
+    )
 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--root", required=True, help="Cityscapes root (holds leftImg8bit_sequence/ and gtFine/)")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/cityscapes_val/")
 @click.option("--split", default="val", show_default=True)
-@click.option("--size", metavar="WxH", default=None, help="width x height of the frames and flows "
-              "[default: 1024x512]")
-@click.option("--tc-window", type=int, default=DEFAULT_TC_WINDOW, show_default=True,
-              help="frames per TC clip, ending at the annotated frame where the snippet allows (30: whole snippet)")
+@click.option("--size", metavar="WxH", default=None, help="width x height of the frames and flows [default: 1024x512]")
+@click.option(
+    "--tc-window",
+    type=int,
+    default=DEFAULT_TC_WINDOW,
+    show_default=True,
+    help="frames per TC clip, ending at the annotated frame where the snippet allows (30: whole snippet)",
+)
 @_frames_option("compressed")  # read a few times per run, 30 frames per clip
 @_flow_options
 def val(root, out, split, size, tc_window, frames, flow, flow_ckpt, dis_preset, workers, batch_size, on_error) -> None:
     """Annotated val frames, labels of every protocol, TC clips and their flows into OUT/cityscapes_val/val.h5."""
-    _run_and_report(PrepConfig(
-        kind=VAL_KIND, src="cityscapes_val", root=root, out=out, size_wh=_size(size, "cityscapes_val"), split=split,
-        flow=flow, flow_ckpt=flow_ckpt, dis_preset=dis_preset, workers=workers, batch_size=batch_size,
-        on_error=on_error, tc_window=tc_window,
-        frames=frames))  # fmt: skip
+    _run_and_report(
+        PrepConfig(
+            kind=VAL_KIND,
+            src="cityscapes_val",
+            root=root,
+            out=out,
+            size_wh=_size(size, "cityscapes_val"),
+            split=split,
+            flow=flow,
+            flow_ckpt=flow_ckpt,
+            dis_preset=dis_preset,
+            workers=workers,
+            batch_size=batch_size,
+            on_error=on_error,
+            tc_window=tc_window,
+            frames=frames,
+        )
+    )
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("store")
-@click.option("--sheet", default=None, metavar="PATH",
-              help="PNG contact sheet [default: ./<store name>_sheet.png; never inside the store]")
+@click.option(
+    "--sheet",
+    default=None,
+    metavar="PATH",
+    help="PNG contact sheet [default: ./<store name>_sheet.png; never inside the store]",
+)
 @click.option("--rows", type=int, default=4, show_default=True, help="samples on the sheet, spread over the store")
 @click.option("--verify", is_flag=True, help="re-hash every file against the manifest's sha256")
 def inspect(store, sheet, rows, verify) -> None:
@@ -182,8 +292,10 @@ def inspect(store, sheet, rows, verify) -> None:
     if verify:
         click.echo(verify_line(bad))
     if bad:  # the sheet would read the damaged files: stop here, non-zero
-        raise InputError(f"{store}: {len(bad)} file(s) do not match the manifest's sha256 ({', '.join(bad)}); "
-                         f"rerun the store's i2vda-prep command to rebuild them")
+        raise InputError(
+            f"{store}: {len(bad)} file(s) do not match the manifest's sha256 ({', '.join(bad)}); "
+            f"rerun the store's i2vda-prep command to rebuild them"
+        )
     click.echo(f"sheet      {write_sheet(store, sheet, rows)}")
 
 

@@ -26,7 +26,7 @@ from pipeline.sources.protocols import colorize, get_protocol
 TILE_WIDTH = 320  # pixels per sheet column: four columns make a sheet that fits a screen
 DEFAULT_ROWS = 4
 VAL_SHEET_PROTOCOL = "viper15"  # the val store holds every protocol; the sheet shows one
-# Column titles and the class legend (as trainer/visualize.py's figures, which the pipeline may not import).
+# Column titles and the class legend (as trainer/evaluation/visualize.py's figures, which the pipeline may not import).
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 TITLE_HEIGHT = 24
 TITLE_SCALE = 0.5
@@ -48,8 +48,9 @@ def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
         f"size       {'x'.join(str(v) for v in info.size_wh or [])} (W x H)",
     ]
     if info.estimator:
-        lines.append(f"estimator  {info.estimator} {dict(info.estimator_options)}, "
-                     f"checkpoint sha256 {info.checkpoint_sha256}")  # fmt: skip
+        lines.append(
+            f"estimator  {info.estimator} {dict(info.estimator_options)}, checkpoint sha256 {info.checkpoint_sha256}"
+        )
         lines.append(f"codec      {info.codec}")
     if info.frames:
         lines.append(f"frames     {info.frames} PNG")
@@ -101,16 +102,19 @@ def sheet_samples(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> list[di
         local = [i - first for i in wanted if first <= i < first + entry.samples]
         first += entry.samples
         if local:
-            samples += [decode_sample(raw) for i, raw in enumerate(islice(raw_samples(entry.path), local[-1] + 1))
-                        if i in local]  # fmt: skip
+            samples += [
+                decode_sample(raw) for i, raw in enumerate(islice(raw_samples(entry.path), local[-1] + 1)) if i in local
+            ]
     return samples
 
 
 def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.ndarray]], object]:
     """Column titles, rows of tiles, and the protocol whose colours the labels use (None: no labels)."""
     if kind == TARGET_KIND:
-        tiles = [[_tile(s["frame0"]), _tile(s["frame1"]), *_flow_pair_colors([s["flow01"], s["flow10"]])]
-                 for s in sheet_samples(store, rows)]  # fmt: skip
+        tiles = [
+            [_tile(s["frame0"]), _tile(s["frame1"]), *_flow_pair_colors([s["flow01"], s["flow10"]])]
+            for s in sheet_samples(store, rows)
+        ]
         return ["I0 (frame f-1)", "I1 (frame f)", "flow 0->1", "flow 1->0"], tiles, None
     if kind == SOURCE_KIND:
         samples = sheet_samples(store, rows)
@@ -151,10 +155,16 @@ def _legend(protocol, width: int) -> np.ndarray:
     for i, name in enumerate(protocol.class_names[: protocol.num_classes]):
         x = 4 + (i % per_row) * LEGEND_ENTRY_WIDTH
         y = (i // per_row) * LEGEND_ROW_HEIGHT + (LEGEND_ROW_HEIGHT - LEGEND_SWATCH) // 2
-        cv2.rectangle(strip, (x, y), (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1),
-                      tuple(int(v) for v in protocol.palette[i]), thickness=-1)  # fmt: skip
-        cv2.putText(strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), FONT, 0.4, (0, 0, 0), 1,
-                    cv2.LINE_AA)  # fmt: skip
+        cv2.rectangle(
+            strip,
+            (x, y),
+            (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1),
+            tuple(int(v) for v in protocol.palette[i]),
+            thickness=-1,
+        )
+        cv2.putText(
+            strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA
+        )
     return strip
 
 
@@ -174,8 +184,13 @@ def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndar
     lines = [_titles(titles, columns)]
     for row in tiles:
         height = row[0].shape[0]  # tiles of other aspect ratios are fitted to the row's first
-        line = np.concatenate([cv2.resize(t, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST)
-                               if t.shape[0] != height else t for t in row], axis=1)  # fmt: skip
+        line = np.concatenate(
+            [
+                cv2.resize(t, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST) if t.shape[0] != height else t
+                for t in row
+            ],
+            axis=1,
+        )
         lines.append(np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))))
     if protocol is not None:
         lines.append(_legend(protocol, width))
@@ -192,8 +207,10 @@ def write_sheet(store: str | os.PathLike, out: str | os.PathLike | None = None, 
     store is refused, since the store's folder holds only what its manifest lists."""
     out = default_sheet_path(store) if out is None else Path(out)
     if out.resolve().is_relative_to(Path(store).resolve()):
-        raise InputError(f"--sheet {out}: inside the store {store}; write the sheet elsewhere "
-                         f"(default ./{default_sheet_path(store)})")  # fmt: skip
+        raise InputError(
+            f"--sheet {out}: inside the store {store}; write the sheet elsewhere "
+            f"(default ./{default_sheet_path(store)})"
+        )
     sheet = contact_sheet(store, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), np.ascontiguousarray(sheet[..., ::-1])):

@@ -98,10 +98,16 @@ def _start_actors(config: PrepConfig, num_tasks: int) -> list:
     capacity = int(resources.get("GPU" if on_gpu else "CPU", 1))
     count = max(1, min(config.workers or capacity, capacity, num_tasks))
     if config.workers is not None and config.workers > capacity:
-        print(f"--workers {config.workers}: the cluster has {capacity} {'GPU' if on_gpu else 'CPU'}s; using {count}",
-              file=sys.stderr)  # fmt: skip
-    options = {"num_cpus": 1, "num_gpus": 1 if on_gpu else 0, "max_restarts": ACTOR_RETRIES,
-               "max_task_retries": ACTOR_RETRIES}  # fmt: skip
+        print(
+            f"--workers {config.workers}: the cluster has {capacity} {'GPU' if on_gpu else 'CPU'}s; using {count}",
+            file=sys.stderr,
+        )
+    options = {
+        "num_cpus": 1,
+        "num_gpus": 1 if on_gpu else 0,
+        "max_restarts": ACTOR_RETRIES,
+        "max_task_retries": ACTOR_RETRIES,
+    }
     return [PrepActor.options(**options).remote(config, "cuda" if on_gpu else "cpu") for _ in range(count)]
 
 
@@ -116,8 +122,7 @@ def _stop_actors(actors: list) -> None:
             pass
 
 
-def _run_pool(config: PrepConfig, method: str, work: list, on_result: Callable, progress: tqdm,
-              ordered: bool) -> float:  # fmt: skip
+def _run_pool(config: PrepConfig, method: str, work: list, on_result: Callable, progress: tqdm, ordered: bool) -> float:
     """Feed `work` to the actors; `on_result` takes each result (as it comes, or in work order if `ordered`) and
     returns how many samples it settled; a bad input stops the job with its error line. -> the time the actors
     were ready (perf_counter)."""
@@ -127,8 +132,9 @@ def _run_pool(config: PrepConfig, method: str, work: list, on_result: Callable, 
         return _feed_actors(config, method, work, on_result, progress, ordered)
 
 
-def _feed_actors(config: PrepConfig, method: str, work: list, on_result: Callable, progress: tqdm,
-                 ordered: bool) -> float:  # fmt: skip
+def _feed_actors(
+    config: PrepConfig, method: str, work: list, on_result: Callable, progress: tqdm, ordered: bool
+) -> float:
     actors = _start_actors(config, len(work))
     pool = None
     try:
@@ -160,16 +166,26 @@ def _records(config: PrepConfig) -> list:
 
 def _progress(config: PrepConfig, total: int, initial: int) -> tqdm:
     # disable=None: a bar on a terminal only, so logs and captured stderr hold just the summary or the error line.
-    return tqdm(total=total, initial=initial, unit=UNIT[config.kind], desc=config.src, dynamic_ncols=True,
-                file=sys.stderr, disable=None)  # fmt: skip
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit=UNIT[config.kind],
+        desc=config.src,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=None,
+    )
 
 
 def _timing(start: float, ready_at: float, samples: int) -> dict:
     """Wall time of the run, the part spent starting Ray and the actors, and the rate once they were up."""
     end = time.perf_counter()
     work = end - ready_at
-    return {"elapsed_s": round(end - start, 3), "startup_s": round(ready_at - start, 3),
-            "samples_per_s": round(samples / work, 3) if samples and work > 0 else None}  # fmt: skip
+    return {
+        "elapsed_s": round(end - start, 3),
+        "startup_s": round(ready_at - start, 3),
+        "samples_per_s": round(samples / work, 3) if samples and work > 0 else None,
+    }
 
 
 def run_shards(config: PrepConfig) -> dict:
@@ -244,11 +260,23 @@ def _build_val(config: PrepConfig, records: list, digest: str) -> dict:
             ready_at = _run_pool(config, "val_item", records, add, progress, ordered=True)  # same file bytes
         count = writer.count
         path = writer.commit()
-    entry = {"name": VAL_FILE, "samples": count, "bytes": path.stat().st_size, "sha256": file_sha256(path),
-             "skipped": skipped}  # fmt: skip
+    entry = {
+        "name": VAL_FILE,
+        "samples": count,
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "skipped": skipped,
+    }
     timing = _timing(start, ready_at, count)
-    manifest = store_manifest(config, digest, len(records), {VAL_FILE: entry}, complete=True, timing=timing,
-                              extra={"protocols": list(PROTOCOL_NAMES)})  # fmt: skip
+    manifest = store_manifest(
+        config,
+        digest,
+        len(records),
+        {VAL_FILE: entry},
+        complete=True,
+        timing=timing,
+        extra={"protocols": list(PROTOCOL_NAMES)},
+    )
     return {**write_manifest(config.store_dir, manifest), "resumed_shards": 0}
 
 
@@ -257,10 +285,12 @@ def summary_lines(manifest: dict) -> Iterable[str]:
     unit = UNIT[manifest["kind"]]
     timing = manifest.get("timing") or {}
     rate = timing.get("samples_per_s")
-    yield (f"{manifest['name']}: {manifest['num_samples']} {unit}s of {manifest['num_planned']} in "
-           f"{len(manifest['shards'])} file(s) ({manifest.get('resumed_shards', 0)} verified from a previous run), "
-           f"{manifest['num_skipped']} skipped, {manifest['bytes'] / 2**20:.1f} MiB, "
-           f"{timing.get('elapsed_s', 0):.1f} s"
-           + (f" ({timing['startup_s']:.1f} s starting Ray and workers, then {rate:.2f} {unit}s/s)" if rate else ""))
+    yield (
+        f"{manifest['name']}: {manifest['num_samples']} {unit}s of {manifest['num_planned']} in "
+        f"{len(manifest['shards'])} file(s) ({manifest.get('resumed_shards', 0)} verified from a previous run), "
+        f"{manifest['num_skipped']} skipped, {manifest['bytes'] / 2**20:.1f} MiB, "
+        f"{timing.get('elapsed_s', 0):.1f} s"
+        + (f" ({timing['startup_s']:.1f} s starting Ray and workers, then {rate:.2f} {unit}s/s)" if rate else "")
+    )
     for entry in manifest["skipped"]:
         yield f"  skipped {entry['key']} ({entry['path']}): {entry['reason']}"

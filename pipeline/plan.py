@@ -29,8 +29,13 @@ from pipeline.shards import (
 # Input sizes (W, H) of the paper (§4.2); `--size WxH` overrides them.
 # Smallest side of stored frames: OpenCV's DIS fails on frames under 16 pixels.
 MIN_SIZE_PX = 16
-DEFAULT_SIZE_WH = {"cityscapes_seq": (1024, 512), "cityscapes_val": (1024, 512), "viper": (896, 512),
-                   "synthia": (1280, 768), "cityscapes": (1024, 512)}  # fmt: skip
+DEFAULT_SIZE_WH = {
+    "cityscapes_seq": (1024, 512),
+    "cityscapes_val": (1024, 512),
+    "viper": (896, 512),
+    "synthia": (1280, 768),
+    "cityscapes": (1024, 512),
+}
 VAL_STORE = "cityscapes_val"
 # 128 pairs at 1024x512 make shards of a few hundred MB: big enough for sequential reads (WebDataset's advice),
 # small enough that a crash loses minutes of flow estimation and that DDP ranks x loader workers get many shards.
@@ -79,7 +84,10 @@ class PrepConfig:
     def identity(self) -> dict:
         """The fields that decide a store's content (a rerun with other values is refused)."""
         return {
-            "src": self.src, "split": self.split, "size_wh": list(self.size_wh), "protocol": self.protocol,
+            "src": self.src,
+            "split": self.split,
+            "size_wh": list(self.size_wh),
+            "protocol": self.protocol,
             "pairs": self.pairs if self.kind == TARGET_KIND else None,
             "estimator": self.flow if self.kind != SOURCE_KIND else None,
             "estimator_options": self.estimator_options if self.kind != SOURCE_KIND else {},
@@ -88,7 +96,7 @@ class PrepConfig:
             "samples_per_shard": self.samples_per_shard if self.kind != VAL_KIND else None,
             "tc_window": self.tc_window if self.kind == VAL_KIND else None,
             "frames": self.frames,
-        }  # fmt: skip
+        }
 
 
 def resolve(config: PrepConfig) -> PrepConfig:
@@ -98,9 +106,12 @@ def resolve(config: PrepConfig) -> PrepConfig:
         raise InputError(f"--on-error: expected one of {', '.join(ON_ERROR)}, got {config.on_error!r}")
     if config.frames not in FRAME_MODES:
         raise InputError(f"--frames: expected one of {', '.join(FRAME_MODES)}, got {config.frames!r}")
-    for flag, value in (("--samples-per-shard", config.samples_per_shard), ("--batch-size", config.batch_size),
-                        ("--workers", config.workers if config.workers is not None else 1),
-                        ("--tc-window", config.tc_window)):  # fmt: skip
+    for flag, value in (
+        ("--samples-per-shard", config.samples_per_shard),
+        ("--batch-size", config.batch_size),
+        ("--workers", config.workers if config.workers is not None else 1),
+        ("--tc-window", config.tc_window),
+    ):
         if value < 1:
             raise InputError(f"{flag}: expected a positive number, got {value}")
     if config.kind != SOURCE_KIND:
@@ -200,8 +211,10 @@ def store_lock(store_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "?"
-            raise InputError(f"{store_dir}: another i2vda-prep (pid {holder}) is writing this store; let it finish, "
-                             f"or use another --out") from None  # fmt: skip
+            raise InputError(
+                f"{store_dir}: another i2vda-prep (pid {holder}) is writing this store; let it finish, "
+                f"or use another --out"
+            ) from None
         lock.seek(0)
         lock.truncate()
         lock.write(f"{os.getpid()}\n")
@@ -218,8 +231,15 @@ def remove_partials(store_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def store_manifest(config: PrepConfig, plan_digest: str, planned: int, shards: dict[str, dict],
-                   complete: bool, timing: dict | None = None, extra: dict | None = None) -> dict:
+def store_manifest(
+    config: PrepConfig,
+    plan_digest: str,
+    planned: int,
+    shards: dict[str, dict],
+    complete: bool,
+    timing: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
     """The manifest body: deterministic except `timing`; shards sorted by name, skipped samples sorted by key."""
     entries = [shards[name] for name in sorted(shards)]
     skipped = sorted((s for e in entries for s in e.get("skipped", [])), key=lambda s: s["key"])

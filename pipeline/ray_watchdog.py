@@ -34,9 +34,13 @@ def watch_local_ray() -> subprocess.Popen:
     shut down). The processes Ray has started so far go on its command line: a driver killed before the watchdog has
     looked still has them killed."""
     helpers = [f"{pid}:{start}" for pid, start in descendants({_self()}, _process_table())]
-    return subprocess.Popen([sys.executable, "-m", "pipeline.ray_watchdog", str(os.getpid()), *helpers],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.ray_watchdog", str(os.getpid()), *helpers],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def stop_watchdog(watchdog: subprocess.Popen, timeout_s: float = 5.0) -> None:

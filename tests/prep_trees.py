@@ -26,8 +26,11 @@ def write_cityscapes(root, split, snippets, size_hw, seed=0, label_hw=None) -> N
     for city, seq, first, count, annotated in snippets:
         margin = MAX_SHIFT_PX * count
         noise = rng.uniform(0, 255, size=((height + margin) // 4 + 2, (width + margin) // 4 + 2, 3))
-        texture = np.clip(cv2.resize(noise.astype(np.float32), (width + margin, height + margin),
-                                     interpolation=cv2.INTER_CUBIC), 0, 255).astype(np.uint8)  # fmt: skip
+        texture = np.clip(
+            cv2.resize(noise.astype(np.float32), (width + margin, height + margin), interpolation=cv2.INTER_CUBIC),
+            0,
+            255,
+        ).astype(np.uint8)
         for i in range(count):
             dy, dx = i, MAX_SHIFT_PX * i
             path = frame_path(root, split, city, seq, first + i)

@@ -39,10 +39,14 @@ def _no_ray(tmp_path: Path) -> dict:
 
 def test_tiny_dry_run_through_gpu_sh_without_ray(tmp_path):
     out = tmp_path / "out"
-    env = _no_ray(tmp_path) | {"OUT": str(out), "WHEELS": str(tmp_path / "no_wheels"),
-                               "BENCH_JSON": str(tmp_path / "bench_gpu.json")}  # fmt: skip
-    done = subprocess.run(["bash", str(GPU_SH), "--tiny"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    env = _no_ray(tmp_path) | {
+        "OUT": str(out),
+        "WHEELS": str(tmp_path / "no_wheels"),
+        "BENCH_JSON": str(tmp_path / "bench_gpu.json"),
+    }
+    done = subprocess.run(
+        ["bash", str(GPU_SH), "--tiny"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads((out / "bench_gpu.json").read_text())
     assert report["complete"] and report["tiny"] and report["device"] == "cpu"
@@ -66,17 +70,21 @@ def test_tiny_dry_run_through_gpu_sh_without_ray(tmp_path):
 
 
 def test_trainer_and_bench_import_without_ray():
-    code = ("import sys, pkgutil, importlib; sys.modules['ray'] = None; sys.path.insert(0, 'bench'); import trainer; "
-            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(trainer.__path__, 'trainer.')]; "
-            "import pipeline.build, pipeline.plan, pipeline.shards, gpu_parts, gpu_report, gpu_stream")  # fmt: skip
+    code = (
+        "import sys, pkgutil, importlib; sys.modules['ray'] = None; sys.path.insert(0, 'bench'); import trainer; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(trainer.__path__, 'trainer.')]; "
+        "import pipeline.build, pipeline.plan, pipeline.shards, gpu_parts, gpu_report, gpu_stream"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
 def test_a_missing_package_is_one_line(tmp_path):
-    code = ("import sys, runpy; sys.modules['webdataset'] = None; sys.modules['zstandard'] = None; "
-            "sys.path.insert(0, 'bench'); sys.argv = ['bench/bench_gpu.py', '--tiny']; "
-            "runpy.run_path('bench/bench_gpu.py', run_name='__main__')")  # fmt: skip
+    code = (
+        "import sys, runpy; sys.modules['webdataset'] = None; sys.modules['zstandard'] = None; "
+        "sys.path.insert(0, 'bench'); sys.argv = ['bench/bench_gpu.py', '--tiny']; "
+        "runpy.run_path('bench/bench_gpu.py', run_name='__main__')"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: bench_gpu.py cannot import webdataset")
@@ -99,8 +107,13 @@ def _wheel(folder: Path, name: str) -> Path:
 def test_gpu_sh_installs_carried_wheels_and_passes_options(tmp_path):
     site = tmp_path / "site"
     _wheel(tmp_path / "wheels", "carried_probe")
-    env = {**{k: v for k, v in os.environ.items() if k != "OUT"}, "PYTHON": sys.executable, "SITE_DIR": str(site),
-           "WHEELS": str(tmp_path / "wheels"), "BENCH_JSON": str(tmp_path / "bench_gpu.json")}  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "OUT"},
+        "PYTHON": sys.executable,
+        "SITE_DIR": str(site),
+        "WHEELS": str(tmp_path / "wheels"),
+        "BENCH_JSON": str(tmp_path / "bench_gpu.json"),
+    }
     done = subprocess.run(["bash", str(GPU_SH), "--help"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"gpu.sh: 1 wheel(s) from {tmp_path / 'wheels'} installed into {site}" in done.stdout
@@ -111,9 +124,14 @@ def test_the_cuda_plan_measures_bf16_and_channels_last(bench):
     parts = bench["gpu_parts"]
     flownet2 = parts.flownet2_cases((1, 2), cuda=True)
     assert len(flownet2) == 8 and {(c["amp"], c["channels_last"]) for c in flownet2} == {
-        ("off", False), ("bf16", False), ("off", True), ("bf16", True)}  # fmt: skip
-    assert parts.flownet2_cases((1, 2), cuda=False) == [{"batch": b, "amp": "off", "channels_last": False}
-                                                        for b in (1, 2)]  # fmt: skip
+        ("off", False),
+        ("bf16", False),
+        ("off", True),
+        ("bf16", True),
+    }
+    assert parts.flownet2_cases((1, 2), cuda=False) == [
+        {"batch": b, "amp": "off", "channels_last": False} for b in (1, 2)
+    ]
     iteration = parts.iteration_cases((1, 2), cuda=True)
     assert len(iteration) == 8 and {c["amp"] for c in iteration} == {"off", "bf16"}
     with pytest.raises(ValueError, match="CUDA only"):
@@ -129,15 +147,18 @@ def test_log_rates_weights_each_window_by_its_time(bench, tmp_path):
     assert rates["windows_dropped"] == 1 and rates["windows_used"] == 4
     assert rates["it_per_s"] == pytest.approx(20 / sum(kept_seconds))
     assert rates["data_wait_frac"] == pytest.approx(
-        sum(w * s for (_, w), s in zip(windows[1:], kept_seconds)) / sum(kept_seconds))  # fmt: skip
+        sum(w * s for (_, w), s in zip(windows[1:], kept_seconds)) / sum(kept_seconds)
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--parts", "flownet2,nothing"], "error: --parts flownet2,nothing: expected some of"),
-     (["--repeats", "0"], "error: --warmup must be >= 0 and --repeats >= 1"),
-     (["--stream-workers", "0,x"], "error: --stream-workers 0,x: expected comma-separated integers")],
-)  # fmt: skip
+    [
+        (["--parts", "flownet2,nothing"], "error: --parts flownet2,nothing: expected some of"),
+        (["--repeats", "0"], "error: --warmup must be >= 0 and --repeats >= 1"),
+        (["--stream-workers", "0,x"], "error: --stream-workers 0,x: expected comma-separated integers"),
+    ],
+)
 def test_bad_options_are_one_line(bench, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         bench["bench_gpu"].main(["--tiny", *args])
@@ -149,8 +170,10 @@ def test_bad_options_are_one_line(bench, capsys, args, message):
 def test_no_cuda_is_one_line(bench, capsys):
     if bench["bench_gpu"].torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
-    for args, message in ((["--device", "cuda"], "error: --device cuda: no CUDA device is visible"),
-                          ([], "error: no CUDA device is visible: pass --tiny for a CPU dry run")):  # fmt: skip
+    for args, message in (
+        (["--device", "cuda"], "error: --device cuda: no CUDA device is visible"),
+        ([], "error: no CUDA device is visible: pass --tiny for a CPU dry run"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             bench["bench_gpu"].main(args)
         assert exit_info.value.code == 2 and capsys.readouterr().err.startswith(message)
@@ -202,18 +225,31 @@ def test_the_cuda_report_derives_from_bf16_and_shows_failures(bench):
         return case | {"median_s": seconds, "runs_s": [seconds], "gpu_median_s": seconds * 0.9, "peak_mib": 2048.0}
 
     report = {
-        "preset": {"target_hw": [512, 1024], "arch": "deeplab_r101", "repeats": 8, "warmup": 3}, "tiny": False,
-        "device": "cuda", "device_name": "a GPU", "torch": "2.11", "python": "3.12",
-        "flownet2": [row(0.05, batch=1, amp="off", channels_last=False),
-                     {"batch": 1, "amp": "bf16", "channels_last": True, "error": oom}],
-        "deeplab": [row(0.2, stage=bench["gpu_parts"].M_ALONE, batch=1, amp="bf16"),
-                    row(0.4, stage=bench["gpu_parts"].M_ALONE, batch=1, amp="off")],
-        "iteration": [row(0.25, batch=1, amp="bf16", online_flow="flownet2"),
-                      row(0.2, batch=1, amp="bf16", online_flow="linear"),
-                      row(0.5, batch=1, amp="off", online_flow="flownet2")],
-        "stream": {"runs": [{"workers": 8, "batch": 2, "amp": "bf16", "iterations": 50, "it_per_s": 4.0,
-                             "data_wait_frac": 0.01}]},
-    }  # fmt: skip
+        "preset": {"target_hw": [512, 1024], "arch": "deeplab_r101", "repeats": 8, "warmup": 3},
+        "tiny": False,
+        "device": "cuda",
+        "device_name": "a GPU",
+        "torch": "2.11",
+        "python": "3.12",
+        "flownet2": [
+            row(0.05, batch=1, amp="off", channels_last=False),
+            {"batch": 1, "amp": "bf16", "channels_last": True, "error": oom},
+        ],
+        "deeplab": [
+            row(0.2, stage=bench["gpu_parts"].M_ALONE, batch=1, amp="bf16"),
+            row(0.4, stage=bench["gpu_parts"].M_ALONE, batch=1, amp="off"),
+        ],
+        "iteration": [
+            row(0.25, batch=1, amp="bf16", online_flow="flownet2"),
+            row(0.2, batch=1, amp="bf16", online_flow="linear"),
+            row(0.5, batch=1, amp="off", online_flow="flownet2"),
+        ],
+        "stream": {
+            "runs": [
+                {"workers": 8, "batch": 2, "amp": "bf16", "iterations": 50, "it_per_s": 4.0, "data_wait_frac": 0.01}
+            ]
+        },
+    }
     report["derived"] = report_module.derived(report, (1,), cuda=True)
     figures = report["derived"]["per_batch"]["1"]
     assert figures["amp"] == "bf16" and figures["it_per_s"] == pytest.approx(4.0)

@@ -32,7 +32,10 @@ def test_trainer_imports_only_the_pipeline_faces():
 
 
 def test_pipeline_never_imports_the_trainer():
-    bad = [f"{path.relative_to(ROOT).as_posix()} imports {module}"
-           for path in sorted((ROOT / "pipeline").rglob("*.py")) for module in imported_modules(path)
-           if module == "trainer" or module.startswith("trainer.")]  # fmt: skip
+    bad = [
+        f"{path.relative_to(ROOT).as_posix()} imports {module}"
+        for path in sorted((ROOT / "pipeline").rglob("*.py"))
+        for module in imported_modules(path)
+        if module == "trainer" or module.startswith("trainer.")
+    ]
     assert not bad, "; ".join(bad)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import TrainConfig, read_config_file
+from trainer.training.config import TrainConfig, read_config_file
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VIPER, SYNTHIA = "viper2city.yaml", "synthia2city.yaml"
@@ -17,8 +17,13 @@ ROWS = {
     "baselines/source_only.yaml": (VIPER, {"method": "source_only"}, "Table 1", "Source only", "37.1"),
     "baselines/source_only_synthia.yaml": (SYNTHIA, {"method": "source_only"}, "Table 2", "Source only", "38.3"),
     "baselines/adv_only.yaml": (VIPER, {"method": "adv_only"}, "Table 3", "Baseline", "44.0"),
-    "ablations/table3_no_temporal_aug.yaml": (VIPER, {"no_temporal_aug": True}, "Table 3",
-                                              "w/o Temporal Augmentation", "47.0"),
+    "ablations/table3_no_temporal_aug.yaml": (
+        VIPER,
+        {"no_temporal_aug": True},
+        "Table 3",
+        "w/o Temporal Augmentation",
+        "47.0",
+    ),
     "ablations/table3_no_tc.yaml": (VIPER, {"no_tc": True}, "Table 3", "w/o Temporal-augmented Consistency", "45.6"),
     "ablations/table3_no_occlusion.yaml": (VIPER, {"no_occlusion": True}, "Table 3", "w/o Occlusion", "49.7"),
     "ablations/table3_no_entropy.yaml": (VIPER, {"no_entropy": True}, "Table 3", "w/o Entropy", "49.6"),
@@ -63,17 +68,30 @@ def test_a_config_differs_from_its_main_config_in_its_row_only(name):
     assert table in header and row in header and f"reports {number} mIoU" in header
 
 
-@pytest.mark.parametrize(("name", "source", "protocol", "source_hw"),
-                         [(VIPER, "viper", "viper15", (512, 896)), (SYNTHIA, "synthia", "synthia11", (768, 1280))])
+@pytest.mark.parametrize(
+    ("name", "source", "protocol", "source_hw"),
+    [(VIPER, "viper", "viper15", (512, 896)), (SYNTHIA, "synthia", "synthia11", (768, 1280))],
+)
 def test_the_main_configs_hold_the_papers_settings(name, source, protocol, source_hw):
     config = load(name)
     assert (config.source, config.method, config.protocol) == (source, "i2vda", protocol)
     assert config.target == "cityscapes_seq"
     assert config.target_size_hw == (512, 1024) and config.source_size_hw == source_hw  # [H, W] (§4.2)
     assert (config.max_iter, config.lr, config.lr_d, config.betas_d, config.poly_power) == (
-        50_000, 2.5e-4, 1e-4, (0.9, 0.99), 0.9)  # §4.2
+        50_000,
+        2.5e-4,
+        1e-4,
+        (0.9, 0.99),
+        0.9,
+    )  # §4.2
     assert (config.iter_copy, config.iter_launch, config.eta, config.delta, config.alpha, config.t) == (
-        8000, 8000, 1.0, 0.3, 0.5, None)  # Tables 4-5's best columns
+        8000,
+        8000,
+        1.0,
+        0.3,
+        0.5,
+        None,
+    )  # Tables 4-5's best columns
     assert config.arch == "deeplab_r101" and config.flow_estimator == "flownet2" and config.lambda_adv == 0.01
 
 
@@ -81,7 +99,7 @@ def test_sizes_are_width_first_in_config_files_as_in_flags(tmp_path):
     """`target_size: 1024x512` in a file means 1024 wide, 512 high, as `--target-size 1024x512`; [H, W] fields still
     read (RUN/config.json); both at once, or a bad size, is one error line."""
     from pipeline.errors import InputError
-    from trainer.config import read_config_file
+    from trainer.training.config import read_config_file
 
     good = tmp_path / "good.yaml"
     good.write_text("target_size: 1024x512\nsource_size: 896x512\n")

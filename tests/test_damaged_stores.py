@@ -15,8 +15,8 @@ from test_train_loop import SOURCE, TARGET, make_stores, tiny_config
 
 from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.shards import MANIFEST_NAME, open_store, raw_samples, shard_name
-from trainer.cli import main as train_main
-from trainer.loop import train
+from trainer.training.cli import main as train_main
+from trainer.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 PER_SHARD = 4
@@ -34,9 +34,33 @@ def _shard(stores: Path, index: int) -> Path:
 
 
 def _train_args(stores: Path, run: Path, workers: int = 0, *more: str) -> list[str]:
-    return ["--out", str(run), "--shards", str(stores), "--source", SOURCE, "--target", TARGET, "--arch",
-            "deeplab_tiny", "--method", "source_only", "--device", "cpu", "--max-iter", "12", "--num-workers",
-            str(workers), "--shuffle-buffer", "8", "--block-iters", "2", "--log-interval", "1", *more]  # fmt: skip
+    return [
+        "--out",
+        str(run),
+        "--shards",
+        str(stores),
+        "--source",
+        SOURCE,
+        "--target",
+        TARGET,
+        "--arch",
+        "deeplab_tiny",
+        "--method",
+        "source_only",
+        "--device",
+        "cpu",
+        "--max-iter",
+        "12",
+        "--num-workers",
+        str(workers),
+        "--shuffle-buffer",
+        "8",
+        "--block-iters",
+        "2",
+        "--log-interval",
+        "1",
+        *more,
+    ]
 
 
 def _one_error_line(capsys, args: list[str]) -> str:
@@ -62,9 +86,14 @@ def test_a_garbage_shard_of_the_right_size_is_one_line_with_and_without_workers(
     # A real process: with DataLoader workers the error crosses a process boundary and must stay one line.
     shard = _shard(stores, 1)
     shard.write_bytes(os.urandom(shard.stat().st_size))
-    proc = subprocess.run([sys.executable, "-m", "trainer.cli", *_train_args(stores, tmp_path / "run", workers)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.training.cli", *_train_args(stores, tmp_path / "run", workers)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {shard}: unreadable or truncated shard"), proc.stderr

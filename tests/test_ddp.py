@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from test_train_loop import load, make_stores, read_log, tiny_config
 
-from trainer.loop import train
+from trainer.training.loop import train
 
 WORLD = 2
 MAX_ITER = 3
@@ -25,11 +25,22 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, port: int, stores: str, run: str, out: str) -> None:
     """One torchrun-like process: the environment torchrun would set, then train() and keep this rank's M."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
     torch.set_num_threads(1)
-    result = train(tiny_config(Path(stores), Path(run), max_iter=MAX_ITER, iter_copy=1, iter_launch=1,
-                               checkpoint_interval=2, online_flow="linear", delta=1.0))  # fmt: skip
+    result = train(
+        tiny_config(
+            Path(stores),
+            Path(run),
+            max_iter=MAX_ITER,
+            iter_copy=1,
+            iter_launch=1,
+            checkpoint_interval=2,
+            online_flow="linear",
+            delta=1.0,
+        )
+    )
     torch.save(result["model"].state_dict(), Path(out) / f"rank{rank}.pt")
 
 

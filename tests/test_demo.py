@@ -12,14 +12,21 @@ from pipeline.cli import cli as prep_cli
 from pipeline.errors import InputError
 from pipeline.shards import ValWriter, encode_val_item, write_manifest
 from pipeline.sources.protocols import colorize, get_protocol
-from trainer.cli import cli as train_cli
-from trainer.demo import VARIANTS, DemoPreset, main, plan_prep, plan_runs, runner
-from trainer.demo.outputs import Paths, check_preset, eval_done, store_done, training_done, world_done
-from trainer.demo.report import format_cell, paired_table, per_class_table, steps_table, summary_table, write_figure
-from trainer.demo.runner import Step, StepFailed, run_steps
-from trainer.eval_cli import cli as eval_cli
+from trainer.evaluation.eval_cli import cli as eval_cli
+from trainer.evaluation.visualize import GRID_PAD, TITLE_HEIGHT
+from trainer.experiment import VARIANTS, DemoPreset, main, plan_prep, plan_runs, runner
+from trainer.experiment.outputs import Paths, check_preset, eval_done, store_done, training_done, world_done
+from trainer.experiment.report import (
+    format_cell,
+    paired_table,
+    per_class_table,
+    steps_table,
+    summary_table,
+    write_figure,
+)
+from trainer.experiment.runner import Step, StepFailed, run_steps
 from trainer.models import build_segmenter
-from trainer.visualize import GRID_PAD, TITLE_HEIGHT
+from trainer.training.cli import cli as train_cli
 
 PRESET = DemoPreset(world_seed=3, max_iter=600)
 
@@ -53,8 +60,9 @@ def test_run_plan_parses_with_the_preset_and_variant_flags(tmp_path):
     chains = plan_runs(PRESET, paths, ["source_only", "adv_only", "i2vda", "no_tc", "online_linear"], [0, 1])
     # Heaviest first, seeds in order, ties in the given order.
     order = [(c[0].name, c[1].name) for c in chains]
-    assert [o[0] for o in order] == [f"train_{v}_seed{s}" for v in ("i2vda", "online_linear", "adv_only", "no_tc",
-                                                                      "source_only") for s in (0, 1)]  # fmt: skip
+    assert [o[0] for o in order] == [
+        f"train_{v}_seed{s}" for v in ("i2vda", "online_linear", "adv_only", "no_tc", "source_only") for s in (0, 1)
+    ]
     for train_step, eval_step in chains:
         train, evaluate = parse(train_step), parse(eval_step)
         assert train["max_iter"] == 600 and train["arch"] == "deeplab_tiny" and train["batch_size"] == 2
@@ -63,7 +71,7 @@ def test_run_plan_parses_with_the_preset_and_variant_flags(tmp_path):
         assert train["lr"] == PRESET.lr and train["lr_d"] == PRESET.lr_d
         assert train["shards"] == str(tmp_path / "stores") and train["target"] == "cityscapes_seq"
         assert str(evaluate["ckpt"]) == train["out"] and str(evaluate["val"]) == str(tmp_path / "stores/cityscapes_val")
-        variant, seed = train_step.name[len("train_"):].rsplit("_seed", 1)
+        variant, seed = train_step.name[len("train_") :].rsplit("_seed", 1)
         assert train["seed"] == int(seed) and train["out"] == str(tmp_path / "runs" / f"{variant}_seed{seed}")
         assert train["method"] == {"source_only": "source_only", "adv_only": "adv_only"}.get(variant, "i2vda")
         assert train["no_tc"] == (variant == "no_tc")
@@ -180,8 +188,10 @@ def test_tables_give_mean_and_sample_std_over_seeds():
     assert format_cell([40.0, 42.0, 44.0]) == "42.0 ± 2.0"  # mean 42, sqrt((4 + 0 + 4) / 2) = 2
     assert format_cell([41.26]) == "41.3" and format_cell([None, None]) == "–"
     assert format_cell([10.0, None, 20.0]) == "15.0 ± 7.1"  # sqrt(50) = 7.07
-    seeds = [{"miou": 40.0, "tc": 70.0, "per_class": {"road": 90.0, "bus": None}},
-             {"miou": 44.0, "tc": 74.0, "per_class": {"road": 80.0, "bus": None}}]  # fmt: skip
+    seeds = [
+        {"miou": 40.0, "tc": 70.0, "per_class": {"road": 90.0, "bus": None}},
+        {"miou": 44.0, "tc": 74.0, "per_class": {"road": 80.0, "bus": None}},
+    ]
     one = [{"miou": 30.0, "tc": None, "per_class": {"road": 75.0, "bus": None}}]
     assert summary_table([("I2VDA", seeds), ("Source only", one)]) == [
         "| method | seeds | mIoU | TC |",
@@ -211,8 +221,12 @@ def test_figure_shows_frames_labels_and_each_methods_prediction(tmp_path):
         writer.commit()
     torch.manual_seed(0)
     model = build_segmenter("deeplab_tiny", protocol.num_classes)
-    config = {"arch": "deeplab_tiny", "num_classes": protocol.num_classes, "protocol": "viper15",
-              "target_size_hw": [16, 32]}  # fmt: skip
+    config = {
+        "arch": "deeplab_tiny",
+        "num_classes": protocol.num_classes,
+        "protocol": "viper15",
+        "target_size_hw": [16, 32],
+    }
     torch.save({"model": model.state_dict(), "config": config, "iteration": 5}, tmp_path / "iter_0000005.pt")
     columns = [("A", tmp_path / "iter_0000005.pt"), ("B", tmp_path / "iter_0000005.pt")]
     picture = cv2.imread(str(write_figure(tmp_path / "f.png", tmp_path / "val", columns)))[..., ::-1]  # RGB

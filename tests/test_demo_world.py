@@ -11,26 +11,35 @@ import torch
 from click.testing import CliRunner
 from flow_checks import warp_with_mask
 
-from pipeline.demo import WorldConfig, write_world
-from pipeline.demo.camera import Pinhole, Pose, Trajectory
-from pipeline.demo.classes import WorldClass
-from pipeline.demo.command import demo_world
-from pipeline.demo.flow_gt import ground_truth_flow
-from pipeline.demo.raycast import GROUND, SKY, ego_mask, trace
-from pipeline.demo.render import paint
-from pipeline.demo.shots import draw_shot
-from pipeline.demo.street import build_street
-from pipeline.demo.styles import camera_style
 from pipeline.errors import InputError
 from pipeline.flow.flo import read_flo
 from pipeline.flow.warp import forward_backward_consistent, warp
 from pipeline.sources import cityscapes, synthia, viper
 from pipeline.sources.images import read_palette_png, read_png_unchanged, read_rgb
 from pipeline.sources.protocols import IGNORE_ID, SYNTHIA11, VIPER15
+from pipeline.world import WorldConfig, write_world
+from pipeline.world.camera import Pinhole, Pose, Trajectory
+from pipeline.world.classes import WorldClass
+from pipeline.world.command import demo_world
+from pipeline.world.flow_gt import ground_truth_flow
+from pipeline.world.raycast import GROUND, SKY, ego_mask, trace
+from pipeline.world.render import paint
+from pipeline.world.shots import draw_shot
+from pipeline.world.street import build_street
+from pipeline.world.styles import camera_style
 
-TINY = WorldConfig(target_size_wh=(256, 128), viper_size_wh=(112, 64), synthia_size_wh=(96, 64), train_snippets=1,
-                   val_snippets=1, snippet_frames=6, annotated_index=3, viper_sequences=2, viper_frames=4,
-                   synthia_frames=3)  # fmt: skip
+TINY = WorldConfig(
+    target_size_wh=(256, 128),
+    viper_size_wh=(112, 64),
+    synthia_size_wh=(96, 64),
+    train_snippets=1,
+    val_snippets=1,
+    snippet_frames=6,
+    annotated_index=3,
+    viper_sequences=2,
+    viper_frames=4,
+    synthia_frames=3,
+)
 # Ids each dataset defines for the classes the world contains (the datasets' published label tables, Cityscapes labels).
 CITYSCAPES_IDS = {1, 7, 8, 11, 13, 17, 19, 20, 21, 22, 23, 24, 26}
 VIPER_IDS = {2, 3, 4, 6, 7, 8, 9, 10, 11, 13, 14, 20, 24}
@@ -103,14 +112,22 @@ def test_summary_and_contact_sheet(world):
     out, summary = world
     on_disk = json.loads((out / "world.json").read_text())
     assert on_disk["seed"] == 0 and on_disk["config"]["snippet_frames"] == 6
-    assert summary["counts"] == {"target_frames": 12, "target_labels": 2, "target_flows": 10, "viper_frames": 4,
-                                 "synthia_frames": 3}  # fmt: skip
+    assert summary["counts"] == {
+        "target_frames": 12,
+        "target_labels": 2,
+        "target_flows": 10,
+        "viper_frames": 4,
+        "synthia_frames": 3,
+    }
     for protocol in ("viper15", "synthia11"):
         for domain in ("source", "target"):
             assert sum(on_disk["class_share"][protocol][domain].values()) == pytest.approx(1.0, abs=1e-3)
     # the target share is what the labels on disk hold
-    labels = [read_png_unchanged(r.label_path) for s in ("train", "val")
-              for r in cityscapes.list_annotated(out / "cityscapes", s)]  # fmt: skip
+    labels = [
+        read_png_unchanged(r.label_path)
+        for s in ("train", "val")
+        for r in cityscapes.list_annotated(out / "cityscapes", s)
+    ]
     road = np.mean([np.mean(label == 7) for label in labels])
     assert on_disk["class_share"]["viper15"]["target"]["road"] == pytest.approx(road, abs=1e-4)
     assert read_rgb(out / "contact_sheet.png").shape[2] == 3
@@ -241,9 +258,29 @@ def test_sky_flow_is_a_pure_rotation():
 
 def test_command_writes_a_world_and_refuses_bad_options(tmp_path):
     runner = CliRunner()
-    options = ["--target-size", "64x32", "--viper-size", "56x32", "--synthia-size", "48x32", "--train-snippets", "1",
-               "--val-snippets", "1", "--snippet-frames", "3", "--annotated-index", "1", "--viper-sequences", "1",
-               "--viper-frames", "1", "--synthia-frames", "1", "--train-flow"]  # fmt: skip
+    options = [
+        "--target-size",
+        "64x32",
+        "--viper-size",
+        "56x32",
+        "--synthia-size",
+        "48x32",
+        "--train-snippets",
+        "1",
+        "--val-snippets",
+        "1",
+        "--snippet-frames",
+        "3",
+        "--annotated-index",
+        "1",
+        "--viper-sequences",
+        "1",
+        "--viper-frames",
+        "1",
+        "--synthia-frames",
+        "1",
+        "--train-flow",
+    ]
     result = runner.invoke(demo_world, ["--out", str(tmp_path / "w"), "--seed", "5", *options])
     assert result.exit_code == 0, result.output
     assert "cityscapes 6 frames, 2 labels, 8 ground-truth flows" in result.output
@@ -263,7 +300,7 @@ def test_command_writes_a_world_and_refuses_bad_options(tmp_path):
 
 
 def test_colour_gap_moves_only_the_surface_colours():
-    from pipeline.demo.styles import camera_style, game_style
+    from pipeline.world.styles import camera_style, game_style
 
     full, game = camera_style(1.0), game_style()
     colours_kept = camera_style(1.0, colour_gap=0.0)

@@ -76,10 +76,11 @@ def test_dis_on_the_motorcycle_stereo_pair(motorcycle, preset):
 
 
 def test_dis_on_the_demo_world_ground_truth(tmp_path):
-    from pipeline.demo.world import WorldConfig, write_world
+    from pipeline.world.world import WorldConfig, write_world
 
-    config = WorldConfig(train_snippets=0, val_snippets=1, snippet_frames=2, annotated_index=0, viper_frames=0,
-                         synthia_frames=0)  # fmt: skip
+    config = WorldConfig(
+        train_snippets=0, val_snippets=1, snippet_frames=2, annotated_index=0, viper_frames=0, synthia_frames=0
+    )
     write_world(tmp_path, seed=0, config=config)
     city_root = tmp_path / "cityscapes"
     flo_paths = sorted((city_root / "flow_gt" / "val").glob("*/*.flo"))

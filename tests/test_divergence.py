@@ -11,12 +11,12 @@ import pytest
 import torch
 from test_train_loop import SOURCE, TARGET, make_stores, tiny_config
 
-import trainer.loop as loop
+import trainer.training.loop as loop
 from pipeline.errors import EXIT_BAD_INPUT, InputError
-from trainer.checkpoint import checkpoints_in, nonfinite_tensor, save_checkpoint
-from trainer.cli import main as train_main
-from trainer.loop import train
-from trainer.predict import load_segmenter
+from trainer.evaluation.predict import load_segmenter
+from trainer.training.checkpoint import checkpoints_in, nonfinite_tensor, save_checkpoint
+from trainer.training.cli import main as train_main
+from trainer.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,10 +36,36 @@ def _strict_json(line: str) -> dict:
 def test_a_huge_learning_rate_stops_with_one_line_and_only_finite_checkpoints(stores, tmp_path, capsys):
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        train_main(["--out", str(run), "--shards", str(stores), "--source", SOURCE, "--target", TARGET, "--arch",
-                    "deeplab_tiny", "--device", "cpu", "--num-workers", "0", "--max-iter", "12", "--lr", "1e6",
-                    "--checkpoint-interval", "1", "--log-interval", "1", "--shuffle-buffer", "4",
-                    "--disc-width", "8"])  # fmt: skip
+        train_main(
+            [
+                "--out",
+                str(run),
+                "--shards",
+                str(stores),
+                "--source",
+                SOURCE,
+                "--target",
+                TARGET,
+                "--arch",
+                "deeplab_tiny",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--max-iter",
+                "12",
+                "--lr",
+                "1e6",
+                "--checkpoint-interval",
+                "1",
+                "--log-interval",
+                "1",
+                "--shuffle-buffer",
+                "4",
+                "--disc-width",
+                "8",
+            ]
+        )
     assert exit_info.value.code == EXIT_BAD_INPUT
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: iteration ") and "diverged" in lines[0], lines
@@ -68,8 +94,10 @@ def test_a_non_finite_loss_names_its_iteration(stores, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with pytest.raises(InputError) as err:
         train(tiny_config(stores, run, method="adv_only", max_iter=4, checkpoint_interval=2, disc_width=8))
-    expected = f"iteration 2: loss_seg is nan: the run diverged (try a lower --lr); the last good checkpoint is " \
-               f"{run / 'checkpoints' / 'iter_0000002.pt'}"  # fmt: skip
+    expected = (
+        f"iteration 2: loss_seg is nan: the run diverged (try a lower --lr); the last good checkpoint is "
+        f"{run / 'checkpoints' / 'iter_0000002.pt'}"
+    )
     assert str(err.value) == expected
     assert [_strict_json(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()] == [0, 1]
 
@@ -103,8 +131,13 @@ def test_losses_are_checked_where_the_loop_reads_them_back(stores, tmp_path, mon
 
     monkeypatch.setattr(loop, "segmenter_step", nan_from_1)
     with pytest.raises(InputError, match="^iteration 2: loss_seg is nan"):
-        train(tiny_config(stores, tmp_path / "run", method="source_only", max_iter=8, checkpoint_interval=4,
-                          log_interval=3))  # fmt: skip
+        train(
+            tiny_config(
+                stores, tmp_path / "run", method="source_only", max_iter=8, checkpoint_interval=4, log_interval=3
+            )
+        )
     assert seen == [0, 1, 2]
-    assert [loop.checks_divergence(tiny_config(stores, tmp_path, max_iter=8, checkpoint_interval=4, log_interval=3), i)
-            for i in range(8)] == [False, False, True, True, False, True, False, True]  # fmt: skip
+    assert [
+        loop.checks_divergence(tiny_config(stores, tmp_path, max_iter=8, checkpoint_interval=4, log_interval=3), i)
+        for i in range(8)
+    ] == [False, False, True, True, False, True, False, True]

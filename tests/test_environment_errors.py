@@ -35,13 +35,27 @@ def _env() -> dict:
 
 
 def _flows(root: Path, out: Path) -> list[str]:
-    return ["flows", "--root", str(root), "--out", str(out), "--size", "256x128", "--samples-per-shard", "4",
-            "--workers", "1", "--dis-preset", "ultrafast"]  # fmt: skip
+    return [
+        "flows",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--size",
+        "256x128",
+        "--samples-per-shard",
+        "4",
+        "--workers",
+        "1",
+        "--dis-preset",
+        "ultrafast",
+    ]
 
 
 def _prep(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=_env())  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=_env()
+    )
 
 
 def _one_line(proc: subprocess.CompletedProcess) -> str:
@@ -66,8 +80,9 @@ def tmpfs(tmp_path):
     def mount(size: str) -> Path:
         folder = tmp_path / f"fs{len(mounted)}"
         folder.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}): needs root")
         mounted.append(folder)
@@ -107,7 +122,7 @@ def test_a_complete_read_only_store_reruns_and_a_read_only_out_is_one_line(root,
 
 
 def test_out_naming_an_existing_file_is_one_line(root, tmp_path, capsys):
-    from trainer.cli import main as train_main
+    from trainer.training.cli import main as train_main
 
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
@@ -124,9 +139,16 @@ def test_a_damaged_val_store_is_one_line_naming_it(tmp_path):
     folder.mkdir()
     with ValWriter(folder / "val.h5") as writer:
         path = writer.commit()
-    write_manifest(folder, {"name": "cityscapes_val", "kind": "val", "complete": True, "protocols": [],
-                            "shards": [{"name": "val.h5", "samples": 0, "bytes": path.stat().st_size,
-                                        "sha256": file_sha256(path)}]})  # fmt: skip
+    write_manifest(
+        folder,
+        {
+            "name": "cityscapes_val",
+            "kind": "val",
+            "complete": True,
+            "protocols": [],
+            "shards": [{"name": "val.h5", "samples": 0, "bytes": path.stat().st_size, "sha256": file_sha256(path)}],
+        },
+    )
     ValStore(folder).close()
     os.truncate(path, path.stat().st_size // 2)
     with pytest.raises(InputError, match=f"^{path}: .* bytes, the manifest says"):
@@ -167,7 +189,7 @@ def test_a_second_prep_run_on_a_locked_store_is_refused_with_one_line(root, tmp_
 def test_a_checkpoint_save_killed_mid_write_is_cleaned_on_start(tmp_path):
     from test_train_loop import make_stores, tiny_config
 
-    from trainer.loop import train
+    from trainer.training.loop import train
 
     stores = make_stores(tmp_path / "stores", shards=1, per_shard=2)
     checkpoints = tmp_path / "run" / "checkpoints"

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from pipeline.shards import ValStore, ValWriter, encode_val_item
 from pipeline.sources.protocols import get_protocol
-from trainer.eval_cli import main
+from trainer.evaluation.eval_cli import main
+from trainer.evaluation.visualize import figure_grid, overlay
 from trainer.models import build_segmenter
-from trainer.visualize import figure_grid, overlay
 
 IGNORE = 255
 INPUT_HW = (24, 40)  # frames at the "input size"
@@ -42,8 +42,12 @@ def make_store(folder, rng, protocols=("viper15",), keys=("aachen_000000_000019"
 
 def save_checkpoint(path, model, protocol="viper15", iteration=7, arch="deeplab_tiny", num_classes=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {"arch": arch, "num_classes": num_classes or model.num_classes, "protocol": protocol,
-              "target_size_hw": list(INPUT_HW)}  # fmt: skip
+    config = {
+        "arch": arch,
+        "num_classes": num_classes or model.num_classes,
+        "protocol": protocol,
+        "target_size_hw": list(INPUT_HW),
+    }
     torch.save({"model": model.state_dict(), "config": config, "iteration": iteration}, path)
     return path
 
@@ -110,8 +114,9 @@ def test_checkpoint_metrics_match_a_brute_force_count(tmp_path, capsys):
     model = build_segmenter("deeplab_tiny", 15)
     ckpt = save_checkpoint(tmp_path / "m.pt", model)
     out = tmp_path / "out"
-    code, stdout, _ = run(["--ckpt", str(ckpt), "--val", str(store_dir), "--out", str(out), "--device", "cpu",
-                           "--save-pred", "1"], capsys)  # fmt: skip
+    code, stdout, _ = run(
+        ["--ckpt", str(ckpt), "--val", str(store_dir), "--out", str(out), "--device", "cpu", "--save-pred", "1"], capsys
+    )
     assert code == 0, stdout
     metrics = json.loads((out / "metrics.json").read_text())
     store = ValStore(store_dir)
@@ -145,8 +150,10 @@ def test_run_folder_reports_last_and_best(tmp_path, capsys):
     save_checkpoint(run_dir / "checkpoints" / "iter_0000010.pt", constant_model(0), iteration=10)  # road
     save_checkpoint(run_dir / "checkpoints" / "iter_0000020.pt", constant_model(8), iteration=20)  # sky
     out = tmp_path / "out"
-    code, stdout, _ = run(["--ckpt", str(run_dir), "--val", str(store_dir), "--out", str(out), "--device", "cpu",
-                           "--save-pred", "0"], capsys)  # fmt: skip
+    code, stdout, _ = run(
+        ["--ckpt", str(run_dir), "--val", str(store_dir), "--out", str(out), "--device", "cpu", "--save-pred", "0"],
+        capsys,
+    )
     assert code == 0, stdout
     metrics = json.loads((out / "metrics.json").read_text())
     labels = [ValStore(store_dir).label(k, "viper15") for k in ValStore(store_dir).keys()]
@@ -195,8 +202,9 @@ def test_pred_dir_mode_scores_pngs_against_gtfine(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "munster_000000_000019_pred.png" in err
 
 
-@pytest.mark.parametrize("case", ["not_torch", "not_ours", "wrong_network", "no_store", "not_val_store",
-                                  "protocol_not_in_store", "no_mode"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case", ["not_torch", "not_ours", "wrong_network", "no_store", "not_val_store", "protocol_not_in_store", "no_mode"]
+)
 def test_bad_checkpoint_or_store_is_one_error_line(tmp_path, capsys, case):
     store_dir = make_store(tmp_path / "val", np.random.default_rng(3), keys=("aachen_000000_000019",))
     ckpt = save_checkpoint(tmp_path / "m.pt", constant_model(0))

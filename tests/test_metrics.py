@@ -1,4 +1,4 @@
-"""mIoU and TC against brute-force pixel counts and hand-worked cases (trainer/evaluate.py)."""
+"""mIoU and TC against brute-force pixel counts and hand-worked cases (trainer/evaluation/evaluate.py)."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.sources.protocols import get_protocol
-from trainer.evaluate import (
+from trainer.evaluation.evaluate import (
     confusion_matrix,
     iou_per_class,
     miou,
@@ -154,7 +154,7 @@ def test_adapt_batchnorm_is_the_average_of_per_batch_statistics():
     """AdaBN: reset, then the mean over 2-frame batches of each batch's mean and unbiased variance; weights kept."""
     import torch
 
-    from trainer.evaluate import adapt_batchnorm
+    from trainer.evaluation.evaluate import adapt_batchnorm
     from trainer.models import caffe_normalize
 
     torch.manual_seed(0)
@@ -178,13 +178,16 @@ def test_target_frames_spread_over_shards_and_top_up(tmp_path):
     """3 shards of 4, 4 and 1 pairs, frame1 of pair j in shard s filled with 10 s + j: 8 frames = 3 + 3 + 1 spread,
     topped up with shard 0's next one; more than the store holds is one error."""
     from pipeline.shards import encode_target_sample, shard_name, write_shard
-    from trainer.evaluate import target_frames
+    from trainer.evaluation.evaluate import target_frames
 
     flow = np.zeros((4, 6, 2), np.float32)
     for s, n in enumerate((4, 4, 1)):
-        samples = [encode_target_sample(f"k{s}_{j}", np.zeros((4, 6, 3), np.uint8),
-                                        np.full((4, 6, 3), 10 * s + j, np.uint8), flow, flow, {})
-                   for j in range(n)]  # fmt: skip
+        samples = [
+            encode_target_sample(
+                f"k{s}_{j}", np.zeros((4, 6, 3), np.uint8), np.full((4, 6, 3), 10 * s + j, np.uint8), flow, flow, {}
+            )
+            for j in range(n)
+        ]
         write_shard(tmp_path / shard_name("t", s), samples)
     frames = target_frames(tmp_path, 8)
     assert sorted(frames[:, 0, 0, 0].tolist()) == [0, 1, 2, 3, 10, 11, 12, 20]

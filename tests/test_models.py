@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import InputError
+from trainer.evaluation.predict import load_segmenter
 from trainer.models import (
     AUX_HEAD_PREFIX,
     IMG_MEAN_BGR,
@@ -19,7 +20,6 @@ from trainer.models import (
     load_torchvision_resnet,
 )
 from trainer.models.deeplab import DeepLabV2
-from trainer.predict import load_segmenter
 
 # torchvision's published parameter counts (ResNet-101 44,549,160; ResNet-50 25,557,032) minus the 2048 -> 1000 fc.
 RESNET101_BACKBONE = 44_549_160 - (2048 * 1000 + 1000)

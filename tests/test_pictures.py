@@ -1,11 +1,12 @@
-"""trainer/visualize.py: the class legend, figure grids with it, and videos a browser can play where OpenCV allows."""
+"""trainer/evaluation/visualize.py: the class legend, figure grids with it, and videos a browser can play where OpenCV
+allows."""
 
 import cv2
 import numpy as np
 import pytest
 
 from pipeline.sources import get_protocol
-from trainer.visualize import (
+from trainer.evaluation.visualize import (
     LEGEND_ENTRY_WIDTH,
     VIDEO_CODECS,
     VideoSink,

@@ -12,9 +12,9 @@ from test_eval_cli import INPUT_HW, LABEL_HW, constant_model, save_checkpoint
 from pipeline.errors import EXIT_BAD_INPUT
 from pipeline.shards import ValWriter, encode_val_item
 from pipeline.sources import get_protocol, resize_rgb
-from trainer.eval_cli import main as eval_main
+from trainer.evaluation.eval_cli import main as eval_main
+from trainer.evaluation.predict_cli import main
 from trainer.models import build_segmenter
-from trainer.predict_cli import main
 
 VIPER15 = get_protocol("viper15")
 VIDEO_HW = (48, 64)  # the mp4's frames (H, W); the network runs at INPUT_HW (24, 40)
@@ -39,8 +39,10 @@ def smooth_frames(rng, count, size_hw):
     base = rng.uniform(0, 255, (3, 3))
     frames = []
     for t in range(count):
-        channels = [128 + 100 * np.sin((xs - 2 * t) / (5 + 3 * c) + base[c, 0]) * np.cos(ys / (4 + c) + base[c, 1])
-                    for c in range(3)]  # fmt: skip
+        channels = [
+            128 + 100 * np.sin((xs - 2 * t) / (5 + 3 * c) + base[c, 0]) * np.cos(ys / (4 + c) + base[c, 1])
+            for c in range(3)
+        ]
         frames.append(np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8))
     return np.stack(frames)
 
@@ -80,15 +82,19 @@ def read_rgb(path):
 def test_a_video_gives_pictures_at_its_size_and_a_video_at_its_rate(tmp_path, capsys, random_ckpt):
     video = write_mp4(tmp_path / "clip.mp4", smooth_frames(np.random.default_rng(0), VIDEO_FRAMES, VIDEO_HW), VIDEO_FPS)
     out = tmp_path / "out"
-    code, stdout, err = run(main, ["--ckpt", str(random_ckpt), "--input", str(video), "--out", str(out),
-                                   "--device", "cpu", "--batch-size", "2"], capsys)  # fmt: skip
+    code, stdout, err = run(
+        main,
+        ["--ckpt", str(random_ckpt), "--input", str(video), "--out", str(out), "--device", "cpu", "--batch-size", "2"],
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads((out / "predict.json").read_text())
     assert summary["frames"] == VIDEO_FRAMES and summary["kind"] == "video" and summary["fps"] == VIDEO_FPS
     assert summary["size_wh"] == [VIDEO_HW[1], VIDEO_HW[0]] and summary["network_size_wh"] == [40, 24]
     names = [f"frame_{i:06d}" for i in range(VIDEO_FRAMES)]
     assert sorted(p.name for p in (out / "pred").iterdir()) == sorted(
-        f"{n}{suffix}" for n in names for suffix in ("_pred.png", "_pred_color.png", "_overlay.png"))
+        f"{n}{suffix}" for n in names for suffix in ("_pred.png", "_pred_color.png", "_overlay.png")
+    )
     for name in names:
         ids = read_ids(out / "pred" / f"{name}_pred.png")
         assert ids.shape == VIDEO_HW and ids.max() < VIPER15.num_classes
@@ -111,8 +117,27 @@ def test_a_frame_folder_keeps_cityscapes_names_and_a_constant_model_has_tc_100(t
     folder = write_frames(tmp_path / "frames", frames, names)
     ckpt = save_checkpoint(tmp_path / "c.pt", constant_model(8))  # sky everywhere
     out = tmp_path / "out"
-    code, _, err = run(main, ["--ckpt", str(ckpt), "--input", str(folder), "--out", str(out), "--device", "cpu",
-                              "--size", "32x16", "--tc", "--fps", "5", "--video-codec", "mp4v"], capsys)  # fmt: skip
+    code, _, err = run(
+        main,
+        [
+            "--ckpt",
+            str(ckpt),
+            "--input",
+            str(folder),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--size",
+            "32x16",
+            "--tc",
+            "--fps",
+            "5",
+            "--video-codec",
+            "mp4v",
+        ],
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads((out / "predict.json").read_text())
     assert summary["network_size_wh"] == [32, 16] and summary["fps"] == 5.0
@@ -127,8 +152,11 @@ def test_a_frame_folder_keeps_cityscapes_names_and_a_constant_model_has_tc_100(t
 def test_one_image_gives_pictures_and_no_video(tmp_path, capsys, random_ckpt):
     write_frames(tmp_path, smooth_frames(np.random.default_rng(2), 1, (20, 36)), ["street.jpg"])
     out = tmp_path / "out"
-    code, _, err = run(main, ["--ckpt", str(random_ckpt), "--input", str(tmp_path / "street.jpg"), "--out", str(out),
-                              "--device", "cpu"], capsys)  # fmt: skip
+    code, _, err = run(
+        main,
+        ["--ckpt", str(random_ckpt), "--input", str(tmp_path / "street.jpg"), "--out", str(out), "--device", "cpu"],
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads((out / "predict.json").read_text())
     assert summary["video"] is None and summary["frames"] == 1
@@ -149,15 +177,34 @@ def test_the_same_train_ids_as_i2vda_eval_save_pred(tmp_path, capsys, random_ckp
             image = resize_rgb(native, (INPUT_HW[1], INPUT_HW[0]))
             clip = np.stack([image, image])
             label = rng.integers(0, 15, LABEL_HW).astype(np.uint8)
-            writer.add(encode_val_item(key, clip, np.zeros((1, *INPUT_HW, 2), np.float32), {"viper15": label},
-                                       [18, 19], 1, {}))  # fmt: skip
+            writer.add(
+                encode_val_item(key, clip, np.zeros((1, *INPUT_HW, 2), np.float32), {"viper15": label}, [18, 19], 1, {})
+            )
         writer.commit()
-    code, _, err = run(eval_main, ["--ckpt", str(random_ckpt), "--val", str(store), "--out", str(tmp_path / "eval"),
-                                   "--device", "cpu", "--no-tc", "--save-pred", "2"], capsys)  # fmt: skip
+    code, _, err = run(
+        eval_main,
+        [
+            "--ckpt",
+            str(random_ckpt),
+            "--val",
+            str(store),
+            "--out",
+            str(tmp_path / "eval"),
+            "--device",
+            "cpu",
+            "--no-tc",
+            "--save-pred",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, err
     folder = write_frames(tmp_path / "frames", natives, [f"{key}_leftImg8bit.png" for key in keys])
-    code, _, err = run(main, ["--ckpt", str(random_ckpt), "--input", str(folder), "--out", str(tmp_path / "pred"),
-                              "--device", "cpu"], capsys)  # fmt: skip
+    code, _, err = run(
+        main,
+        ["--ckpt", str(random_ckpt), "--input", str(folder), "--out", str(tmp_path / "pred"), "--device", "cpu"],
+        capsys,
+    )
     assert code == 0, err
     for key in keys:
         from_eval = read_ids(tmp_path / "eval" / "pred" / f"{key}_pred.png")
@@ -175,10 +222,17 @@ def _mixed_sizes(tmp_path):
 
 @pytest.mark.parametrize(
     ("case", "expected"),
-    [("bad_video", "not a readable video"), ("empty_folder", "holds no frames"), ("mixed_sizes", "same size"),
-     ("other_protocol", "trained with protocol viper15"), ("out_is_a_file", "is a file"),
-     ("tc_on_an_image", "--tc"), ("bad_size", "WIDTHxHEIGHT"), ("amp_on_cpu", "CUDA only")],
-)  # fmt: skip
+    [
+        ("bad_video", "not a readable video"),
+        ("empty_folder", "holds no frames"),
+        ("mixed_sizes", "same size"),
+        ("other_protocol", "trained with protocol viper15"),
+        ("out_is_a_file", "is a file"),
+        ("tc_on_an_image", "--tc"),
+        ("bad_size", "WIDTHxHEIGHT"),
+        ("amp_on_cpu", "CUDA only"),
+    ],
+)
 def test_bad_input_is_one_error_line(tmp_path, capsys, random_ckpt, case, expected):
     image = write_frames(tmp_path / "one", smooth_frames(np.random.default_rng(5), 1, (20, 30)), ["x.png"]) / "x.png"
     args = {"--ckpt": str(random_ckpt), "--input": str(image), "--out": str(tmp_path / "out"), "--device": "cpu"}

@@ -46,29 +46,53 @@ def test_dash_h_prints_the_usage_as_help_does(command, capsys):
     assert _run([*command, "--help"], capsys)[1] == out
 
 
-@pytest.mark.parametrize("command, listed", [
-    ("flows", ["--pairs [all|annotated]", "--frames [stored|compressed]", "--flow [dis|flownet2]",
-               "--dis-preset [ultrafast|fast|medium|fine]", "--on-error [fail|skip]", "--src [cityscapes_seq]"]),
-    ("source", ["--src [viper|synthia|cityscapes]", "--protocol [viper15|synthia11|synthia12]",
-                "--on-error [fail|skip]", "--frames [stored|compressed]"]),
-    ("val", ["--flow [dis|flownet2]", "--dis-preset [ultrafast|fast|medium|fine]", "--frames [stored|compressed]"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "command, listed",
+    [
+        (
+            "flows",
+            [
+                "--pairs [all|annotated]",
+                "--frames [stored|compressed]",
+                "--flow [dis|flownet2]",
+                "--dis-preset [ultrafast|fast|medium|fine]",
+                "--on-error [fail|skip]",
+                "--src [cityscapes_seq]",
+            ],
+        ),
+        (
+            "source",
+            [
+                "--src [viper|synthia|cityscapes]",
+                "--protocol [viper15|synthia11|synthia12]",
+                "--on-error [fail|skip]",
+                "--frames [stored|compressed]",
+            ],
+        ),
+        ("val", ["--flow [dis|flownet2]", "--dis-preset [ultrafast|fast|medium|fine]", "--frames [stored|compressed]"]),
+    ],
+)
 def test_help_lists_the_values_of_every_choice_option(command, listed, capsys):
     out = " ".join(_run([command, "--help"], capsys)[1].split())  # click wraps long option names onto two lines
     for text in listed:
         assert text in out, text
 
 
-@pytest.mark.parametrize("args, line", [
-    (["flows", "--pairs", "every"], "error: --pairs every: expected one of all, annotated"),
-    (["flows", "--flow", "raft"], "error: --flow raft: expected one of dis, flownet2"),
-    (["val", "--dis-preset", "slow"], "error: --dis-preset slow: expected one of ultrafast, fast, medium, fine"),
-    (["source", "--src", "gta"], "error: --src gta: expected one of viper, synthia, cityscapes"),
-    (["source", "--src", "viper", "--protocol", "viper19"],
-     "error: --protocol viper19: expected one of viper15, synthia11, synthia12"),
-    (["flows", "--frames", "jpeg"], "error: --frames jpeg: expected one of stored, compressed"),
-    (["flows", "--on-error", "ignore"], "error: --on-error ignore: expected one of fail, skip"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["flows", "--pairs", "every"], "error: --pairs every: expected one of all, annotated"),
+        (["flows", "--flow", "raft"], "error: --flow raft: expected one of dis, flownet2"),
+        (["val", "--dis-preset", "slow"], "error: --dis-preset slow: expected one of ultrafast, fast, medium, fine"),
+        (["source", "--src", "gta"], "error: --src gta: expected one of viper, synthia, cityscapes"),
+        (
+            ["source", "--src", "viper", "--protocol", "viper19"],
+            "error: --protocol viper19: expected one of viper15, synthia11, synthia12",
+        ),
+        (["flows", "--frames", "jpeg"], "error: --frames jpeg: expected one of stored, compressed"),
+        (["flows", "--on-error", "ignore"], "error: --on-error ignore: expected one of fail, skip"),
+    ],
+)
 def test_a_bad_choice_is_one_line_and_exit_2(args, line, tmp_path, capsys):
     code, out, err = _run([*args, "--root", str(tmp_path)], capsys)
     assert code == EXIT_BAD_INPUT and err.splitlines() == [line] and out == ""
@@ -85,7 +109,8 @@ def test_a_portrait_size_is_warned_about_and_kept(tmp_path, capsys):
     assert code == EXIT_BAD_INPUT
     assert err.splitlines() == [
         "warning: --size 128x256 is WIDTHxHEIGHT: 128 wide, 256 high (portrait); Cityscapes is 1024x512",
-        f"error: --root {root}: no such directory"]  # fmt: skip
+        f"error: --root {root}: no such directory",
+    ]
     code, _, err = _run(["source", "--src", "viper", "--root", str(root), "--size", "512x896"], capsys)
     assert err.splitlines()[0].endswith("(portrait); VIPER is 896x512")
     for size in ("256x128", "128x128"):  # landscape and square: no warning

@@ -42,13 +42,34 @@ def _short_tmp() -> str:
 
 
 def _config(root, out, **kw) -> PrepConfig:
-    return PrepConfig(**{"kind": TARGET_KIND, "src": "cityscapes_seq", "root": str(root), "out": str(out),
-                         "size_wh": STORE_WH, "samples_per_shard": 1, "workers": 2, **kw})  # fmt: skip
+    return PrepConfig(
+        **{
+            "kind": TARGET_KIND,
+            "src": "cityscapes_seq",
+            "root": str(root),
+            "out": str(out),
+            "size_wh": STORE_WH,
+            "samples_per_shard": 1,
+            "workers": 2,
+            **kw,
+        }
+    )
 
 
 def _flows_args(root, out) -> list[str]:
-    return ["flows", "--root", str(root), "--out", str(out), "--size", "256x128", "--samples-per-shard", "1",
-            "--workers", "2"]  # fmt: skip
+    return [
+        "flows",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--size",
+        "256x128",
+        "--samples-per-shard",
+        "1",
+        "--workers",
+        "2",
+    ]
 
 
 def _env(**extra) -> dict:
@@ -102,8 +123,10 @@ def test_every_pair_once_with_resized_frames_and_the_estimators_flows(train_root
         assert np.array_equal(sample["frame0"], frame0) and np.array_equal(sample["frame1"], frame1)
         assert np.abs(sample["flow01"] - dis(frame0, frame1)).max() <= HALF_STEP_PX + 1e-6
         assert np.abs(sample["flow10"] - dis(frame1, frame0)).max() <= HALF_STEP_PX + 1e-6
-        assert sample["meta"]["source_paths"][1] == frame_path(train_root, "train", city, seq, frame).relative_to(
-            train_root).as_posix()  # fmt: skip
+        assert (
+            sample["meta"]["source_paths"][1]
+            == frame_path(train_root, "train", city, seq, frame).relative_to(train_root).as_posix()
+        )
     on_disk = read_manifest(store)
     assert on_disk["complete"] and on_disk["num_samples"] == len(PAIR_KEYS) == on_disk["num_planned"]
     assert [e["name"] for e in on_disk["shards"]] == sorted(_tars(store))
@@ -161,9 +184,13 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(train_root, refe
     ref_store, ref_manifest = reference
     store = tmp_path / "cityscapes_seq"
     temp = _short_tmp()
-    job = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *_flows_args(train_root, tmp_path)],
-                           env=_env(RAY_TMPDIR=temp), start_new_session=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)  # fmt: skip
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *_flows_args(train_root, tmp_path)],
+        env=_env(RAY_TMPDIR=temp),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + FIRST_SHARD_S
         while not list(store.glob("*.tar")) and job.poll() is None and time.monotonic() < deadline:
@@ -196,8 +223,13 @@ def two_node_cluster():
     sessions = []
     try:
         for args in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address=127.0.0.1:{port}"]):
-            starter = subprocess.Popen([RAY_BIN, "start", *args, *common], env=env, start_new_session=True,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+            starter = subprocess.Popen(
+                [RAY_BIN, "start", *args, *common],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             sessions.append(starter.pid)
             _, err = starter.communicate(timeout=120)
             assert starter.returncode == 0, err.decode()[-2000:]
@@ -218,13 +250,18 @@ def _kill_session(session: int) -> None:
             pass
 
 
-def test_the_same_command_on_a_two_node_cluster_writes_the_same_shards(train_root, reference, two_node_cluster,
-                                                                        tmp_path):  # fmt: skip
+def test_the_same_command_on_a_two_node_cluster_writes_the_same_shards(
+    train_root, reference, two_node_cluster, tmp_path
+):
     address, temp = two_node_cluster
     sessions_before = sorted((Path(temp) / "ray").glob("session_2*"))
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *_flows_args(train_root, tmp_path)],
-                          env=_env(RAY_ADDRESS=address, RAY_TMPDIR=temp), capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *_flows_args(train_root, tmp_path)],
+        env=_env(RAY_ADDRESS=address, RAY_TMPDIR=temp),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted((Path(temp) / "ray").glob("session_2*")) == sessions_before  # joined, started no Ray of its own
     assert _tars(tmp_path / "cityscapes_seq") == _tars(reference[0])
@@ -274,9 +311,12 @@ def test_bad_files_fail_with_one_line_or_are_skipped_and_listed(train_root, loca
     skipped = {(s["key"], s["path"]) for s in manifest["skipped"]}
     rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
     after_resized = frame_path(root, "train", "aachen", "000000", 21)  # the pair (20, 21) names its second frame
-    assert skipped == {("bochum_000001_000005", rel(truncated)), ("bochum_000001_000006", rel(truncated)),
-                       ("aachen_000000_000020", rel(resized)),
-                       ("aachen_000000_000021", rel(after_resized))}  # fmt: skip
+    assert skipped == {
+        ("bochum_000001_000005", rel(truncated)),
+        ("bochum_000001_000006", rel(truncated)),
+        ("aachen_000000_000020", rel(resized)),
+        ("aachen_000000_000021", rel(after_resized)),
+    }
     assert all(str(resized) in s["reason"] for s in manifest["skipped"] if s["key"].startswith("aachen"))
     assert manifest["complete"] and manifest["num_samples"] == len(PAIR_KEYS) - 4
     keys = [s["__key__"] for s in read_samples(tmp_path / "skip" / "cityscapes_seq")]
@@ -284,7 +324,8 @@ def test_bad_files_fail_with_one_line_or_are_skipped_and_listed(train_root, loca
 
 
 def test_compressed_frames_hold_the_same_pixels_in_fewer_bytes_and_cannot_resume_a_stored_store(
-        train_root, reference, local_ray, tmp_path, capsys):  # fmt: skip
+    train_root, reference, local_ray, tmp_path, capsys
+):
     store, _ = reference
     code, err = _run_cli([*_flows_args(train_root, tmp_path / "small"), "--frames", "compressed"], capsys)
     assert code == 0, err
@@ -319,12 +360,20 @@ def test_a_size_too_small_for_the_flow_is_one_line(tmp_path, capsys, size):
 def test_val_command_compresses_frames_by_default_with_the_same_pixels(local_ray, tmp_path, capsys):
     root = tmp_path / "cs"
     write_cityscapes(root, "val", [("lindau", "000003", 10, 4, 13)], (48, 96), seed=5)
-    code, err = _run_cli(["val", "--root", str(root), "--out", str(tmp_path / "cli"), "--size", "64x32",
-                          "--workers", "1"], capsys)  # fmt: skip
+    code, err = _run_cli(
+        ["val", "--root", str(root), "--out", str(tmp_path / "cli"), "--size", "64x32", "--workers", "1"], capsys
+    )
     assert code == 0, err
     assert read_manifest(tmp_path / "cli" / "cityscapes_val")["config"]["frames"] == "compressed"
-    stored = PrepConfig(kind=VAL_KIND, src="cityscapes_val", root=str(root), out=str(tmp_path / "api"),
-                        size_wh=(64, 32), split="val", workers=1)  # fmt: skip
+    stored = PrepConfig(
+        kind=VAL_KIND,
+        src="cityscapes_val",
+        root=str(root),
+        out=str(tmp_path / "api"),
+        size_wh=(64, 32),
+        split="val",
+        workers=1,
+    )
     run_val(stored)
     a = ValStore(tmp_path / "cli" / "cityscapes_val").sample("lindau_000003_000013")
     b = ValStore(tmp_path / "api" / "cityscapes_val").sample("lindau_000003_000013")
@@ -334,8 +383,9 @@ def test_val_command_compresses_frames_by_default_with_the_same_pixels(local_ray
 def test_val_job_writes_every_annotated_frame_with_its_clip(local_ray, tmp_path):
     root = tmp_path / "cs"
     write_cityscapes(root, "val", [("lindau", "000003", 10, 6, 13), ("munster", "000007", 0, 4, 2)], (48, 96), seed=4)
-    config = PrepConfig(kind=VAL_KIND, src="cityscapes_val", root=str(root), out=str(tmp_path), size_wh=(64, 32),
-                        split="val", workers=2)  # fmt: skip
+    config = PrepConfig(
+        kind=VAL_KIND, src="cityscapes_val", root=str(root), out=str(tmp_path), size_wh=(64, 32), split="val", workers=2
+    )
     manifest = run_val(config)
     stamp = (tmp_path / "cityscapes_val" / "val.h5").stat().st_mtime_ns
     assert run_val(config)["resumed_shards"] == 1  # complete and verified: nothing redone
@@ -355,15 +405,38 @@ SYNTHIA11_IDS = {3: 0, 4: 1, 2: 2, 7: 3, 15: 4, 9: 5, 6: 6, 1: 7, 10: 8, 11: 9, 
 
 
 def test_source_store_holds_resized_images_and_protocol_labels(local_ray, tmp_path, capsys):
-    from pipeline.demo.world import WorldConfig, write_world
+    from pipeline.world.world import WorldConfig, write_world
 
-    tiny = WorldConfig(target_size_wh=(64, 32), viper_size_wh=(64, 32), synthia_size_wh=(64, 32), train_snippets=1,
-                       val_snippets=1, snippet_frames=3, annotated_index=2, viper_sequences=1, viper_frames=3,
-                       synthia_frames=3)  # fmt: skip
+    tiny = WorldConfig(
+        target_size_wh=(64, 32),
+        viper_size_wh=(64, 32),
+        synthia_size_wh=(64, 32),
+        train_snippets=1,
+        val_snippets=1,
+        snippet_frames=3,
+        annotated_index=2,
+        viper_sequences=1,
+        viper_frames=3,
+        synthia_frames=3,
+    )
     write_world(tmp_path / "world", seed=0, config=tiny)
     root = tmp_path / "world" / "synthia" / "SYNTHIA-SEQS-04-DAWN"
-    code, err = _run_cli(["source", "--src", "synthia", "--root", str(root), "--out", str(tmp_path / "stores"),
-                          "--size", "32x16", "--workers", "1"], capsys)  # fmt: skip
+    code, err = _run_cli(
+        [
+            "source",
+            "--src",
+            "synthia",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "stores"),
+            "--size",
+            "32x16",
+            "--workers",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     check_manifest(tmp_path / "stores" / "synthia", kind="source", protocol="synthia11", size_wh=(32, 16))
     samples = list(read_samples(tmp_path / "stores" / "synthia"))
@@ -395,5 +468,7 @@ def test_inspect_describes_a_store_and_draws_its_sheet(reference, tmp_path, caps
     # Titles over 3 pairs (frame0, frame1, flow01, flow10) spread over the store: PAIR_KEYS 2, 8 and 13.
     assert sheet.shape == (TITLE_HEIGHT + 3 * tile_wh[1], 4 * tile_wh[0], 3)
     first = next(s for s in read_samples(store) if s["__key__"] == PAIR_KEYS[2])
-    assert np.array_equal(sheet[TITLE_HEIGHT : TITLE_HEIGHT + tile_wh[1], : tile_wh[0]],
-                          cv2.resize(first["frame0"], tile_wh, interpolation=cv2.INTER_AREA))  # fmt: skip
+    assert np.array_equal(
+        sheet[TITLE_HEIGHT : TITLE_HEIGHT + tile_wh[1], : tile_wh[0]],
+        cv2.resize(first["frame0"], tile_wh, interpolation=cv2.INTER_AREA),
+    )

@@ -75,5 +75,6 @@ def test_colorize_hand_example():
     out = colorize(label, get_protocol("viper15"))
     assert out.dtype == np.uint8 and np.array_equal(out, expected)
     # Ids beyond the protocol (here 14 under synthia11) are black too; int64 predictions are accepted.
-    assert colorize(np.array([[14, 10]], dtype=np.int64), get_protocol("synthia11")).tolist() == [[[0, 0, 0],
-                                                                                                    [0, 0, 142]]]
+    assert colorize(np.array([[14, 10]], dtype=np.int64), get_protocol("synthia11")).tolist() == [
+        [[0, 0, 0], [0, 0, 142]]
+    ]

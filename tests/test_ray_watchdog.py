@@ -91,8 +91,9 @@ def test_the_watchdog_kills_the_killed_drivers_descendants_and_nothing_else():
         print("started", flush=True)
         time.sleep(60)
     """)
-    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     try:
         assert driver.stdout.readline() == "started\n"
         deadline = time.monotonic() + 30
@@ -123,10 +124,25 @@ def test_a_prep_run_killed_with_sigkill_leaves_no_ray_process(tmp_path):
     root, out = tmp_path / "cityscapes", tmp_path / "out"
     _blocked_tree(root)
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    args = ["flows", "--root", str(root), "--out", str(out), "--size", "64x32", "--samples-per-shard", "1",
-            "--workers", "2"]  # fmt: skip
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env={**_env(), "RAY_TMPDIR": temp},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    args = [
+        "flows",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--size",
+        "64x32",
+        "--samples-per-shard",
+        "1",
+        "--workers",
+        "2",
+    ]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env={**_env(), "RAY_TMPDIR": temp},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     descendants: dict = {}
     try:
         deadline = time.monotonic() + START_S

@@ -10,13 +10,13 @@ import pytest
 import torch
 from test_train_loop import load, make_stores, read_log, same_state, tiny_config
 
-import trainer.loop as loop
+import trainer.training.loop as loop
 from pipeline.errors import InputError
 from pipeline.shards import read_samples
-from trainer.checkpoint import save_checkpoint
-from trainer.data import iteration_batches, open_stores
-from trainer.loop import train
-from trainer.rng import capture_rng, restore_rng
+from trainer.training.checkpoint import save_checkpoint
+from trainer.training.data import iteration_batches, open_stores
+from trainer.training.loop import train
+from trainer.training.rng import capture_rng, restore_rng
 
 # Wall-clock numbers and what each process says once (device, ranks): the only log fields allowed to differ.
 TIMING_FIELDS = ("it_per_s", "data_wait_frac", "time", "elapsed_s", "device", "world_size")
@@ -66,8 +66,9 @@ def test_preempted_run_resumes_as_if_never_stopped(stores, tmp_path, monkeypatch
     a, b = read_log(straight), read_log(stopped)
     assert [e["iteration"] for e in b] == list(range(6))
     for entry_a, entry_b in zip(a, b):
-        assert {k: v for k, v in entry_a.items() if k not in TIMING_FIELDS} == \
-               {k: v for k, v in entry_b.items() if k not in TIMING_FIELDS}  # fmt: skip
+        assert {k: v for k, v in entry_a.items() if k not in TIMING_FIELDS} == {
+            k: v for k, v in entry_b.items() if k not in TIMING_FIELDS
+        }
     end_a, end_b = load(straight / "checkpoints" / "iter_0000006.pt"), load(stopped / "checkpoints" / "iter_0000006.pt")
     for part in ("model", "proxy", "disc"):
         assert same_state(end_a[part], end_b[part]), part

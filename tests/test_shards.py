@@ -54,8 +54,9 @@ def _target(seed, key=None):
 def test_target_sample_round_trip_exact_frames_and_flows_within_half_a_step():
     (f0, f1), (fl01, fl10) = _pair(1)
     raw = encode_target_sample("aachen_000001_000019", f0, f1, fl01, fl10, {"estimator": "dis"})
-    assert sorted(raw) == sorted(["__key__", "frame0.png", "frame1.png", f"flow01.{FLOW_EXT}", f"flow10.{FLOW_EXT}",
-                                  "meta.json"])
+    assert sorted(raw) == sorted(
+        ["__key__", "frame0.png", "frame1.png", f"flow01.{FLOW_EXT}", f"flow10.{FLOW_EXT}", "meta.json"]
+    )
     out = decode_sample(raw)
     assert out["__key__"] == "aachen_000001_000019"
     assert out["frame0"].dtype == np.uint8 and np.array_equal(out["frame0"], f0) and np.array_equal(out["frame1"], f1)
@@ -124,8 +125,10 @@ def test_a_failing_writer_leaves_no_file(tmp_path):
 
 def test_store_folder_reads_shards_in_manifest_order(tmp_path):
     infos = [write_shard(tmp_path / shard_name("st", i), [_target(10 * i + j) for j in range(2)]) for i in (1, 0)]
-    write_manifest(tmp_path, {"name": "st", "kind": "target_pairs", "complete": True,
-                              "shards": sorted(infos, key=lambda s: s["name"])})
+    write_manifest(
+        tmp_path,
+        {"name": "st", "kind": "target_pairs", "complete": True, "shards": sorted(infos, key=lambda s: s["name"])},
+    )
     keys = [s["__key__"] for s in read_samples(tmp_path)]
     assert keys == [f"city_000000_{n:06d}" for n in (0, 1, 10, 11)]
     keys_list = [s["__key__"] for s in read_samples([tmp_path / shard_name("st", 1)])]
@@ -141,8 +144,17 @@ def test_a_truncated_shard_is_an_input_error_naming_it(tmp_path):
 
 
 def test_manifest_round_trip_and_checks(tmp_path):
-    write_manifest(tmp_path, {"name": "viper", "kind": "source", "protocol": "viper15", "size_wh": [896, 512],
-                              "complete": True, "shards": []})
+    write_manifest(
+        tmp_path,
+        {
+            "name": "viper",
+            "kind": "source",
+            "protocol": "viper15",
+            "size_wh": [896, 512],
+            "complete": True,
+            "shards": [],
+        },
+    )
     manifest = read_manifest(tmp_path)
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
     assert manifest["tool_version"] and manifest["size_wh"] == [896, 512]
@@ -216,10 +228,19 @@ def test_frame_mode_changes_the_bytes_not_the_decoded_sample():
 def test_open_store_types_the_manifest_and_lists_its_shards(tmp_path):
     infos = [write_shard(tmp_path / shard_name("st", i), [_target(10 * i + j) for j in range(2)]) for i in (0, 1)]
     empty = write_shard(tmp_path / shard_name("st", 2), [])
-    write_manifest(tmp_path, {"name": "st", "kind": "target_pairs", "complete": True, "size_wh": [W, H],
-                              "estimator": "dis", "config": {"estimator_options": {"preset": "fast"},
-                                                             "plan_sha256": "abc"},
-                              "num_samples": 4, "shards": [*infos, empty]})  # fmt: skip
+    write_manifest(
+        tmp_path,
+        {
+            "name": "st",
+            "kind": "target_pairs",
+            "complete": True,
+            "size_wh": [W, H],
+            "estimator": "dis",
+            "config": {"estimator_options": {"preset": "fast"}, "plan_sha256": "abc"},
+            "num_samples": 4,
+            "shards": [*infos, empty],
+        },
+    )
     info = open_store(tmp_path)
     assert isinstance(info, StoreInfo) and info.kind == "target_pairs" and info.complete
     assert info.size_wh == (W, H) and info.size_hw == (H, W) and info.estimator == "dis"

@@ -35,8 +35,15 @@ def _chunk(kind, payload):
 def _png(width, height, bit_depth, color_type, rows, extra=()):
     """A PNG from already filtered scanlines (each starting with its filter type byte)."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return b"".join([b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", ihdr), *extra,
-                     _chunk(b"IDAT", zlib.compress(b"".join(rows))), _chunk(b"IEND", b"")])  # fmt: skip
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", ihdr),
+            *extra,
+            _chunk(b"IDAT", zlib.compress(b"".join(rows))),
+            _chunk(b"IEND", b""),
+        ]
+    )
 
 
 def _filter_row(kind, row, prev):
@@ -110,8 +117,17 @@ def test_palette_png_round_trip(tmp_path):
 
 
 def test_hand_built_indexed_pngs(tmp_path):
-    indices = np.array([[0, 1, 2, 30, 31, 5, 9], [9, 9, 0, 1, 31, 31, 2], [4, 4, 4, 4, 4, 4, 4],
-                        [31, 0, 31, 0, 31, 0, 31], [1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1]], np.uint8)  # fmt: skip
+    indices = np.array(
+        [
+            [0, 1, 2, 30, 31, 5, 9],
+            [9, 9, 0, 1, 31, 31, 2],
+            [4, 4, 4, 4, 4, 4, 4],
+            [31, 0, 31, 0, 31, 0, 31],
+            [1, 2, 3, 4, 5, 6, 7],
+            [7, 6, 5, 4, 3, 2, 1],
+        ],
+        np.uint8,
+    )
     palette = [(200, 200, 200)] * 32  # every index has the same colour: only the index tells them apart
     (tmp_path / "filters.png").write_bytes(_indexed_png_all_filters(indices, palette))
     assert np.array_equal(read_palette_png(tmp_path / "filters.png"), indices)
@@ -209,22 +225,28 @@ def test_viper_listing_and_labels(tmp_path):
 
 
 def test_ego_vehicle_removal_hand_example(tmp_path):
-    ids = np.array([
-        [0, 24, 24, 0, 0, 0, 0, 0],
-        [0, 24, 24, 0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0, 0, 0, 0],
-        [0, 0, 0, 24, 0, 0, 0, 0],  # touches the ego blob only diagonally: 8-connected, removed
-        [0, 0, 0, 0, 24, 24, 24, 0],
-        [0, 3, 3, 3, 24, 24, 24, 24],  # bottom-row centre (5, 4) is car
-    ], np.uint8)  # fmt: skip
-    expected = np.array([
-        [0, 24, 24, 0, 0, 0, 0, 0],
-        [0, 24, 24, 0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0, 0, 0, 0],
-        [0, 3, 3, 3, 0, 0, 0, 0],
-    ], np.uint8)  # fmt: skip
+    ids = np.array(
+        [
+            [0, 24, 24, 0, 0, 0, 0, 0],
+            [0, 24, 24, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 24, 0, 0, 0, 0],  # touches the ego blob only diagonally: 8-connected, removed
+            [0, 0, 0, 0, 24, 24, 24, 0],
+            [0, 3, 3, 3, 24, 24, 24, 24],  # bottom-row centre (5, 4) is car
+        ],
+        np.uint8,
+    )
+    expected = np.array(
+        [
+            [0, 24, 24, 0, 0, 0, 0, 0],
+            [0, 24, 24, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 3, 3, 3, 0, 0, 0, 0],
+        ],
+        np.uint8,
+    )
     out = viper.remove_ego_vehicle(ids)
     assert np.array_equal(out, expected) and ids[5, 4] == 24  # input untouched
     no_ego = ids.copy()
@@ -254,8 +276,11 @@ def _cityscapes_tree(root, labelled):
     """frankfurt 000000: snippets 10-14 and 20-23 (a gap); frankfurt 000001: 5-6; aachen 000000: 17-19."""
     frame = cv2.imencode(".png", np.zeros((2, 3, 3), np.uint8))[1].tobytes()
     label = cv2.imencode(".png", np.zeros((2, 3), np.uint8))[1].tobytes()
-    for city, seq, frames in [("frankfurt", "000000", [*range(10, 15), *range(20, 24)]),
-                              ("frankfurt", "000001", [5, 6]), ("aachen", "000000", [17, 18, 19])]:  # fmt: skip
+    for city, seq, frames in [
+        ("frankfurt", "000000", [*range(10, 15), *range(20, 24)]),
+        ("frankfurt", "000001", [5, 6]),
+        ("aachen", "000000", [17, 18, 19]),
+    ]:
         (root / IMG / city).mkdir(parents=True, exist_ok=True)
         for f in frames:
             (root / IMG / city / f"{city}_{seq}_{f:06d}_leftImg8bit.png").write_bytes(frame)
@@ -305,13 +330,18 @@ def test_cityscapes_labelled_frames_as_a_source(tmp_path):
 
 def test_cityscapes_errors(tmp_path):
     _assert_one_line_error(lambda: cityscapes.list_pairs(tmp_path / "nope"), tmp_path / "nope")
-    _assert_one_line_error(lambda: cityscapes.list_pairs(tmp_path),
-                           f"{tmp_path}/leftImg8bit_sequence/train/<city>/<city>_<seq>_<frame>_leftImg8bit.png")
+    _assert_one_line_error(
+        lambda: cityscapes.list_pairs(tmp_path),
+        f"{tmp_path}/leftImg8bit_sequence/train/<city>/<city>_<seq>_<frame>_leftImg8bit.png",
+    )
     (tmp_path / IMG / "aachen").mkdir(parents=True)
     _assert_one_line_error(lambda: cityscapes.list_pairs(tmp_path), "no frames found")
     _cityscapes_tree(tmp_path, ["frankfurt_000000_000020"])  # first frame of its snippet: no frame 19
-    _assert_one_line_error(lambda: cityscapes.list_pairs(tmp_path, pairs="annotated"),
-                           "frankfurt_000000_000020_leftImg8bit.png", "frankfurt_000000_000019_leftImg8bit.png")
+    _assert_one_line_error(
+        lambda: cityscapes.list_pairs(tmp_path, pairs="annotated"),
+        "frankfurt_000000_000020_leftImg8bit.png",
+        "frankfurt_000000_000019_leftImg8bit.png",
+    )
     _assert_one_line_error(lambda: cityscapes.list_pairs(tmp_path, pairs="some"), "--pairs")
     (tmp_path / "leftImg8bit_sequence/val/aachen").mkdir(parents=True)
     (tmp_path / "leftImg8bit_sequence/val/aachen/aachen_000000_000019_leftImg8bit.png").write_bytes(b"png")
@@ -364,8 +394,9 @@ def test_synthia_both_layouts_and_labels(tmp_path):
 def test_synthia_errors(tmp_path):
     _assert_one_line_error(lambda: synthia.list_samples(tmp_path / "nope"), tmp_path / "nope")
     (tmp_path / "RGB").mkdir()
-    _assert_one_line_error(lambda: synthia.list_samples(tmp_path), "RGB/Stereo_Left/Omni_F", "GT/LABELS", "rgb/",
-                           "label/")  # fmt: skip
+    _assert_one_line_error(
+        lambda: synthia.list_samples(tmp_path), "RGB/Stereo_Left/Omni_F", "GT/LABELS", "rgb/", "label/"
+    )
     (tmp_path / "rgb").mkdir(exist_ok=True)
     (tmp_path / "label").mkdir()
     _assert_one_line_error(lambda: synthia.list_samples(tmp_path), "no SYNTHIA frames")

@@ -42,11 +42,23 @@ def _store(folder: Path, kind: str, samples, extra: dict) -> None:
     for index in range(SHARDS):
         chunk = samples[index * SAMPLES_PER_SHARD : (index + 1) * SAMPLES_PER_SHARD]
         entries.append({**write_shard(folder / shard_name(folder.name, index), chunk), "skipped": []})
-    write_manifest(folder, {
-        "name": folder.name, "kind": kind, "size_wh": [SIZE_HW[1], SIZE_HW[0]], "complete": True,
-        "num_planned": len(samples), "num_samples": len(samples), "num_skipped": 0,
-        "bytes": sum(e["bytes"] for e in entries), "shards": entries, "skipped": [], "timing": {}, **extra,
-    })  # fmt: skip
+    write_manifest(
+        folder,
+        {
+            "name": folder.name,
+            "kind": kind,
+            "size_wh": [SIZE_HW[1], SIZE_HW[0]],
+            "complete": True,
+            "num_planned": len(samples),
+            "num_samples": len(samples),
+            "num_skipped": 0,
+            "bytes": sum(e["bytes"] for e in entries),
+            "shards": entries,
+            "skipped": [],
+            "timing": {},
+            **extra,
+        },
+    )
 
 
 def make_stores(shards_dir: Path, seed: int = 0) -> None:
@@ -68,8 +80,9 @@ def make_stores(shards_dir: Path, seed: int = 0) -> None:
         flow01[..., 0] = 2.0
         target.append(encode_target_sample(f"city_{i:03d}", frame0, frame1, flow01, -flow01, {"estimator": "dis"}))
     _store(shards_dir / "viper", SOURCE_KIND, source, {"protocol": PROTOCOL.name, "estimator": None, "codec": None})
-    _store(shards_dir / "cityscapes_seq", TARGET_KIND, target,
-           {"protocol": None, "estimator": "dis", "codec": FLOW_CODEC})  # fmt: skip
+    _store(
+        shards_dir / "cityscapes_seq", TARGET_KIND, target, {"protocol": None, "estimator": "dis", "codec": FLOW_CODEC}
+    )
 
 
 def _free_port() -> int:
@@ -90,15 +103,52 @@ def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
     wrapper = tmp_path / "rank_dir.sh"
     wrapper.write_text('#!/usr/bin/env bash\nmkdir -p "rank${RANK}" && cd "rank${RANK}" && exec i2vda-train "$@"\n')
     wrapper.chmod(0o755)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NNODES": "1", "NPROC_PER_NODE": str(WORLD),
-           "RDZV_ENDPOINT": f"127.0.0.1:{_free_port()}", "RUN_ID": "test", "TRAIN_COMMAND": str(wrapper),
-           "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}  # fmt: skip
-    args = ["--shards", str(shards), "--source", "viper", "--target", "cityscapes_seq", "--out", "run",
-            "--method", "i2vda", "--arch", "deeplab_tiny", "--max-iter", str(MAX_ITER), "--iter-copy", "1",
-            "--iter-launch", "1", "--checkpoint-interval", str(MAX_ITER), "--log-interval", "1",
-            "--image-interval", "100", "--num-workers", "0", "--shuffle-buffer", "2", "--device", "cpu"]  # fmt: skip
-    result = subprocess.run(["bash", str(LAUNCHER), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=RUN_TIMEOUT_S)  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "NNODES": "1",
+        "NPROC_PER_NODE": str(WORLD),
+        "RDZV_ENDPOINT": f"127.0.0.1:{_free_port()}",
+        "RUN_ID": "test",
+        "TRAIN_COMMAND": str(wrapper),
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+    }
+    args = [
+        "--shards",
+        str(shards),
+        "--source",
+        "viper",
+        "--target",
+        "cityscapes_seq",
+        "--out",
+        "run",
+        "--method",
+        "i2vda",
+        "--arch",
+        "deeplab_tiny",
+        "--max-iter",
+        str(MAX_ITER),
+        "--iter-copy",
+        "1",
+        "--iter-launch",
+        "1",
+        "--checkpoint-interval",
+        str(MAX_ITER),
+        "--log-interval",
+        "1",
+        "--image-interval",
+        "100",
+        "--num-workers",
+        "0",
+        "--shuffle-buffer",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    result = subprocess.run(
+        ["bash", str(LAUNCHER), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
     rank1 = tmp_path / "rank1"

@@ -13,8 +13,8 @@ import pytest
 from test_train_loop import SIZE_HW, SOURCE, TARGET, make_stores
 
 from pipeline.errors import EXIT_BAD_INPUT, InputError
-from trainer.cli import cli, main
-from trainer.config import TrainConfig
+from trainer.training.cli import cli, main
+from trainer.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,9 @@ def _fails(capsys, args: list[str]) -> str:
 def test_a_missing_store_exits_2_with_one_line(tmp_path):
     # A real process: the exit status and stderr a user sees.
     args = ["--out", str(tmp_path / "run"), "--shards", str(tmp_path / "nowhere"), "--source", "viper"]
-    proc = subprocess.run([sys.executable, "-m", "trainer.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.training.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == EXIT_BAD_INPUT
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("error: --source viper: no store at") and "Traceback" not in proc.stderr
@@ -49,12 +50,18 @@ def test_a_missing_store_exits_2_with_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     ("flags", "field"),
-    [(["--protocol", "synthia11"], "protocol"), (["--target-size", "128x64"], "size_wh"),
-     (["--source-size", "64x64"], "size_wh"), (["--flow-estimator", "flownet2"], "estimator")],
-)  # fmt: skip
+    [
+        (["--protocol", "synthia11"], "protocol"),
+        (["--target-size", "128x64"], "size_wh"),
+        (["--source-size", "64x64"], "size_wh"),
+        (["--flow-estimator", "flownet2"], "estimator"),
+    ],
+)
 def test_a_store_that_does_not_match_exits_2(stores, tmp_path, capsys, flags, field):
-    line = _fails(capsys, ["--out", str(tmp_path / "run"), "--shards", str(stores), "--source", SOURCE,
-                           "--target", TARGET, *flags])  # fmt: skip
+    line = _fails(
+        capsys,
+        ["--out", str(tmp_path / "run"), "--shards", str(stores), "--source", SOURCE, "--target", TARGET, *flags],
+    )
     assert field in line
 
 
@@ -81,8 +88,24 @@ def test_config_file_then_flags_make_the_saved_config(stores, tmp_path):
     settings.write_text("lr: 0.002\nmax_iter: 5\nmethod: source_only\narch: deeplab_tiny\nnum_workers: 0\n")
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:  # click ends a successful command with exit 0
-        main(["--config", str(settings), "--out", str(run), "--shards", str(stores), "--source", SOURCE,
-              "--target", TARGET, "--max-iter", "2", "--device", "cpu"])  # fmt: skip
+        main(
+            [
+                "--config",
+                str(settings),
+                "--out",
+                str(run),
+                "--shards",
+                str(stores),
+                "--source",
+                SOURCE,
+                "--target",
+                TARGET,
+                "--max-iter",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
     assert exit_info.value.code == 0
     saved = json.loads((run / "config.json").read_text())
     assert (saved["lr"], saved["max_iter"], saved["method"]) == (0.002, 2, "source_only")  # file, flag, file
@@ -93,13 +116,23 @@ def test_config_file_then_flags_make_the_saved_config(stores, tmp_path):
 
 @pytest.mark.parametrize(
     ("flags", "flag"),
-    [(["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr-d", "-1"], "--lr-d"),
-     (["--momentum", "-1"], "--momentum"), (["--weight-decay", "-1"], "--weight-decay"),
-     (["--betas-d", "2", "2"], "--betas-d"), (["--eta", "-1"], "--eta"), (["--eta", "nan"], "--eta"),
-     (["--poly-power", "-1"], "--poly-power"), (["--lambda-adv", "-1"], "--lambda-adv"),
-     (["--classifier-lr-mult", "-1"], "--classifier-lr-mult"), (["--pl-portion", "nan"], "--pl-portion"),
-     (["--target-size", "0x0"], "--target-size 0x0"), (["--delta", "inf"], "--delta")],
-)  # fmt: skip
+    [
+        (["--lr", "-1"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--lr-d", "-1"], "--lr-d"),
+        (["--momentum", "-1"], "--momentum"),
+        (["--weight-decay", "-1"], "--weight-decay"),
+        (["--betas-d", "2", "2"], "--betas-d"),
+        (["--eta", "-1"], "--eta"),
+        (["--eta", "nan"], "--eta"),
+        (["--poly-power", "-1"], "--poly-power"),
+        (["--lambda-adv", "-1"], "--lambda-adv"),
+        (["--classifier-lr-mult", "-1"], "--classifier-lr-mult"),
+        (["--pl-portion", "nan"], "--pl-portion"),
+        (["--target-size", "0x0"], "--target-size 0x0"),
+        (["--delta", "inf"], "--delta"),
+    ],
+)
 def test_every_numeric_flag_is_validated_before_anything_runs(tmp_path, capsys, flags, flag):
     line = _fails(capsys, ["--out", str(tmp_path / "run"), "--shards", str(tmp_path / "nowhere"), *flags])
     assert line.startswith(f"error: {flag}"), line
@@ -114,11 +147,38 @@ def test_config_sizes_are_named_by_their_flags():
 def test_off_a_terminal_progress_is_plain_timestamped_lines_and_the_log_says_when_and_where(stores, tmp_path):
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the bar would be allowed
-    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "--out", str(run), "--shards", str(stores), "--source",
-                           SOURCE, "--target", TARGET, "--arch", "deeplab_tiny", "--method", "source_only",
-                           "--device", "cpu", "--num-workers", "0", "--max-iter", "4", "--log-interval", "2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**env, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.training.cli",
+            "--out",
+            str(run),
+            "--shards",
+            str(stores),
+            "--source",
+            SOURCE,
+            "--target",
+            TARGET,
+            "--arch",
+            "deeplab_tiny",
+            "--method",
+            "source_only",
+            "--device",
+            "cpu",
+            "--num-workers",
+            "0",
+            "--max-iter",
+            "4",
+            "--log-interval",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stdout + proc.stderr and proc.stderr == ""
     progress = proc.stdout.splitlines()[:-1]

@@ -24,8 +24,8 @@ from pipeline.shards import (
     write_manifest,
     write_shard,
 )
-from trainer.config import TrainConfig
-from trainer.loop import train
+from trainer.training.config import TrainConfig
+from trainer.training.loop import train
 
 SIZE_HW = (32, 64)
 BLOCK_PX = 8
@@ -63,18 +63,47 @@ def make_stores(root: Path, shards: int = 2, per_shard: int = 6, seed: int = 0) 
             frame1 = np.roll(frame0, SHIFT_XY[::-1], axis=(0, 1))
             samples.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow_01, -flow_01, {}))
         target_info.append(write_shard(target_dir / shard_name(TARGET, s), samples))
-    write_manifest(source_dir, {"name": SOURCE, "kind": SOURCE_KIND, "complete": True, "protocol": "viper15",
-                                "size_wh": [w, h], "shards": source_info})  # fmt: skip
-    write_manifest(target_dir, {"name": TARGET, "kind": TARGET_KIND, "complete": True, "size_wh": [w, h],
-                                "estimator": "dis", "estimator_options": {"preset": "ultrafast"},
-                                "shards": target_info})  # fmt: skip
+    write_manifest(
+        source_dir,
+        {
+            "name": SOURCE,
+            "kind": SOURCE_KIND,
+            "complete": True,
+            "protocol": "viper15",
+            "size_wh": [w, h],
+            "shards": source_info,
+        },
+    )
+    write_manifest(
+        target_dir,
+        {
+            "name": TARGET,
+            "kind": TARGET_KIND,
+            "complete": True,
+            "size_wh": [w, h],
+            "estimator": "dis",
+            "estimator_options": {"preset": "ultrafast"},
+            "shards": target_info,
+        },
+    )
     return root
 
 
 def tiny_config(stores: Path, out: Path, **overrides) -> TrainConfig:
     """A CPU run of deeplab_tiny on the tiny stores, logging every iteration."""
-    settings = dict(out=str(out), shards=str(stores), source=SOURCE, target=TARGET, arch="deeplab_tiny",
-                    device="cpu", num_workers=0, log_interval=1, shuffle_buffer=4, block_iters=4, lr=1e-3)
+    settings = dict(
+        out=str(out),
+        shards=str(stores),
+        source=SOURCE,
+        target=TARGET,
+        arch="deeplab_tiny",
+        device="cpu",
+        num_workers=0,
+        log_interval=1,
+        shuffle_buffer=4,
+        block_iters=4,
+        lr=1e-3,
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -128,8 +157,18 @@ def test_a_fixed_proxy_checkpoint_is_loaded_once_and_never_copied(stores, tmp_pa
     train(tiny_config(stores, teacher, method="source_only", max_iter=2, checkpoint_interval=2, seed=7))
     teacher_weights = load(teacher / "checkpoints" / "iter_0000002.pt")["model"]
     run = tmp_path / "run"
-    train(tiny_config(stores, run, max_iter=4, iter_copy=2, iter_launch=1, checkpoint_interval=1, delta=1.0,
-                      proxy_ckpt=str(teacher / "checkpoints" / "iter_0000002.pt")))  # fmt: skip
+    train(
+        tiny_config(
+            stores,
+            run,
+            max_iter=4,
+            iter_copy=2,
+            iter_launch=1,
+            checkpoint_interval=1,
+            delta=1.0,
+            proxy_ckpt=str(teacher / "checkpoints" / "iter_0000002.pt"),
+        )
+    )
     ckpt = {k: load(run / "checkpoints" / f"iter_{k:07d}.pt") for k in range(1, 5)}
     for k in range(1, 5):  # the teacher's weights throughout: no copy of M at iterations 0 and 2
         assert same_state(ckpt[k]["proxy"], teacher_weights)
@@ -160,8 +199,18 @@ def test_no_temporal_aug_keeps_tc_without_synthesis(stores, tmp_path):
 
 def test_a_few_dozen_iterations_lower_the_segmentation_loss(stores, tmp_path):
     run = tmp_path / "learn"
-    train(tiny_config(stores, run, max_iter=24, batch_size=2, iter_copy=8, iter_launch=8, online_flow="linear",
-                      checkpoint_interval=24))  # fmt: skip
+    train(
+        tiny_config(
+            stores,
+            run,
+            max_iter=24,
+            batch_size=2,
+            iter_copy=8,
+            iter_launch=8,
+            online_flow="linear",
+            checkpoint_interval=24,
+        )
+    )
     seg = [e["loss_seg"] for e in read_log(run)]
     # N(0, 0.01) weights predict a near-uniform distribution: CE = ln(15) at the start.
     assert seg[0] == pytest.approx(math.log(NUM_CLASSES), abs=0.15)

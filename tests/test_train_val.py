@@ -11,9 +11,9 @@ from test_eval_cli import make_store
 from test_train_loop import load, make_stores, read_log, same_state, tiny_config
 
 from pipeline.errors import InputError
-from trainer.checkpoint import checkpoint_path
-from trainer.config import RESUMABLE_FIELDS
-from trainer.loop import train
+from trainer.training.checkpoint import checkpoint_path
+from trainer.training.config import RESUMABLE_FIELDS
+from trainer.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MAX_ITER = 4
@@ -43,10 +43,13 @@ def test_validation_leaves_the_run_bit_identical_and_logs_miou(stores, val_store
         for part in ("model", "disc"):  # weights and BN running statistics
             assert same_state(a[part], b[part]), (done, part)
         assert a["opt_seg"]["state"].keys() == b["opt_seg"]["state"].keys()
-        assert all(torch.equal(a["opt_seg"]["state"][k]["momentum_buffer"], b["opt_seg"]["state"][k]["momentum_buffer"])
-                   for k in a["opt_seg"]["state"])  # fmt: skip
+        assert all(
+            torch.equal(a["opt_seg"]["state"][k]["momentum_buffer"], b["opt_seg"]["state"][k]["momentum_buffer"])
+            for k in a["opt_seg"]["state"]
+        )
         assert [r["torch"] for r in a["rng"]] != [] and all(
-            torch.equal(ra["torch"], rb["torch"]) for ra, rb in zip(a["rng"], b["rng"], strict=True))
+            torch.equal(ra["torch"], rb["torch"]) for ra, rb in zip(a["rng"], b["rng"], strict=True)
+        )
     assert result["model"].training and all(m.training for m in result["model"].modules())
     plain_log = read_log(tmp_path / "plain")
     val_log = read_log(tmp_path / "val")
@@ -63,10 +66,9 @@ def test_validation_leaves_the_run_bit_identical_and_logs_miou(stores, val_store
 
 def test_validation_keeps_the_modes_and_bn_statistics_of_m(stores, val_store, tmp_path):
     from trainer.models import build_segmenter
-    from trainer.monitor import Monitor
+    from trainer.training.monitor import Monitor
 
-    config = tiny_config(stores, tmp_path / "run", val=str(val_store), val_interval=1, max_iter=2,
-                         protocol="viper15")  # fmt: skip
+    config = tiny_config(stores, tmp_path / "run", val=str(val_store), val_interval=1, max_iter=2, protocol="viper15")
     model = build_segmenter("deeplab_tiny", 15).train()
     model.layer1.eval()  # a submodule left in eval mode on purpose must stay so
     before = {k: v.clone() for k, v in model.state_dict().items()}

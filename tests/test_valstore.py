@@ -18,11 +18,27 @@ FIRST, COUNT, ANNOTATED = 10, 6, 13  # snippet frames 10..15, label on frame 13 
 HALF_STEP_PX = 1 / 128  # the flow codec stores 1/64 px steps, rounded to nearest
 # Cityscapes labelId -> train id, typed in from the datasets' published label tables (everything else: 255).
 INDEPENDENT_TABLES = {
-    "viper15": {7: 0, 8: 1, 11: 2, 13: 3, 19: 4, 20: 5, 21: 6, 22: 7, 23: 8, 24: 9, 25: 9, 26: 10, 27: 11, 28: 12,
-                32: 13, 33: 14},
+    "viper15": {
+        7: 0,
+        8: 1,
+        11: 2,
+        13: 3,
+        19: 4,
+        20: 5,
+        21: 6,
+        22: 7,
+        23: 8,
+        24: 9,
+        25: 9,
+        26: 10,
+        27: 11,
+        28: 12,
+        32: 13,
+        33: 14,
+    },
     "synthia11": {7: 0, 8: 1, 11: 2, 17: 3, 19: 4, 20: 5, 21: 6, 23: 7, 24: 8, 25: 9, 26: 10},
     "synthia12": {7: 0, 8: 1, 11: 2, 13: 3, 17: 4, 19: 5, 20: 6, 21: 7, 23: 8, 24: 9, 25: 10, 26: 11},
-}  # fmt: skip
+}
 
 
 def test_tc_clip_bounds_match_a_brute_force_choice():
@@ -42,8 +58,16 @@ def test_tc_clip_bounds_match_a_brute_force_choice():
 def _store(tmp_path, tc_window):
     root = tmp_path / "cs"
     write_cityscapes(root, "val", [("lindau", "000003", FIRST, COUNT, ANNOTATED)], NATIVE_HW, seed=3)
-    config = PrepConfig(kind=VAL_KIND, src="cityscapes_val", root=str(root), out=str(tmp_path / "stores"),
-                        size_wh=STORE_WH, split="val", tc_window=tc_window, batch_size=2)  # fmt: skip
+    config = PrepConfig(
+        kind=VAL_KIND,
+        src="cityscapes_val",
+        root=str(root),
+        out=str(tmp_path / "stores"),
+        size_wh=STORE_WH,
+        split="val",
+        tc_window=tc_window,
+        batch_size=2,
+    )
     config.store_dir.mkdir(parents=True)
     (record,) = list_annotated(root, "val")
     item = Builder(config).val_item(record)

@@ -14,12 +14,12 @@ import torch
 import torch.nn as nn
 from test_train_loop import load, make_stores, read_log, same_state, tiny_config
 
-import trainer.loop as loop
-import trainer.networks as networks
+import trainer.training.loop as loop
+import trainer.training.networks as networks
 from pipeline.errors import InputError
-from trainer.loop import train
 from trainer.models import caffe_normalize
 from trainer.temporal import synthesize_intermediate
+from trainer.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ITERS, LAUNCH = 4, 2
@@ -39,8 +39,9 @@ def _record_inputs(monkeypatch) -> tuple[list, list]:
         nets = real_build(*args, **kwargs)
         for name, net in (("M", nets.model), ("M'", nets.proxy)):
             if net is not None:
-                net.register_forward_pre_hook(lambda _m, inputs, name=name: calls.append(
-                    (len(batches) - 1, name, inputs[0].detach().clone())))  # fmt: skip
+                net.register_forward_pre_hook(
+                    lambda _m, inputs, name=name: calls.append((len(batches) - 1, name, inputs[0].detach().clone()))
+                )
         return nets
 
     def to_device(batch, device, it):
@@ -64,18 +65,32 @@ def _which(x: torch.Tensor, batch: dict, t: float | None) -> str:
     return found[0]
 
 
-@pytest.mark.parametrize("method, flags, fed_m", [
-    ("source_only", {}, ["I^s"]),
-    ("adv_only", {}, ["I^s", "I0"]),
-    ("i2vda", {}, ["I^s", "I0", "It"]),
-    ("i2vda", {"no_temporal_aug": True}, ["I^s", "I0"]),
-    ("i2vda", {"no_tc": True}, ["I^s", "I0", "It"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, flags, fed_m",
+    [
+        ("source_only", {}, ["I^s"]),
+        ("adv_only", {}, ["I^s", "I0"]),
+        ("i2vda", {}, ["I^s", "I0", "It"]),
+        ("i2vda", {"no_temporal_aug": True}, ["I^s", "I0"]),
+        ("i2vda", {"no_tc": True}, ["I^s", "I0", "It"]),
+    ],
+)
 def test_each_method_feeds_its_networks_only_what_it_may_use(stores, tmp_path, monkeypatch, method, flags, fed_m):
     batches, calls = _record_inputs(monkeypatch)
     run = tmp_path / method
-    train(tiny_config(stores, run, method=method, max_iter=ITERS, iter_copy=LAUNCH, iter_launch=LAUNCH,
-                      online_flow="linear", checkpoint_interval=ITERS, **flags))  # fmt: skip
+    train(
+        tiny_config(
+            stores,
+            run,
+            method=method,
+            max_iter=ITERS,
+            iter_copy=LAUNCH,
+            iter_launch=LAUNCH,
+            online_flow="linear",
+            checkpoint_interval=ITERS,
+            **flags,
+        )
+    )
     ts = {e["iteration"]: e.get("t") for e in read_log(run)}
     tc = method == "i2vda" and not flags.get("no_tc")
     for it, batch in enumerate(batches):
@@ -154,8 +169,9 @@ def test_bn_stats_target_estimates_running_statistics_on_target_frames_only(stor
     """With --bn-stats target, M's first BN ends with the EMA (momentum 0.1) of the target batches' statistics."""
     batches, calls = _record_inputs(monkeypatch)
     run = tmp_path / "target_stats"
-    train(tiny_config(stores, run, method="adv_only", bn_stats="target", max_iter=2, checkpoint_interval=2,
-                      lr=0.0))  # lr 0: conv1 stays at its initial weights, so the statistics can be recomputed
+    train(
+        tiny_config(stores, run, method="adv_only", bn_stats="target", max_iter=2, checkpoint_interval=2, lr=0.0)
+    )  # lr 0: conv1 stays at its initial weights, so the statistics can be recomputed
     state = load(run / "checkpoints" / "iter_0000002.pt")["model"]
     torch.manual_seed(tiny_config(stores, run).seed)
     conv = networks.build_segmenter("deeplab_tiny", 15).conv1

@@ -115,8 +115,9 @@ def pseudo_label(
 
 
 @torch.no_grad()
-def class_balanced_entropy(prob_1: torch.Tensor, entropy: torch.Tensor, delta: float = DELTA,
-                           portion: float = PL_PORTION) -> torch.Tensor:
+def class_balanced_entropy(
+    prob_1: torch.Tensor, entropy: torch.Tensor, delta: float = DELTA, portion: float = PL_PORTION
+) -> torch.Tensor:
     """Eq. 8 with per-class thresholds (`--pl-select class-balanced`, beyond the paper; CBST, Zou et al., ECCV 2018).
 
     A pixel predicted c is kept where E < min(delta, delta_c), delta_c the `portion`-quantile of E over the batch's

@@ -133,10 +133,17 @@ class StateDictFit:
     def describe(self, shown: int = KEYS_SHOWN) -> str:
         """One line: 'missing a, b; unexpected c; not tensors d; shape (file vs model) e (1,) vs (2,)', keys sorted."""
         shapes = [f"{key} {have} vs {want}" for key, have, want in self.wrong_shapes]
-        parts = [f"{what} {_listed(sorted(keys), shown)}"
-                 for what, keys in (("missing", self.missing), ("unexpected", self.unexpected),
-                                    ("not tensors", self.not_tensors), ("shape (file vs model)", shapes)) if keys]
-        return "; ".join(parts)  # fmt: skip
+        parts = [
+            f"{what} {_listed(sorted(keys), shown)}"
+            for what, keys in (
+                ("missing", self.missing),
+                ("unexpected", self.unexpected),
+                ("not tensors", self.not_tensors),
+                ("shape (file vs model)", shapes),
+            )
+            if keys
+        ]
+        return "; ".join(parts)
 
 
 def state_dict_fit(expected: Mapping[str, torch.Tensor], given: Mapping, optional_suffix: str | None = None):
@@ -147,9 +154,12 @@ def state_dict_fit(expected: Mapping[str, torch.Tensor], given: Mapping, optiona
         missing=tuple(k for k in expected if k not in given and not (optional and k.endswith(optional))),
         unexpected=tuple(k for k in given if k not in expected),
         not_tensors=tuple(k for k in expected if k in given and not isinstance(given[k], torch.Tensor)),
-        wrong_shapes=tuple((k, tuple(given[k].shape), tuple(expected[k].shape)) for k in expected
-                           if isinstance(given.get(k), torch.Tensor) and given[k].shape != expected[k].shape),
-    )  # fmt: skip
+        wrong_shapes=tuple(
+            (k, tuple(given[k].shape), tuple(expected[k].shape))
+            for k in expected
+            if isinstance(given.get(k), torch.Tensor) and given[k].shape != expected[k].shape
+        ),
+    )
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -98,7 +98,7 @@ def decode_flow(data: bytes, name: str = "flow member") -> np.ndarray:
         raise InputError(f"{name}: unsupported {FLOW_CODEC} header (version {version}, size {width}x{height})")
     count = 2 * height * width
     try:
-        raw = zstandard.ZstdDecompressor().decompress(memoryview(data)[_HEADER.size:], max_output_size=2 * count)
+        raw = zstandard.ZstdDecompressor().decompress(memoryview(data)[_HEADER.size :], max_output_size=2 * count)
     except zstandard.ZstdError as exc:
         raise InputError(f"{name}: corrupt or truncated {FLOW_CODEC} flow ({exc})") from None
     if len(raw) != 2 * count:

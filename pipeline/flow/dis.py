@@ -29,8 +29,9 @@ def _as_batch(frames: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
     """(H, W, 3) or (B, H, W, 3) uint8 RGB -> (B, H, W, 3) and whether the input was a single frame."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3:
-        raise InputError(f"{what}: expected uint8 RGB frames (H, W, 3) or (B, H, W, 3), got {frames.dtype} "
-                         f"{frames.shape}")
+        raise InputError(
+            f"{what}: expected uint8 RGB frames (H, W, 3) or (B, H, W, 3), got {frames.dtype} {frames.shape}"
+        )
     return (frames[None], True) if frames.ndim == 3 else (frames, False)
 
 
@@ -74,8 +75,9 @@ class DISEstimator:
     def estimate_torch(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
         """Float RGB 0..255 tensors (B, 3, H, W) on any device -> (B, 2, H, W) float32 flow on that device."""
         if img0.dim() != 4 or img0.shape[1] != 3 or img0.shape != img1.shape:
-            raise ValueError(f"img0, img1 must be (B, 3, H, W) of one shape, got {tuple(img0.shape)}, "
-                             f"{tuple(img1.shape)}")
+            raise ValueError(
+                f"img0, img1 must be (B, 3, H, W) of one shape, got {tuple(img0.shape)}, {tuple(img1.shape)}"
+            )
 
         def to_uint8(img: torch.Tensor) -> np.ndarray:  # (B, 3, H, W) float -> (B, H, W, 3) uint8 on the CPU
             return img.detach().round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

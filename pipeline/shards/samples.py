@@ -64,8 +64,15 @@ def check_key(key: str) -> str:
     return key
 
 
-def encode_target_sample(key: str, frame0: np.ndarray, frame1: np.ndarray, flow01: np.ndarray, flow10: np.ndarray,
-                         meta: Mapping, frames: str = "stored") -> dict:
+def encode_target_sample(
+    key: str,
+    frame0: np.ndarray,
+    frame1: np.ndarray,
+    flow01: np.ndarray,
+    flow10: np.ndarray,
+    meta: Mapping,
+    frames: str = "stored",
+) -> dict:
     """A target pair as WebDataset members: frames (H, W, 3) uint8 RGB, flows (H, W, 2) float32 pixels (x, y)."""
     size_hw = frame0.shape[:2]
     if frame1.shape != frame0.shape or flow01.shape != (*size_hw, 2) or flow10.shape != (*size_hw, 2):
@@ -86,8 +93,12 @@ def encode_source_sample(key: str, image: np.ndarray, label: np.ndarray, meta: M
     if label.shape != image.shape[:2]:
         raise ValueError(f"{key}: image {image.shape} and label {label.shape} differ in size")
     meta = {**meta, "size_wh": [image.shape[1], image.shape[0]]}
-    return {"__key__": check_key(key), "image.png": png_bytes(image, frames), "label.png": png_bytes(label),
-            "meta.json": json_bytes(meta)}
+    return {
+        "__key__": check_key(key),
+        "image.png": png_bytes(image, frames),
+        "label.png": png_bytes(label),
+        "meta.json": json_bytes(meta),
+    }
 
 
 def decode_sample(sample: Mapping) -> dict:

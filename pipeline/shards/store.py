@@ -154,12 +154,21 @@ class StoreInfo:
         run compares it with the one its checkpoint recorded (the same stores copied elsewhere compare equal)."""
         shards = hashlib.sha256("\n".join(f"{s.path.name}:{s.samples}:{s.sha256}" for s in self.shards).encode())
         return {
-            "name": self.name, "kind": self.kind, "size_wh": list(self.size_wh or []), "protocol": self.protocol,
-            "estimator": self.estimator, "estimator_options": dict(self.estimator_options),
-            "checkpoint_sha256": self.checkpoint_sha256, "codec": self.codec, "frames": self.frames,
-            "pairs": self.manifest.get("config", {}).get("pairs"), "plan_sha256": self.plan_sha256,
-            "num_samples": self.num_samples, "num_shards": len(self.shards), "shards_sha256": shards.hexdigest(),
-        }  # fmt: skip
+            "name": self.name,
+            "kind": self.kind,
+            "size_wh": list(self.size_wh or []),
+            "protocol": self.protocol,
+            "estimator": self.estimator,
+            "estimator_options": dict(self.estimator_options),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "codec": self.codec,
+            "frames": self.frames,
+            "pairs": self.manifest.get("config", {}).get("pairs"),
+            "plan_sha256": self.plan_sha256,
+            "num_samples": self.num_samples,
+            "num_shards": len(self.shards),
+            "shards_sha256": shards.hexdigest(),
+        }
 
 
 def open_store(path: str | os.PathLike) -> StoreInfo:
@@ -171,18 +180,31 @@ def open_store(path: str | os.PathLike) -> StoreInfo:
     protocol = _field(m, "protocol")
     options = MappingProxyType(dict(_field(m, "estimator_options") or {}))
     return StoreInfo(
-        path=folder, name=m.get("name"), kind=m.get("kind"), complete=bool(m.get("complete", False)),
+        path=folder,
+        name=m.get("name"),
+        kind=m.get("kind"),
+        complete=bool(m.get("complete", False)),
         size_wh=(int(size_wh[0]), int(size_wh[1])) if size_wh and len(size_wh) == 2 else None,
-        protocol=protocol, protocols=tuple(m.get("protocols") or ([protocol] if protocol else [])),
-        estimator=_field(m, "estimator"), estimator_options=options,
-        checkpoint_sha256=_field(m, "checkpoint_sha256"), codec=_field(m, "codec"), frames=_field(m, "frames"),
-        num_samples=int(m.get("num_samples", 0)), num_planned=int(m.get("num_planned", 0)),
-        num_skipped=int(m.get("num_skipped", 0)), bytes=int(m.get("bytes", 0)),
-        shards=tuple(ShardEntry(folder / s["name"], int(s.get("samples", 0)), int(s.get("bytes", 0)), s.get("sha256"))
-                     for s in m.get("shards", [])),
-        skipped=tuple(m.get("skipped", [])), plan_sha256=m.get("config", {}).get("plan_sha256"),
-        tool_version=m.get("tool_version"), manifest=MappingProxyType(m),
-    )  # fmt: skip
+        protocol=protocol,
+        protocols=tuple(m.get("protocols") or ([protocol] if protocol else [])),
+        estimator=_field(m, "estimator"),
+        estimator_options=options,
+        checkpoint_sha256=_field(m, "checkpoint_sha256"),
+        codec=_field(m, "codec"),
+        frames=_field(m, "frames"),
+        num_samples=int(m.get("num_samples", 0)),
+        num_planned=int(m.get("num_planned", 0)),
+        num_skipped=int(m.get("num_skipped", 0)),
+        bytes=int(m.get("bytes", 0)),
+        shards=tuple(
+            ShardEntry(folder / s["name"], int(s.get("samples", 0)), int(s.get("bytes", 0)), s.get("sha256"))
+            for s in m.get("shards", [])
+        ),
+        skipped=tuple(m.get("skipped", [])),
+        plan_sha256=m.get("config", {}).get("plan_sha256"),
+        tool_version=m.get("tool_version"),
+        manifest=MappingProxyType(m),
+    )
 
 
 def store_shards(store: str | os.PathLike) -> list[str]:

@@ -45,8 +45,16 @@ def tc_clip_bounds(snippet_len: int, annotated_index: int, tc_window: int) -> tu
     return start, start + length
 
 
-def encode_val_item(key: str, clip: np.ndarray, clip_flows: np.ndarray, labels: Mapping[str, np.ndarray],
-                    frames, annotated_index: int, meta: Mapping, frame_png: str = "stored") -> dict:
+def encode_val_item(
+    key: str,
+    clip: np.ndarray,
+    clip_flows: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+    frames,
+    annotated_index: int,
+    meta: Mapping,
+    frame_png: str = "stored",
+) -> dict:
     """One annotated frame, encoded for the writer: clip (T, H, W, 3) uint8 RGB, clip_flows (T-1, H, W, 2) pixels."""
     if clip.ndim != 4 or clip_flows.shape != (len(clip) - 1, *clip.shape[1:3], 2) or len(frames) != len(clip):
         raise ValueError(f"{key}: clip {clip.shape}, flows {clip_flows.shape} and {len(frames)} frames disagree")
@@ -119,8 +127,10 @@ class ValStore:
         self.info: StoreInfo | None = open_store(folder) if (folder / MANIFEST_NAME).is_file() else None
         listed = [s for s in self.info.shards if s.path.name == self.path.name] if self.info else []
         if listed and listed[0].bytes and self.path.stat().st_size != listed[0].bytes:
-            raise InputError(f"{self.path}: {self.path.stat().st_size} bytes, the manifest says {listed[0].bytes}; "
-                             f"the val store is damaged, rebuild it with `i2vda-prep val`")  # fmt: skip
+            raise InputError(
+                f"{self.path}: {self.path.stat().st_size} bytes, the manifest says {listed[0].bytes}; "
+                f"the val store is damaged, rebuild it with `i2vda-prep val`"
+            )
         self._file, self._pid = None, None
         samples = self._h5()[SAMPLES_GROUP] if SAMPLES_GROUP in self._h5() else None
         if self._h5().attrs.get("format") != VAL_FORMAT or samples is None:
@@ -134,8 +144,9 @@ class ValStore:
                 self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
             except OSError as exc:  # h5py's message names no file
                 reason = " ".join(str(exc).split())
-                raise InputError(f"{self.path}: not a readable HDF5 val store ({reason}); rebuild it with "
-                                 f"`i2vda-prep val`") from None  # fmt: skip
+                raise InputError(
+                    f"{self.path}: not a readable HDF5 val store ({reason}); rebuild it with `i2vda-prep val`"
+                ) from None
         return self._file
 
     def _group(self, key: str) -> h5py.Group:

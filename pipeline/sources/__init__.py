@@ -28,10 +28,24 @@ from pipeline.sources.protocols import (
 from pipeline.sources.records import SourceRecord
 
 __all__ = [
-    "IGNORE_ID", "LABELLED_SOURCES", "PROTOCOL_NAMES", "SOURCE_NAMES", "Protocol", "SourceRecord", "colorize",
-    "default_protocol", "get_protocol", "label_files", "label_key", "list_source", "read_cityscapes_label",
-    "read_palette_png", "read_source_label", "resize_label", "resize_rgb",
-]  # fmt: skip
+    "IGNORE_ID",
+    "LABELLED_SOURCES",
+    "PROTOCOL_NAMES",
+    "SOURCE_NAMES",
+    "Protocol",
+    "SourceRecord",
+    "colorize",
+    "default_protocol",
+    "get_protocol",
+    "label_files",
+    "label_key",
+    "list_source",
+    "read_cityscapes_label",
+    "read_palette_png",
+    "read_source_label",
+    "resize_label",
+    "resize_rgb",
+]
 
 # Labelled-image readers. "cityscapes" (the annotated train frames with gtFine) is the oracle's labelled store.
 _READERS = {"viper": viper, "synthia": synthia, "cityscapes": cityscapes}

@@ -113,8 +113,16 @@ def _runs(frame_numbers) -> list[list[int]]:
 
 
 def _pair(root: Path, city: str, seq: str, frame: int, path0: Path, path1: Path) -> PairRecord:
-    return PairRecord(f"{city}_{seq}_{frame:06d}", city, seq, frame, str(path0), str(path1),
-                      relative(path0, root), relative(path1, root))  # fmt: skip
+    return PairRecord(
+        f"{city}_{seq}_{frame:06d}",
+        city,
+        seq,
+        frame,
+        str(path0),
+        str(path1),
+        relative(path0, root),
+        relative(path1, root),
+    )
 
 
 def _image_of(root: Path, split: str, frames, city: str, seq: str, frame: int, label: Path) -> Path:
@@ -144,8 +152,10 @@ def list_pairs(root: str | os.PathLike, split: str = "train", pairs: str = "all"
         path1 = _image_of(root, split, frames, city, seq, frame, label)
         path0 = frames[(city, seq)].get(frame - 1)
         if path0 is None:
-            raise InputError(f"{path1}: annotated frame without its previous frame; expected "
-                             f"{_image_path(root, split, city, seq, frame - 1)}")  # fmt: skip
+            raise InputError(
+                f"{path1}: annotated frame without its previous frame; expected "
+                f"{_image_path(root, split, city, seq, frame - 1)}"
+            )
         records.append(_pair(root, city, seq, frame, path0, path1))
     return records
 
@@ -172,10 +182,15 @@ def list_samples(root: str | os.PathLike, split: str = "train") -> list[SourceRe
     """
     root_path = existing_root(root, "Cityscapes")
     return [
-        SourceRecord(f"cityscapes_{r.key}", r.image_path, r.label_path, relative(Path(r.image_path), root_path),
-                     relative(Path(r.label_path), root_path))
+        SourceRecord(
+            f"cityscapes_{r.key}",
+            r.image_path,
+            r.label_path,
+            relative(Path(r.image_path), root_path),
+            relative(Path(r.label_path), root_path),
+        )
         for r in list_annotated(root_path, split)
-    ]  # fmt: skip
+    ]
 
 
 def label_files(root: str | os.PathLike, split: str = "val") -> list[Path]:
@@ -195,6 +210,8 @@ def read_label(path: str | os.PathLike, protocol: Protocol) -> np.ndarray:
     """(H, W) uint8 train ids of a gtFine labelIds PNG under `protocol` (255 = ignore)."""
     label_ids = read_png_unchanged(path)
     if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
-        raise InputError(f"{path}: expected a single-channel 8-bit Cityscapes labelIds PNG, "
-                         f"got shape {label_ids.shape} of {label_ids.dtype}")  # fmt: skip
+        raise InputError(
+            f"{path}: expected a single-channel 8-bit Cityscapes labelIds PNG, "
+            f"got shape {label_ids.shape} of {label_ids.dtype}"
+        )
     return protocol.cityscapes_lut()[label_ids]

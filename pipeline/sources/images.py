@@ -85,8 +85,9 @@ def _decode(data: bytes, path, flags: int) -> np.ndarray:
     if image is None:
         raise InputError(f"{path}: not a readable image (corrupt, truncated or of an unknown format)")
     if size_hw is not None and image.shape[:2] != size_hw:
-        raise InputError(f"{path}: decoded {image.shape[1]}x{image.shape[0]} pixels, the header says "
-                         f"{size_hw[1]}x{size_hw[0]}")  # fmt: skip
+        raise InputError(
+            f"{path}: decoded {image.shape[1]}x{image.shape[0]} pixels, the header says {size_hw[1]}x{size_hw[0]}"
+        )
     return image
 
 
@@ -117,8 +118,10 @@ def read_palette_png(path: str | os.PathLike) -> np.ndarray:
     if color_type == PNG_GRAY and bit_depth == 8:
         return _decode(data, path, cv2.IMREAD_UNCHANGED)
     if color_type != PNG_PALETTE:
-        raise InputError(f"{path}: expected an indexed (palette) PNG or an 8-bit grayscale PNG of class ids, "
-                         f"got colour type {color_type} at bit depth {bit_depth}")  # fmt: skip
+        raise InputError(
+            f"{path}: expected an indexed (palette) PNG or an 8-bit grayscale PNG of class ids, "
+            f"got colour type {color_type} at bit depth {bit_depth}"
+        )
     # OpenCV expands a palette into colours; give it the identity palette (entry i = grey i) so that the colour it
     # returns is the index. The IHDR and IDAT chunks are kept byte for byte, so libpng still checks their CRCs.
     # Ancillary chunks (gamma, transparency, histogram) are dropped: none of them changes an index.
@@ -144,13 +147,15 @@ def write_palette_png(path: str | os.PathLike, indices: np.ndarray, palette) -> 
     height, width = indices.shape
     # Each row is prefixed by its filter type; 0 (None) stores the bytes as they are.
     rows = np.concatenate([np.zeros((height, 1), np.uint8), indices.astype(np.uint8)], axis=1)
-    png = b"".join([
-        PNG_SIGNATURE,
-        _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, PNG_PALETTE, 0, 0, 0)),
-        _chunk(b"PLTE", palette_rgb.astype(np.uint8).tobytes()),
-        _chunk(b"IDAT", zlib.compress(rows.tobytes(), ZLIB_LEVEL)),
-        _chunk(b"IEND", b""),
-    ])  # fmt: skip
+    png = b"".join(
+        [
+            PNG_SIGNATURE,
+            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, PNG_PALETTE, 0, 0, 0)),
+            _chunk(b"PLTE", palette_rgb.astype(np.uint8).tobytes()),
+            _chunk(b"IDAT", zlib.compress(rows.tobytes(), ZLIB_LEVEL)),
+            _chunk(b"IEND", b""),
+        ]
+    )
     write_bytes_atomic(path, png, durable=False)
 
 

@@ -20,12 +20,24 @@ SOURCE_NAMES = ("viper", "synthia")
 
 # Cityscapes palette colours (RGB) of the classes used by the protocols below.
 _COLOR = {
-    "road": (128, 64, 128), "sidewalk": (244, 35, 232), "building": (70, 70, 70), "fence": (190, 153, 153),
-    "pole": (153, 153, 153), "light": (250, 170, 30), "sign": (220, 220, 0), "vegetation": (107, 142, 35),
-    "terrain": (152, 251, 152), "sky": (70, 130, 180), "person": (220, 20, 60), "rider": (255, 0, 0),
-    "car": (0, 0, 142), "truck": (0, 0, 70), "bus": (0, 60, 100), "motorcycle": (0, 0, 230),
+    "road": (128, 64, 128),
+    "sidewalk": (244, 35, 232),
+    "building": (70, 70, 70),
+    "fence": (190, 153, 153),
+    "pole": (153, 153, 153),
+    "light": (250, 170, 30),
+    "sign": (220, 220, 0),
+    "vegetation": (107, 142, 35),
+    "terrain": (152, 251, 152),
+    "sky": (70, 130, 180),
+    "person": (220, 20, 60),
+    "rider": (255, 0, 0),
+    "car": (0, 0, 142),
+    "truck": (0, 0, 70),
+    "bus": (0, 60, 100),
+    "motorcycle": (0, 0, 230),
     "bicycle": (119, 11, 32),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -75,35 +87,102 @@ def _protocol(name, source, class_names, eval_ids, source_to_train, cityscapes_t
     )
 
 
-_VIPER15_NAMES = ("road", "sidewalk", "building", "fence", "light", "sign", "vegetation", "terrain", "sky", "person",
-                  "car", "truck", "bus", "motorcycle", "bicycle")  # fmt: skip
-_SYNTHIA11_NAMES = ("road", "sidewalk", "building", "pole", "light", "sign", "vegetation", "sky", "person", "rider",
-                    "car")  # fmt: skip
+_VIPER15_NAMES = (
+    "road",
+    "sidewalk",
+    "building",
+    "fence",
+    "light",
+    "sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "car",
+    "truck",
+    "bus",
+    "motorcycle",
+    "bicycle",
+)
+_SYNTHIA11_NAMES = (
+    "road",
+    "sidewalk",
+    "building",
+    "pole",
+    "light",
+    "sign",
+    "vegetation",
+    "sky",
+    "person",
+    "rider",
+    "car",
+)
 _SYNTHIA12_NAMES = _SYNTHIA11_NAMES[:3] + ("fence",) + _SYNTHIA11_NAMES[3:]
 
 VIPER15 = _protocol(
-    "viper15", "viper", _VIPER15_NAMES, range(15),
+    "viper15",
+    "viper",
+    _VIPER15_NAMES,
+    range(15),
     # VIPER ids (classes.csv): tree (7) and vegetation (8) are both vegetation; the ego car is removed by the reader.
-    [(3, 0), (4, 1), (9, 2), (11, 3), (13, 4), (14, 5), (7, 6), (8, 6), (6, 7), (2, 8), (20, 9), (24, 10), (27, 11),
-     (26, 12), (23, 13), (22, 14)],
+    [
+        (3, 0),
+        (4, 1),
+        (9, 2),
+        (11, 3),
+        (13, 4),
+        (14, 5),
+        (7, 6),
+        (8, 6),
+        (6, 7),
+        (2, 8),
+        (20, 9),
+        (24, 10),
+        (27, 11),
+        (26, 12),
+        (23, 13),
+        (22, 14),
+    ],
     # Cityscapes labelIds: rider (25) is counted as person.
-    [(7, 0), (8, 1), (11, 2), (13, 3), (19, 4), (20, 5), (21, 6), (22, 7), (23, 8), (24, 9), (25, 9), (26, 10),
-     (27, 11), (28, 12), (32, 13), (33, 14)],
-)  # fmt: skip
+    [
+        (7, 0),
+        (8, 1),
+        (11, 2),
+        (13, 3),
+        (19, 4),
+        (20, 5),
+        (21, 6),
+        (22, 7),
+        (23, 8),
+        (24, 9),
+        (25, 9),
+        (26, 10),
+        (27, 11),
+        (28, 12),
+        (32, 13),
+        (33, 14),
+    ],
+)
 
 SYNTHIA11 = _protocol(
-    "synthia11", "synthia", _SYNTHIA11_NAMES, range(11),
+    "synthia11",
+    "synthia",
+    _SYNTHIA11_NAMES,
+    range(11),
     # SYNTHIA-SEQS ids; fence (5) is ignored, as is lane marking (12, not merged into road).
     [(3, 0), (4, 1), (2, 2), (7, 3), (15, 4), (9, 5), (6, 6), (1, 7), (10, 8), (11, 9), (8, 10)],
     # Cityscapes labelIds; fence (13) is ignored.
     [(7, 0), (8, 1), (11, 2), (17, 3), (19, 4), (20, 5), (21, 6), (23, 7), (24, 8), (25, 9), (26, 10)],
-)  # fmt: skip
+)
 
 SYNTHIA12 = _protocol(
-    "synthia12", "synthia", _SYNTHIA12_NAMES, [i for i in range(12) if i != 3],  # DA-VSN trains fence, scores 11
+    "synthia12",
+    "synthia",
+    _SYNTHIA12_NAMES,
+    [i for i in range(12) if i != 3],  # DA-VSN trains fence, scores 11
     [(3, 0), (4, 1), (2, 2), (5, 3), (7, 4), (15, 5), (9, 6), (6, 7), (1, 8), (10, 9), (11, 10), (8, 11)],
     [(7, 0), (8, 1), (11, 2), (13, 3), (17, 4), (19, 5), (20, 6), (21, 7), (23, 8), (24, 9), (25, 10), (26, 11)],
-)  # fmt: skip
+)
 
 _PROTOCOLS = {p.name: p for p in (VIPER15, SYNTHIA11, SYNTHIA12)}
 PROTOCOL_NAMES = tuple(_PROTOCOLS)

@@ -28,9 +28,11 @@ def _layout(root: Path) -> tuple[Path, Path]:
     for image_dir, label_dir in (ORIGINAL_LAYOUT, FLAT_LAYOUT):
         if (root / image_dir).is_dir() and (root / label_dir).is_dir():
             return root / image_dir, root / label_dir
-    raise InputError(f"{root}: not a SYNTHIA-SEQS sequence folder; expected {root}/{ORIGINAL_LAYOUT[0]}/<frame6>.png "
-                     f"and {root}/{ORIGINAL_LAYOUT[1]}/<frame6>.png, or DA-VSN's {root}/{FLAT_LAYOUT[0]}/<frame6>.png "
-                     f"and {root}/{FLAT_LAYOUT[1]}/<frame6>.png")  # fmt: skip
+    raise InputError(
+        f"{root}: not a SYNTHIA-SEQS sequence folder; expected {root}/{ORIGINAL_LAYOUT[0]}/<frame6>.png "
+        f"and {root}/{ORIGINAL_LAYOUT[1]}/<frame6>.png, or DA-VSN's {root}/{FLAT_LAYOUT[0]}/<frame6>.png "
+        f"and {root}/{FLAT_LAYOUT[1]}/<frame6>.png"
+    )
 
 
 def list_samples(root: str | os.PathLike) -> list[SourceRecord]:
@@ -42,11 +44,15 @@ def list_samples(root: str | os.PathLike) -> list[SourceRecord]:
         match = _FRAME_NAME.match(name)
         image, label = image_dir / name, label_dir / name
         if match and label.is_file():
-            records.append(SourceRecord(f"synthia_{match[1]}", str(image), str(label),
-                                        relative(image, root), relative(label, root)))  # fmt: skip
+            records.append(
+                SourceRecord(
+                    f"synthia_{match[1]}", str(image), str(label), relative(image, root), relative(label, root)
+                )
+            )
     if not records:
-        raise InputError(f"{root}: no SYNTHIA frames found; expected <frame6>.png files in both {image_dir} "
-                         f"and {label_dir}")  # fmt: skip
+        raise InputError(
+            f"{root}: no SYNTHIA frames found; expected <frame6>.png files in both {image_dir} and {label_dir}"
+        )
     return records
 
 
@@ -55,8 +61,9 @@ def read_label(path: str | os.PathLike, protocol: Protocol) -> np.ndarray:
     require_protocol(protocol, "synthia")
     raw = read_png_unchanged(path)
     if raw.ndim != 3 or raw.shape[2] < 3:
-        raise InputError(f"{path}: expected a SYNTHIA label PNG with 3 or 4 channels (class id in R), "
-                         f"got shape {raw.shape}")  # fmt: skip
+        raise InputError(
+            f"{path}: expected a SYNTHIA label PNG with 3 or 4 channels (class id in R), got shape {raw.shape}"
+        )
     class_ids = raw[:, :, CLASS_CHANNEL]
     # 16-bit ids above 255 name no class: clamp them onto 255, which every table maps to ignore.
     return protocol.source_lut()[np.minimum(class_ids, LUT_SIZE - 1)]

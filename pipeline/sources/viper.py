@@ -27,8 +27,7 @@ EGO_CONNECTIVITY = 8  # as DA-VSN's cv2.connectedComponentsWithStats default
 
 
 def _expected(root) -> str:
-    return (f"expected {root}/{IMAGE_DIR}/<seq>/<seq>_<frame5>.jpg and "
-            f"{root}/{LABEL_DIR}/<seq>/<seq>_<frame5>.png")  # fmt: skip
+    return f"expected {root}/{IMAGE_DIR}/<seq>/<seq>_<frame5>.jpg and {root}/{LABEL_DIR}/<seq>/<seq>_<frame5>.png"
 
 
 def list_samples(root: str | os.PathLike) -> list[SourceRecord]:
@@ -51,8 +50,9 @@ def list_samples(root: str | os.PathLike) -> list[SourceRecord]:
             if image is None:
                 continue
             label = seq_dir / label_name
-            records.append(SourceRecord(f"viper_{stem}", str(image), str(label),
-                                        relative(image, root), relative(label, root)))  # fmt: skip
+            records.append(
+                SourceRecord(f"viper_{stem}", str(image), str(label), relative(image, root), relative(label, root))
+            )
     if not records:
         raise InputError(f"{root}: no labelled VIPER frames found; {_expected(root)}")
     return records

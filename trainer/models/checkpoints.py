@@ -1,7 +1,8 @@
 """Weight loaders for the segmenter: the DeepLab-v2 ImageNet init, torchvision ResNets, and our own checkpoints.
 
-Every file is read by trainer/checkpoint.py (`torch.load(weights_only=True)`: no pickled code runs) and fitted by its
-`check_fit`: a file that does not fit the network is refused with one line naming its first mismatched keys.
+Every file is read by trainer/training/checkpoint.py (`torch.load(weights_only=True)`: no pickled code runs) and
+fitted by its `check_fit`: a file that does not fit the network is refused with one line naming its first mismatched
+keys.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from pipeline.errors import InputError
-from trainer.checkpoint import check_fit, load_torch_file, load_weights
 from trainer.models.deeplab import AUX_HEAD_PREFIX, MAIN_HEAD_PREFIX
+from trainer.training.checkpoint import check_fit, load_torch_file, load_weights
 
 # Heads that the ImageNet inits do not provide: they keep their N(0, 0.01) init (ADVENT, AdaptSegNet).
 CLASSIFIER_PREFIXES = (AUX_HEAD_PREFIX, MAIN_HEAD_PREFIX)
@@ -68,8 +69,8 @@ def load_torchvision_resnet(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def load_segmenter_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load our own checkpoint (a dict with "model", as trainer/checkpoint.py writes) or a bare state dict (e.g. an
-    ADVENT or DA-VSN snapshot), strictly."""
+    """Load our own checkpoint (a dict with "model", as trainer/training/checkpoint.py writes) or a bare state dict
+    (e.g. an ADVENT or DA-VSN snapshot), strictly."""
     what = "segmenter"
     state = _read_state_dict(path, what)
     if "model" in state:

@@ -1,0 +1,87 @@
+"""What the demo world holds: per-class pixel shares under the class protocols, and a contact sheet."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pipeline.flow.viz import flow_to_color
+from pipeline.sources.protocols import IGNORE_ID, SYNTHIA11, VIPER15, Protocol, colorize
+from pipeline.world.classes import CITYSCAPES_LUT, SYNTHIA_LUT, VIPER_LUT, WorldClass
+
+SHEET_TILE_H = 128  # every tile of the contact sheet is scaled to this height
+CAPTION_H = 18  # pixels of the caption strip above each row
+IGNORE = "ignore"
+SHARE_DIGITS = 5  # shares are rounded to 1e-5 in world.json
+
+
+def _train_ids_of_world(protocol: Protocol, domain: str) -> np.ndarray:
+    """(NUM_WORLD_CLASSES,) train id of each world class as the domain's reader labels it."""
+    if domain == "target":
+        return protocol.cityscapes_lut()[CITYSCAPES_LUT]
+    train = protocol.source_lut()[VIPER_LUT if domain == "viper" else SYNTHIA_LUT].copy()
+    train[WorldClass.EGO] = IGNORE_ID  # the VIPER reader removes the ego car
+    return train
+
+
+def class_shares(histogram: np.ndarray, protocol: Protocol, domain: str) -> dict[str, float]:
+    """Fraction of the labelled frames' pixels per train class (and "ignore"), from a world-class pixel histogram."""
+    train = _train_ids_of_world(protocol, domain)
+    total = max(int(histogram.sum()), 1)
+    shares = {name: float(histogram[train == i].sum() / total) for i, name in enumerate(protocol.class_names)}
+    shares[IGNORE] = float(histogram[train == IGNORE_ID].sum() / total)
+    return {name: round(value, SHARE_DIGITS) for name, value in shares.items()}
+
+
+def world_shares(histograms: dict[str, np.ndarray]) -> dict:
+    """Shares for the two benchmarks: source (VIPER or SYNTHIA frames) and target (annotated Cityscapes frames)."""
+    return {
+        protocol.name: {
+            "source": class_shares(histograms[source], protocol, source),
+            "target": class_shares(histograms["target"], protocol, "target"),
+        }
+        for protocol, source in ((VIPER15, "viper"), (SYNTHIA11, "synthia"))
+    }
+
+
+def _to_train(world_cls: np.ndarray, protocol: Protocol, domain: str) -> np.ndarray:
+    return _train_ids_of_world(protocol, domain)[world_cls]
+
+
+def _tile(image: np.ndarray, nearest: bool) -> np.ndarray:
+    h, w = image.shape[:2]
+    size = (max(1, round(w * SHEET_TILE_H / h)), SHEET_TILE_H)
+    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def _row(caption: str, tiles: list[np.ndarray]) -> np.ndarray:
+    body = np.concatenate(tiles, axis=1)
+    strip = np.zeros((CAPTION_H, body.shape[1], 3), dtype=np.uint8)
+    cv2.putText(strip, caption, (4, CAPTION_H - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([strip, body], axis=0)
+
+
+def contact_sheet(samples: dict[str, list[tuple]]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: source frames next to their labels in the protocol palette (two per row); target frames
+    with their labels in both protocols and their ground-truth flow (one per row).
+
+    `samples[domain]` holds (rgb, world classes, flow to the next frame or None) tuples.
+    """
+    rows = []
+    for domain, protocol, name in (
+        ("viper", VIPER15, "VIPER source (game style), labels in viper15"),
+        ("synthia", SYNTHIA11, "SYNTHIA source (game style), labels in synthia11"),
+    ):
+        tiles = []
+        for rgb, world_cls, _ in samples.get(domain, []):
+            tiles += [_tile(rgb, False), _tile(colorize(_to_train(world_cls, protocol, domain), protocol), True)]
+        if tiles:
+            rows.append(_row(name, tiles))
+    for rgb, world_cls, flow in samples.get("target", []):
+        tiles = [_tile(rgb, False)] + [
+            _tile(colorize(_to_train(world_cls, p, "target"), p), True) for p in (VIPER15, SYNTHIA11)
+        ]
+        tiles += [] if flow is None else [_tile(flow_to_color(flow), False)]
+        rows.append(_row("Cityscapes target (camera style), labels in viper15 and synthia11, ground-truth flow", tiles))
+    width = max(row.shape[1] for row in rows)
+    return np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows], axis=0)

@@ -1,0 +1,257 @@
+"""Our checkpoint format, in one place: where files go and their names, how they are written, read and fitted.
+
+Files are `RUN/checkpoints/iter_NNNNNNN.pt` (NNNNNNN = iterations done, written with 7 digits), written under a
+temporary name and renamed (`pipeline.shards.atomic_path`), so a crash never leaves a half file under the final
+name. Everything inside is a tensor, a number, a string, a list, a tuple or a dict: `load_torch_file`, the one
+`torch.load` of the trainer, reads it (and the ImageNet inits) with `weights_only=True`, so no pickled code runs.
+Resume (`read_checkpoint`), eval and predict (`trainer.evaluation.predict.load_segmenter`), `--init-format segmenter`
+and `--proxy-ckpt` (`trainer.models.load_segmenter_weights`) and the demo all read through here. The dict is
+`training_state`'s (docs/DEVELOPING.md, "Checkpoint files").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import InputError
+from pipeline.flow import state_dict_fit
+from pipeline.shards import atomic_path
+from trainer.training.config import TrainConfig, resume_mismatch
+from trainer.training.rng import restore_rng
+
+CHECKPOINT_DIR = "checkpoints"
+# iter_<iterations>.pt: written with 7 digits (sorted names = sorted iterations below 10^7), read with any number.
+CHECKPOINT_NAME = re.compile(r"^iter_(\d+)\.pt$")
+CHECKPOINT_GLOB = "iter_*.pt"
+RESUME_KEYS = ("model", "iteration", "config", "rng", "data")  # what resuming a run needs
+MODEL_KEYS = ("model", "config")  # what rebuilding M for eval needs
+# What a checkpoint's config must name to rebuild M (`trainer.evaluation.predict.load_segmenter`).
+MODEL_CONFIG_FIELDS = ("arch", "num_classes", "protocol", "target_size_hw")
+BN_COUNTER = "num_batches_tracked"  # BatchNorm fills it in when a file (e.g. a caffe-converted one) lacks it
+# What torch.load(weights_only=True) says when a file pickles a class or function (not merely corrupt bytes).
+WEIGHTS_ONLY_REFUSAL = "Unsupported global"
+# Parts of a training state that must be finite to be written or read: the networks and the optimiser states.
+NONFINITE_CHECKED = ("model", "proxy", "disc", "opt_seg", "opt_disc")
+KEYS_SHOWN = 3  # offending keys named in a refusal: enough to recognise the file, short enough for one line
+
+
+def checkpoint_path(run_dir: str | Path, iteration: int) -> Path:
+    """RUN/checkpoints/iter_NNNNNNN.pt for a checkpoint taken after `iteration` iterations."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"iter_{iteration:07d}.pt"
+
+
+def checkpoints_in(folder: str | Path) -> list[Path]:
+    """The iter_<N>.pt files of one folder, in increasing N."""
+    found = [(int(m[1]), p) for p in Path(folder).glob(CHECKPOINT_GLOB) if (m := CHECKPOINT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint with the most iterations in RUN/checkpoints, or None."""
+    found = checkpoints_in(Path(run_dir) / CHECKPOINT_DIR)
+    return found[-1] if found else None
+
+
+def checkpoint_files(path: Path, flag: str = "--ckpt") -> list[Path]:
+    """[path] for a file; for `RUN/` or `RUN/checkpoints/` every iter_<N>.pt, in increasing N."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{flag} {path}: no such checkpoint file or run folder")
+    for folder in (path / CHECKPOINT_DIR, path):
+        found = checkpoints_in(folder)
+        if found:
+            return found
+    raise InputError(f"{flag} {path}: no iter_<N>.pt checkpoints in {path}/{CHECKPOINT_DIR}/ or {path}/")
+
+
+def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
+    """`--resume`: "latest" -> the newest checkpoint of the run (None if there is none yet), else the named file."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise InputError(f"--resume {resume}: no such checkpoint file")
+    return path
+
+
+def nonfinite_tensor(obj, prefix: str = "") -> str | None:
+    """The name of the first floating tensor holding a NaN or an infinity in a (nested) state dict, else None."""
+    if torch.is_tensor(obj):
+        return prefix if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, Mapping) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = nonfinite_tensor(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_finite(state: Mapping, where: str, what: str) -> None:
+    """Refuse weights with a NaN or an infinity (a diverged run): one-line InputError starting with `where`."""
+    bad = nonfinite_tensor(state)
+    if bad is not None:
+        raise InputError(
+            f"{where}: the {what} weights are not finite ({bad} holds NaN or inf); the run that wrote them diverged"
+        )
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """torch.save to a temporary name in the same folder, then rename onto `path`. Non-finite weights of a
+    training state (`NONFINITE_CHECKED`) are refused (ValueError): no checkpoint of a diverged run is written."""
+    path = Path(path)
+    bad = nonfinite_tensor({k: state[k] for k in NONFINITE_CHECKED if state.get(k) is not None})
+    if bad is not None:
+        raise ValueError(f"{path}: not written, {bad} holds NaN or inf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
+    return path
+
+
+def load_torch_file(path: str | Path, what: str, where: str | None = None) -> object:
+    """torch.load(path, weights_only=True) on the CPU; every failure is one InputError line starting with `where`
+    (default: the path) and naming `what` the file should have been."""
+    path, where = Path(path), where or str(path)
+    if not path.is_file():
+        raise InputError(f"{where}: no such {what} checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file is bad input, whatever the reason
+        if WEIGHTS_ONLY_REFUSAL in str(exc):
+            reason = "it holds pickled objects beyond tensors, refused rather than run"
+        else:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            reason = f"unreadable as a torch file ({type(exc).__name__}{': ' + first[:200] if first else ''})"
+        raise InputError(f"{where}: not a weights-only torch checkpoint: {reason}") from None
+
+
+def read_checkpoint(
+    path: str | Path,
+    needs: tuple[str, ...] = RESUME_KEYS,
+    config_fields: tuple[str, ...] = (),
+    where: str | None = None,
+) -> dict:
+    """One of our checkpoints: a dict holding at least `needs`, whose config names `config_fields`; anything else is
+    a one-line InputError starting with `where` (default: the path)."""
+    where = where or str(path)
+    state = load_torch_file(path, "i2vda-train", where)
+    if not isinstance(state, dict) or any(k not in state for k in needs) or not isinstance(state["model"], Mapping):
+        raise InputError(f"{where}: not an i2vda-train checkpoint (expected a dict with keys {', '.join(needs)})")
+    if config_fields:
+        absent = [name for name in config_fields if name not in state.get("config", {})]
+        if absent:
+            raise InputError(f"{where}: its config lacks {', '.join(absent)}; expected an i2vda training checkpoint")
+    check_finite(state["model"], where, "segmenter")
+    return state
+
+
+def check_fit(
+    expected: Mapping[str, torch.Tensor], given: Mapping, where: str, what: str, network: str = "this network"
+) -> None:
+    """Refuse `given` unless it has exactly `expected`'s keys (BN counters optional) with the same shapes."""
+    fit = state_dict_fit(expected, given, optional_suffix=BN_COUNTER)
+    if not fit.ok:
+        raise InputError(f"{where}: not a {what} checkpoint for {network}: {fit.describe(KEYS_SHOWN)}")
+
+
+def load_weights(model: torch.nn.Module, state: Mapping, where: str, what: str, network: str = "this network"):
+    """Load a state dict into `model` after `check_fit` against its whole state dict; -> model."""
+    check_fit(model.state_dict(), state, where, what, network)
+    check_finite(state, where, what)
+    model.load_state_dict(state, strict=False)  # strict up to BN counters, checked above
+    return model
+
+
+def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Path, stores: dict | None = None) -> None:
+    """Refuse to resume a checkpoint whose run differs from this one (other than RESUMABLE_FIELDS), or, given this
+    run's `stores` (`StoreInfo.identity()` of "source" and "target"), whose stores held other data (unless
+    `config.resume_other_stores`: then one warning line on stderr per such store). Stores are compared by content,
+    not by path: the same stores copied to another folder resume."""
+    mismatch = resume_mismatch(state["config"], config)
+    if mismatch is not None:
+        raise InputError(f"--resume {path}: the checkpoint was trained with another setting ({mismatch})")
+    for role, saved in (state.get("stores") or {}).items():  # checkpoints older than the record: not checked
+        current = (stores or {}).get(role)
+        if current is None:
+            continue
+        differs = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        if not differs:
+            continue
+        if config.resume_other_stores:
+            if os.environ.get("RANK", "0") == "0":  # torchrun's rank: one warning per run, not one per process
+                print(
+                    f"warning: --resume-other-stores: the --{role} store {current.get('name')!r} differs from "
+                    f"the one {path} was trained on in {', '.join(differs)}; resuming on it",
+                    file=sys.stderr,
+                )
+            continue
+        k = differs[0]
+        raise InputError(
+            f"--resume {path}: the --{role} store {current.get('name')!r} holds other data than the "
+            f"checkpoint was trained on ({k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}); "
+            f"resume on the same stores, pass --resume-other-stores to resume on them knowingly, or "
+            f"start a new run with another --out"
+        )
+    saved_world = state["data"]["world_size"]
+    if saved_world != world:
+        raise InputError(
+            f"--resume {path}: written by {saved_world} process(es), this run has {world}; the data "
+            f"streams are per rank, so resume with the same number of processes"
+        )
+
+
+def _state_or_none(obj):
+    return None if obj is None else obj.state_dict()
+
+
+def training_state(
+    nets, config: TrainConfig, iterations: int, rng: list[dict], data: dict, stores: dict | None = None
+) -> dict:
+    """The checkpoint dict of docs/DEVELOPING.md ("Checkpoint files") after `iterations` iterations; `stores` (the
+    stores' `StoreInfo.identity()` by role) is what `check_resumable` compares on resume."""
+    return {
+        "model": nets.model.state_dict(),
+        "proxy": _state_or_none(nets.proxy),
+        "disc": _state_or_none(nets.disc),
+        "opt_seg": nets.opt_seg.state_dict(),
+        "opt_disc": _state_or_none(nets.opt_disc),
+        "scaler_seg": nets.scaler_seg.state_dict(),
+        "scaler_disc": nets.scaler_disc.state_dict(),
+        "iteration": iterations,
+        "rng": rng,
+        "data": data,
+        "config": config.to_dict(),
+        "stores": stores or {},
+    }
+
+
+def restore_training_state(nets, state: dict, rank: int) -> int:
+    """Load a training_state() into the networks, optimisers and this rank's RNGs; -> iterations done."""
+    nets.model.load_state_dict(state["model"])
+    # Each of M's groups carries its lr factor (the config's, which a resume may not change); checkpoints written before
+    # the groups carried it hold no such key, and loading an optimiser state replaces the groups' settings.
+    lr_mults = [group["lr_mult"] for group in nets.opt_seg.param_groups]
+    for name, target in (
+        ("proxy", nets.proxy),
+        ("disc", nets.disc),
+        ("opt_seg", nets.opt_seg),
+        ("opt_disc", nets.opt_disc),
+        ("scaler_seg", nets.scaler_seg),
+        ("scaler_disc", nets.scaler_disc),
+    ):
+        if target is not None and state.get(name) is not None:
+            target.load_state_dict(state[name])
+    for group, lr_mult in zip(nets.opt_seg.param_groups, lr_mults):
+        group["lr_mult"] = lr_mult
+    restore_rng(state["rng"][rank])
+    return int(state["iteration"])

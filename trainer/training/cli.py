@@ -1,0 +1,289 @@
+"""`i2vda-train`: train M by Algorithm 1 (or a baseline) on the stores; see docs/TRAINING.md.
+
+Settings come from the TrainConfig defaults (the paper's), then `--config FILE` (JSON or YAML, field names as in
+RUN/config.json), then the flags given on the command line. Under `torchrun --nproc_per_node N` it trains with DDP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+from click.core import ParameterSource
+
+from pipeline.errors import one_line_errors
+from trainer.models import SEGMENTERS
+from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
+from trainer.training.config import (
+    AMP_MODES,
+    BN_STATS_MODES,
+    DEVICES,
+    INIT_FORMATS,
+    METHODS,
+    ONLINE_FLOWS,
+    PROXY_BN_MODES,
+    TrainConfig,
+    hw_from_wh,
+    read_config_file,
+)
+from trainer.training.loop import train
+
+# Every flag's default is the TrainConfig field's (the paper's where it gives one).
+D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
+def _choice(values) -> click.Choice:
+    return click.Choice(list(values))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.option("--out", required=True, help="Run folder RUN/: config.json, log.jsonl, checkpoints/, tensorboard/.")
+@click.option("--shards", default=D["shards"], show_default=True, help="Folder holding the stores.")
+@click.option("--source", default=D["source"], show_default=True, help="Source store name (SHARDS/SOURCE/).")
+@click.option("--target", default=D["target"], show_default=True, help="Target pair store name (SHARDS/TARGET/).")
+@click.option("--config", "config_file", default=None, help="JSON/YAML file of settings; flags given here win.")
+@click.option(
+    "--method",
+    type=_choice(METHODS),
+    default=D["method"],
+    show_default=True,
+    help="i2vda = Algorithm 1; adv_only = Table 3's baseline (L_seg + 0.01 L_adv on P0); source_only.",
+)
+@click.option(
+    "--arch",
+    type=_choice(SEGMENTERS),
+    default=D["arch"],
+    show_default=True,
+    help="Segmenter M: DeepLab-v2 ResNet-101 (paper), ResNet-50, or a tiny one for demos.",
+)
+@click.option(
+    "--disc-width",
+    type=int,
+    default=D["disc_width"],
+    show_default=True,
+    help="Channels of D's first conv (doubling per layer): 64 as AdaptSegNet; smaller for CPU demos.",
+)
+@click.option(
+    "--protocol",
+    default=None,
+    help="Class protocol (viper15, synthia11, synthia12); default: the source store's, and a different one is refused.",
+)
+@click.option("--target-size", default=None, help="WxH the target store must hold (paper 1024x512); default: its own.")
+@click.option(
+    "--source-size",
+    default=None,
+    help="WxH the source store must hold (paper: VIPER 896x512, SYNTHIA 1280x768); default: its own.",
+)
+@click.option("--max-iter", type=int, default=D["max_iter"], show_default=True, help="MAX_ITER; also the poly horizon.")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=D["batch_size"],
+    show_default=True,
+    help="Source images and target pairs per rank (paper: 2 = 1 on each of 2 GPUs).",
+)
+@click.option("--lr", type=float, default=D["lr"], show_default=True, help="SGD learning rate of M's backbone.")
+@click.option("--momentum", type=float, default=D["momentum"], show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=D["weight_decay"], show_default=True, help="SGD weight decay.")
+@click.option(
+    "--classifier-lr-mult",
+    type=float,
+    default=D["classifier_lr_mult"],
+    show_default=True,
+    help="lr factor of the ASPP classifier.",
+)
+@click.option("--lr-d", type=float, default=D["lr_d"], show_default=True, help="Adam learning rate of D.")
+@click.option("--betas-d", type=float, nargs=2, default=D["betas_d"], show_default=True, help="Adam betas of D.")
+@click.option("--poly-power", type=float, default=D["poly_power"], show_default=True, help="Poly decay exponent.")
+@click.option("--lambda-adv", type=float, default=D["lambda_adv"], show_default=True, help="Weight of L_adv.")
+@click.option(
+    "--iter-copy",
+    type=int,
+    default=D["iter_copy"],
+    show_default=True,
+    help="ITER_COPY: M' <- M when iteration % ITER_COPY == 0 (Table 4).",
+)
+@click.option(
+    "--iter-launch",
+    type=int,
+    default=D["iter_launch"],
+    show_default=True,
+    help="ITER_LAUNCH: L_tc from this iteration on (Table 4).",
+)
+@click.option("--eta", type=float, default=D["eta"], show_default=True, help="Occlusion threshold of Eq. 7, pixels.")
+@click.option(
+    "--delta",
+    type=float,
+    default=D["delta"],
+    show_default=True,
+    help="Entropy threshold of Eq. 8 (Table 5's best; the text says 0.8).",
+)
+@click.option("--alpha", type=float, default=D["alpha"], show_default=True, help="Blend of Eq. 3.")
+@click.option("--t", "t", type=float, default=None, help="Fixed t of Eq. 2 in [0, 1]; default: U(0, 1) per iteration.")
+@click.option("--no-temporal-aug", is_flag=True, help="It := I0 and F_1->t := F_1->0 (Table 3 ablation).")
+@click.option("--no-tc", is_flag=True, help="No L_tc and no proxy (Table 3 ablation).")
+@click.option(
+    "--proxy-ckpt",
+    default=None,
+    help="A fixed proxy M' loaded from one of our checkpoints and never copied from M (a teacher, e.g. an "
+    "oracle to test the L_tc path); default: M' <- M every --iter-copy iterations.",
+)
+@click.option(
+    "--proxy-bn",
+    type=_choice(PROXY_BN_MODES),
+    default=D["proxy_bn"],
+    show_default=True,
+    help="BatchNorm statistics of M': running = M's, eval mode (the paper); batch = its own I1 batch's; "
+    "target = re-estimated on target I1 frames after each copy (beyond the paper, docs/TRAINING.md).",
+)
+@click.option(
+    "--bn-stats",
+    type=_choice(BN_STATS_MODES),
+    default=D["bn_stats"],
+    show_default=True,
+    help="Which of M's forward calls feed its BN running statistics (used by eval and an eval-mode M'): all, "
+    "or target frames only (DSBN's target branch; beyond the paper).",
+)
+@click.option(
+    "--pl-select",
+    type=_choice(PL_SELECTIONS),
+    default=D["pl_select"],
+    show_default=True,
+    help="Eq. 8: entropy < delta (the paper), or class-balanced: only each class's --pl-portion most "
+    "confident predictions among those (CBST; beyond the paper).",
+)
+@click.option(
+    "--pl-portion",
+    type=float,
+    default=D["pl_portion"],
+    show_default=True,
+    help="With --pl-select class-balanced: share of each class's predicted pixels kept at most.",
+)
+@click.option("--no-occlusion", is_flag=True, help="Drop O from Eq. 8 (Table 3 ablation).")
+@click.option("--no-entropy", is_flag=True, help="Drop E from Eq. 8 (Table 3 ablation).")
+@click.option(
+    "--occlusion-grid",
+    type=_choice(OCCLUSION_GRIDS),
+    default=D["occlusion_grid"],
+    show_default=True,
+    help="Grid of the Eq. 7 check: i1 (where PL lives) or i0 (the paper's literal formula).",
+)
+@click.option(
+    "--online-flow",
+    type=_choice(ONLINE_FLOWS),
+    default=D["online_flow"],
+    show_default=True,
+    help="F_1->t: the target store's estimator on (I1, It) (Eq. 5), or linear (1 - t) F_1->0.",
+)
+@click.option("--flow-estimator", default=None, help="Estimator the target store must have used; default: its own.")
+@click.option("--flow-ckpt", default=None, help="FlowNet2_checkpoint.pth.tar for the online flow of a FlowNet2 store.")
+@click.option(
+    "--init",
+    default=None,
+    help="Initial weights of M: DeepLab_resnet_pretrained_imagenet.pth, a torchvision ResNet, or one of our "
+    "checkpoints (--init-format segmenter, e.g. a source-only warm-up).",
+)
+@click.option(
+    "--init-format",
+    type=_choice(INIT_FORMATS),
+    default=D["init_format"],
+    show_default=True,
+    help="Format of --init: the DeepLab-v2 Caffe conversion, a torchvision ResNet state dict, or an "
+    "i2vda checkpoint (whole M, strict).",
+)
+@click.option("--seed", type=int, default=D["seed"], show_default=True, help="Seed of weights, data order and t.")
+@click.option(
+    "--checkpoint-interval",
+    type=int,
+    default=D["checkpoint_interval"],
+    show_default=True,
+    help="Iterations between checkpoints.",
+)
+@click.option(
+    "--log-interval", type=int, default=D["log_interval"], show_default=True, help="Iterations between log.jsonl lines."
+)
+@click.option(
+    "--image-interval",
+    type=int,
+    default=D["image_interval"],
+    show_default=True,
+    help="Iterations between TensorBoard pictures.",
+)
+@click.option(
+    "--val",
+    default=None,
+    help="A val store (i2vda-prep val): M's mIoU and per-class IoU on it, "
+    "without TC, every --val-interval iterations and at the end, into log.jsonl and TensorBoard (rank 0).",
+)
+@click.option(
+    "--val-interval",
+    type=int,
+    default=D["val_interval"],
+    show_default=True,
+    help="Iterations between scorings on the --val store; 0 = at the end only.",
+)
+@click.option("--device", type=_choice(DEVICES), default=D["device"], show_default=True, help="auto = CUDA if any.")
+@click.option(
+    "--amp",
+    type=_choice(AMP_MODES),
+    default=D["amp"],
+    show_default=True,
+    help="Autocast precision on CUDA (bf16 on Ampere and later).",
+)
+@click.option("--channels-last", is_flag=True, help="channels_last memory format on CUDA.")
+@click.option(
+    "--num-workers",
+    type=int,
+    default=D["num_workers"],
+    show_default=True,
+    help="DataLoader workers decoding the shards (0 = in the training process).",
+)
+@click.option(
+    "--shuffle-buffer",
+    type=int,
+    default=D["shuffle_buffer"],
+    show_default=True,
+    help="Samples in the shuffle buffer of each stream.",
+)
+@click.option(
+    "--block-iters",
+    type=int,
+    default=D["block_iters"],
+    show_default=True,
+    help="Iterations per reseeded data block (bounds the skip on resume).",
+)
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    help="Continue RUN from its newest checkpoint (bare --resume) or from the given checkpoint file.",
+)
+@click.option(
+    "--resume-other-stores",
+    is_flag=True,
+    help="With --resume: continue even if the stores' content differs from the checkpoint's (e.g. rebuilt "
+    "with another estimator preset); a warning names what differs.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, target_size: str | None, source_size: str | None, **options):
+    """Train a segmenter on source images and target video pairs: I2VDA (ECCV 2022) Algorithm 1 or a baseline."""
+    values = read_config_file(config_file) if config_file else {}
+    for name, value in options.items():
+        if name not in values or ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            values[name] = value
+    for field, value, flag in (
+        ("target_size_hw", target_size, "--target-size"),
+        ("source_size_hw", source_size, "--source-size"),
+    ):
+        if value is not None:
+            values[field] = hw_from_wh(value, flag)
+    result = train(TrainConfig.from_dict(values, where=config_file or "flags"))
+    if result["checkpoint"] is not None:  # rank 0 (the others save nothing)
+        click.echo(f"{result['iterations']} iterations done; last checkpoint {result['checkpoint']}")
+
+
+main = one_line_errors(cli)
+
+if __name__ == "__main__":
+    main()
