@@ -184,6 +184,8 @@ def train_run(
         TARGET_STORE,
         "--arch",
         arch,
+        "--init",
+        "none",  # throughput only: random weights, on purpose
         "--disc-width",
         str(disc_width),
         "--device",

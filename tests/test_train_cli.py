@@ -17,6 +17,7 @@ from trainer.training.cli import cli, main
 from trainer.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = ("--arch", "deeplab_tiny")  # the ResNets need --init (tests/test_proxy_schedule.py)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,16 @@ def _fails(capsys, args: list[str]) -> str:
 
 def test_a_missing_store_exits_2_with_one_line(tmp_path):
     # A real process: the exit status and stderr a user sees.
-    args = ["--out", str(tmp_path / "run"), "--shards", str(tmp_path / "nowhere"), "--source", "viper"]
+    args = [
+        "--out",
+        str(tmp_path / "run"),
+        "--shards",
+        str(tmp_path / "nowhere"),
+        "--source",
+        "viper",
+        "--init",
+        "none",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.training.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
     )
@@ -60,13 +70,24 @@ def test_a_missing_store_exits_2_with_one_line(tmp_path):
 def test_a_store_that_does_not_match_exits_2(stores, tmp_path, capsys, flags, field):
     line = _fails(
         capsys,
-        ["--out", str(tmp_path / "run"), "--shards", str(stores), "--source", SOURCE, "--target", TARGET, *flags],
+        [
+            "--out",
+            str(tmp_path / "run"),
+            "--shards",
+            str(stores),
+            "--source",
+            SOURCE,
+            "--target",
+            TARGET,
+            *TINY,
+            *flags,
+        ],
     )
     assert field in line
 
 
 def test_bad_flags_and_config_files_exit_2(stores, tmp_path, capsys):
-    base = ["--out", str(tmp_path / "run"), "--shards", str(stores), "--source", SOURCE, "--target", TARGET]
+    base = ["--out", str(tmp_path / "run"), "--shards", str(stores), "--source", SOURCE, "--target", TARGET, *TINY]
     assert "--target-size" in _fails(capsys, [*base, "--target-size", "64"])
     assert "--t" in _fails(capsys, [*base, "--t", "1.5"])
     bad = tmp_path / "bad.yaml"

@@ -17,6 +17,7 @@ from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
 from trainer.training.config import (
     AMP_MODES,
     BN_STATS_MODES,
+    COPY_RULES,
     DEVICES,
     INIT_FORMATS,
     METHODS,
@@ -101,7 +102,7 @@ def _choice(values) -> click.Choice:
     type=int,
     default=D["iter_copy"],
     show_default=True,
-    help="ITER_COPY: M' <- M when iteration % ITER_COPY == 0 (Table 4).",
+    help="ITER_COPY: iterations between copies M' <- M (Table 4).",
 )
 @click.option(
     "--iter-launch",
@@ -109,6 +110,14 @@ def _choice(values) -> click.Choice:
     default=D["iter_launch"],
     show_default=True,
     help="ITER_LAUNCH: L_tc from this iteration on (Table 4).",
+)
+@click.option(
+    "--copy-rule",
+    type=_choice(COPY_RULES),
+    default=D["copy_rule"],
+    show_default=True,
+    help="When M' <- M: launch = at ITER_LAUNCH and every ITER_COPY iterations after it; modulo = whenever "
+    "iteration % ITER_COPY == 0 (Algorithm 1's line 5 read literally; docs/TRAINING.md).",
 )
 @click.option("--eta", type=float, default=D["eta"], show_default=True, help="Occlusion threshold of Eq. 7, pixels.")
 @click.option(
@@ -181,7 +190,8 @@ def _choice(values) -> click.Choice:
     "--init",
     default=None,
     help="Initial weights of M: DeepLab_resnet_pretrained_imagenet.pth, a torchvision ResNet, or one of our "
-    "checkpoints (--init-format segmenter, e.g. a source-only warm-up).",
+    "checkpoints (--init-format segmenter, e.g. a source-only warm-up); 'none' = random weights on purpose "
+    "(deeplab_r101/r50 refuse to start without --init; overrides a --config file's init).",
 )
 @click.option(
     "--init-format",

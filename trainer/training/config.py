@@ -29,6 +29,16 @@ PROXY_BN_MODES = ("running", "batch", "target")
 # Which of M's forward calls feed BN's running statistics: every one (PyTorch's default), or the target frames only.
 BN_STATS_MODES = ("all", "target")
 INIT_FORMATS = ("deeplab", "torchvision", "segmenter")  # DeepLab ImageNet init, a torchvision ResNet, or our own run
+# `--init none`: random weights, asked for on purpose. The ResNet segmenters refuse to start without an init otherwise
+# (the paper fine-tunes an ImageNet-initialised ResNet-101; a random one trains a different, much weaker method).
+RANDOM_INIT = "none"
+NEEDS_INIT = ("deeplab_r101", "deeplab_r50")
+IMAGENET_INIT_FILE = "DeepLab_resnet_pretrained_imagenet.pth"
+# When M' <- M (Algorithm 1 lines 5-7; Table 4 varies ITER_COPY and ITER_LAUNCH): "launch" = at ITER_LAUNCH and every
+# ITER_COPY iterations after it; "modulo" = whenever iteration % ITER_COPY == 0, the algorithm's line 5 read
+# literally (then a launch that is not a multiple of ITER_COPY labels with an M' copied before it, possibly at
+# iteration 0). Both agree when ITER_LAUNCH is a multiple of ITER_COPY (the paper's 8k / 8k).
+COPY_RULES = ("launch", "modulo")
 # Settings a resume may change: none of them changes what iteration i computes from its data
 # (max_iter moves the end of the poly schedule, which the paper ties to it; see docs/TRAINING.md). `shards` is where
 # the stores lie: a resume compares the stores' content instead (trainer.training.checkpoint.check_resumable), unless
@@ -74,8 +84,9 @@ class TrainConfig:
     betas_d: tuple[float, float] = (0.9, 0.99)
     poly_power: float = POLY_POWER  # over max_iter, both optimisers
     lambda_adv: float = LAMBDA_ADV
-    iter_copy: int = 8000  # M' <- M when iteration % iter_copy == 0 (Table 4)
-    iter_launch: int = 8000  # L_tc from this iteration on (Table 4)
+    iter_copy: int = 8000  # ITER_COPY: iterations between copies M' <- M (Table 4)
+    iter_launch: int = 8000  # ITER_LAUNCH: L_tc from this iteration on (Table 4)
+    copy_rule: str = "launch"  # copies at ITER_LAUNCH + k ITER_COPY; "modulo": at k ITER_COPY (COPY_RULES)
     proxy_ckpt: str | None = None  # a fixed M' from this checkpoint, never copied from M (a teacher; diagnostics)
     proxy_bn: str = "running"  # M' in eval mode with M's running BN statistics, as the paper says
     bn_stats: str = "all"  # "target": M's running BN statistics from target frames only (DSBN's target branch)
@@ -93,7 +104,7 @@ class TrainConfig:
     online_flow: str = "estimator"
     flow_estimator: str | None = None  # must match the target store's; None = the store's
     flow_ckpt: str | None = None  # FlowNet2 weights for the online F(I1, It)
-    init: str | None = None  # ImageNet init of the backbone
+    init: str | None = None  # ImageNet init of the backbone; RANDOM_INIT ("none") = random weights on purpose
     init_format: str = "deeplab"
     seed: int = 1234  # DA-VSN's RANDOM_SEED
     checkpoint_interval: int = 1000  # DA-VSN's SAVE_PRED_EVERY
@@ -124,6 +135,7 @@ class TrainConfig:
             ("proxy_bn", PROXY_BN_MODES),
             ("bn_stats", BN_STATS_MODES),
             ("pl_select", PL_SELECTIONS),
+            ("copy_rule", COPY_RULES),
         ):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{_flag(name)}: got {getattr(self, name)!r}, expected one of {', '.join(allowed)}")
@@ -180,6 +192,20 @@ class TrainConfig:
             raise InputError("--bn-stats target: source-only M sees no target frame to take statistics from")
         if self.amp != "off" and self.device == "cpu":
             raise InputError(f"--amp {self.amp}: autocast is used on CUDA only; pass --amp off on the CPU")
+
+    @property
+    def init_file(self) -> str | None:
+        """The weights file M starts from, or None for random weights."""
+        return None if self.init in (None, RANDOM_INIT) else self.init
+
+    def copies_proxy(self, it: int) -> bool:
+        """Whether M' <- M before iteration `it` (Algorithm 1 lines 5-7, under `copy_rule`); a fixed --proxy-ckpt
+        teacher is never copied over."""
+        if not self.uses_tc or self.proxy_ckpt is not None:
+            return False
+        if self.copy_rule == "modulo":
+            return it % self.iter_copy == 0
+        return it >= self.iter_launch and (it - self.iter_launch) % self.iter_copy == 0
 
     @property
     def uses_disc(self) -> bool:
@@ -295,6 +321,16 @@ def read_config_file(path: str | Path) -> dict:
             values[field] = list(hw_from_wh(values.pop(key), f"--config {path}: {key}"))
     _check_known(values, f"--config {path}")
     return values
+
+
+def require_init(config: TrainConfig) -> None:
+    """A ResNet segmenter starts from an init file unless random weights are asked for (`--init none`)."""
+    if config.arch in NEEDS_INIT and config.init is None:
+        raise InputError(
+            f"--arch {config.arch} needs --init: the paper fine-tunes an ImageNet-initialised ResNet "
+            f"({IMAGENET_INIT_FILE}, README 'Get the data'); pass --init FILE, or --init {RANDOM_INIT} to train "
+            "from random weights on purpose"
+        )
 
 
 def resume_mismatch(saved: dict, config: TrainConfig) -> str | None:

@@ -31,7 +31,7 @@ from trainer.training.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from trainer.training.config import TrainConfig
+from trainer.training.config import TrainConfig, require_init
 from trainer.training.data import StorePlan, data_position, iteration_batches, open_stores
 from trainer.training.monitor import Monitor
 from trainer.training.networks import build_nets, copy_proxy, set_learning_rates
@@ -145,6 +145,7 @@ def write_config(config: TrainConfig) -> None:
 
 def train(config: TrainConfig) -> dict:
     """Train M by Algorithm 1 (method "i2vda") or a baseline; -> {"iterations", "checkpoint", "last_log", "model"}."""
+    require_init(config)
     runtime = start_runtime(config)
     try:
         return _train(config, runtime)
@@ -179,7 +180,7 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
             wait_start = time.perf_counter()
             batch = to_device(next(batches), rt.device, it)
             data_wait_s = time.perf_counter() - wait_start
-            if config.uses_tc and config.proxy_ckpt is None and it % config.iter_copy == 0:  # Alg. 1 lines 5-7
+            if config.copies_proxy(it):  # Alg. 1 lines 5-7
                 copy_proxy(nets, config.proxy_bn)
             step = segmenter_step(nets, batch, config, Iteration(it, rt.rank, estimate_flow))
             losses = step.losses

@@ -87,8 +87,8 @@ def build_nets(config: TrainConfig, device: torch.device, distributed: bool) -> 
     """M (with the ImageNet init), M', D, SGD for M (backbone lr, classifier 10x) and Adam for D."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_segmenter(config.arch, config.num_classes)
-    if config.init is not None:
-        INIT_LOADERS[config.init_format](model, config.init)
+    if config.init_file is not None:
+        INIT_LOADERS[config.init_format](model, config.init_file)
     memory_format = torch.channels_last if config.channels_last and device.type == "cuda" else torch.preserve_format
     model = model.to(device, memory_format=memory_format)
     proxy = copy.deepcopy(model).eval().requires_grad_(False) if config.uses_tc else None
