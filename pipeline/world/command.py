@@ -52,6 +52,13 @@ def _wh(size_wh: tuple[int, int]) -> str:
 )
 @click.option("--synthia-frames", type=int, default=_DEFAULT.synthia_frames, show_default=True)
 @click.option(
+    "--analog-pictures",
+    type=int,
+    default=_DEFAULT.analog_pictures,
+    show_default=True,
+    help="pictures of the ImageNet analog (random looks, crops labelled by the classes they show) for pretraining",
+)
+@click.option(
     "--style-gap",
     type=float,
     default=_DEFAULT.style_gap,
@@ -79,6 +86,7 @@ def demo_world(
     viper_sequences,
     viper_frames,
     synthia_frames,
+    analog_pictures,
     style_gap,
     colour_gap,
 ) -> None:
@@ -94,6 +102,7 @@ def demo_world(
         viper_sequences=viper_sequences,
         viper_frames=viper_frames,
         synthia_frames=synthia_frames,
+        analog_pictures=analog_pictures,
         style_gap=style_gap,
         colour_gap=colour_gap,
         train_flow=train_flow,
@@ -107,4 +116,9 @@ def demo_world(
     )
     click.echo(f"viper      {counts['viper_frames']} labelled frames")
     click.echo(f"synthia    {counts['synthia_frames']} frames")
+    if analog_pictures:
+        click.echo(
+            f"imagenet analog {counts['analog_train_crops']} train and {counts['analog_val_crops']} val crops "
+            f"from {analog_pictures} pictures"
+        )
     click.echo(f"summary    {out / 'world.json'}, picture {out / 'contact_sheet.png'}")

@@ -1,4 +1,5 @@
-"""Looks of the two domains: a flat, saturated "game" style (sources) and a textured, noisy "camera" style (target).
+"""Looks of the domains: a flat, saturated "game" style (sources), a textured, noisy "camera" style (target), and
+random looks for the world's ImageNet analog (`random_style`), which are neither.
 
 The domain gap lives here only: geometry and layout come from one generator. `camera_style(gap)` interpolates every
 parameter between the game look (gap 0) and the full camera look (gap 1).
@@ -153,3 +154,39 @@ def _mix(game, real, gap: float):
     """(1 - gap) * game + gap * real, for numbers and arrays alike."""
     value = (1 - gap) * np.asarray(game, dtype=np.float64) + gap * np.asarray(real, dtype=np.float64)
     return float(value) if value.ndim == 0 else value
+
+
+# Ranges of the ImageNet analog's looks (`random_style`): from flat to more textured, hazy, blurred and noisy than the
+# camera look, so that its pictures span many looks, as photographs of every kind do, without being either domain's.
+RANDOM_LOOK = {
+    "texture": (0.0, 0.5),
+    "tile_contrast": (0.0, 0.3),
+    "clouds": (0.0, 1.0),
+    "haze": (0.0, 0.5),
+    "vignette": (0.0, 0.4),
+    "blur_px": (0.0, 1.2),
+    "noise": (0.0, 8.0),
+    "exposure_jitter": (0.0, 0.3),
+    "cast_jitter": (0.0, 0.15),
+}
+RANDOM_SATURATION, RANDOM_VALUE = (0.1, 0.9), (0.25, 1.0)  # HSV ranges of the random surface colours
+
+
+def _random_colours(rng: np.random.Generator, count: int) -> np.ndarray:
+    """(count, N_OPTIONS, 3) RGB 0..255: hue uniform, saturation and value in RANDOM_SATURATION / RANDOM_VALUE."""
+    h = rng.uniform(0.0, 1.0, (count, N_OPTIONS))
+    s = rng.uniform(*RANDOM_SATURATION, (count, N_OPTIONS))
+    v = rng.uniform(*RANDOM_VALUE, (count, N_OPTIONS))
+    k = np.stack([(5.0 + h * 6.0) % 6.0, (3.0 + h * 6.0) % 6.0, (1.0 + h * 6.0) % 6.0], axis=-1)  # HSV -> RGB
+    rgb = v[..., None] - v[..., None] * s[..., None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    return 255.0 * rgb
+
+
+def random_style(rng: np.random.Generator) -> Style:
+    """A look drawn at random: every class and part in random colours, texture, weather and sensor in RANDOM_LOOK.
+
+    The ImageNet analog paints each of its pictures in its own random look: the pretraining learns shapes, layouts and
+    textures of the world's classes, never the source's or the target's colours."""
+    palette, parts = _random_colours(rng, NUM_WORLD_CLASSES), _random_colours(rng, NUM_PARTS)
+    look = {name: float(rng.uniform(low, high)) for name, (low, high) in RANDOM_LOOK.items()}
+    return Style(palette, parts, cast=np.ones(3), **look)

@@ -15,6 +15,7 @@ from pipeline.errors import InputError
 from pipeline.world import layouts
 from pipeline.world.classes import NUM_WORLD_CLASSES
 from pipeline.world.flow_gt import ground_truth_flow
+from pipeline.world.imagenet_analog import ANALOG_DIR, write_imagenet_analog
 from pipeline.world.shots import draw_shot, render_frame
 from pipeline.world.styles import camera_style, game_style
 from pipeline.world.summary import contact_sheet, world_shares
@@ -27,9 +28,16 @@ SYNTHIA_DAWN_CAST = (1.08, 0.95, 0.82)  # SEQS-04-DAWN: low, warm light
 EGO_HOOD_FRAC = {"target": 0.10, "viper": 0.12, "synthia": 0.0}  # bonnet height at the centre, fraction of H
 TRAIN_CITIES, VAL_CITIES = ("ashbury", "brackwell", "corrin"), ("dunmore", "elmstead")  # invented names
 SNIPPET_START_STEP, SNIPPET_START_CHOICES = 30, 10  # a snippet's first frame is one of 0, 30, ..., 270
-DOMAIN_SEED = {"target": 0, "viper": 1, "synthia": 2}  # streams of the random generator, per domain
+DOMAIN_SEED = {"target": 0, "viper": 1, "synthia": 2, "analog": 3}  # streams of the random generator, per domain
 CONTACT_SHEET_SAMPLES = 2  # frames per domain on the contact sheet
-OUTPUTS = (layouts.CITYSCAPES_DIR, layouts.VIPER_DIR, layouts.SYNTHIA_PARENT_DIR, "contact_sheet.png", "world.json")
+OUTPUTS = (
+    layouts.CITYSCAPES_DIR,
+    layouts.VIPER_DIR,
+    layouts.SYNTHIA_PARENT_DIR,
+    ANALOG_DIR,
+    "contact_sheet.png",
+    "world.json",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,10 @@ class WorldConfig:
     viper_sequences: int = 6
     viper_frames: int = 240  # labelled frames over all sequences
     synthia_frames: int = 200
+    # The ImageNet analog (pipeline/world/imagenet_analog.py): pictures in random looks for the pretraining that every
+    # method of the demo fine-tunes from; 0 = none.
+    analog_pictures: int = 0
+    analog_size_wh: tuple[int, int] = (256, 128)
     style_gap: float = 1.0  # 0: the target looks like the sources; 1: the full camera look
     colour_gap: float | None = None  # surface colours' share of the camera look; None = style_gap
     train_flow: bool = False  # also write ground-truth flow for the train snippets
@@ -54,10 +66,17 @@ class WorldConfig:
 
     def check(self) -> None:
         """Refuse impossible settings with one line naming the option."""
-        for name in ("target_size_wh", "viper_size_wh", "synthia_size_wh"):
+        for name in ("target_size_wh", "viper_size_wh", "synthia_size_wh", "analog_size_wh"):
             if len(getattr(self, name)) != 2 or min(getattr(self, name)) < 8:
                 raise InputError(f"--{name[:-3].replace('_', '-')}: expected WIDTHxHEIGHT of at least 8x8 pixels")
-        for name in ("train_snippets", "val_snippets", "viper_sequences", "viper_frames", "synthia_frames"):
+        for name in (
+            "train_snippets",
+            "val_snippets",
+            "viper_sequences",
+            "viper_frames",
+            "synthia_frames",
+            "analog_pictures",
+        ):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')}: expected a count >= 0, got {getattr(self, name)}")
         if self.snippet_frames < 2:
@@ -220,6 +239,16 @@ def write_world(out: Path, seed: int = 0, config: WorldConfig | None = None, ove
     counts = {}
     for domain, writer in (("target", _write_target), ("viper", _write_viper), ("synthia", _write_synthia)):
         counts.update(writer(out, seed, config, histograms[domain], samples[domain]))
+    if config.analog_pictures:
+        counts.update(
+            write_imagenet_analog(
+                out,
+                config.analog_pictures,
+                config.analog_size_wh,
+                config.max_layers,
+                lambda *stream: _rng(seed, "analog", *stream),
+            )
+        )
     layouts.write_png(out / "contact_sheet.png", contact_sheet(samples))
     summary = {
         "tool": f"i2vda {__version__} demo-world",

@@ -136,11 +136,19 @@ class DeepLabV2(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def _layer3_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Caffe-normalised image (B, 3, H, W) -> layer3's output (B, 16 * width, h, w) at stride 8."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Caffe-normalised image (B, 3, H, W) -> the backbone's output (B, 32 * width, h, w) at stride 8: what the
+        main head reads (and what an image-level pretraining pools)."""
+        return self.layer4(self._layer3_features(x))
+
     def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Caffe-normalised image (B, 3, H, W) -> (aux logits or None, main logits), both (B, C, h, w) at stride 8."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        feat3 = self.layer3(x)  # (B, 16 * width, h, w)
+        feat3 = self._layer3_features(x)  # (B, 16 * width, h, w)
         aux = self.layer5(feat3) if self.layer5 is not None else None
         main = self.layer6(self.layer4(feat3))  # (B, C, h, w)
         return aux, main
