@@ -122,6 +122,49 @@ def flow_and_occlusion_quality(world: Path, size_wh: tuple[int, int], eta: float
     }
 
 
+def label_counts(net, store: ValStore, protocol: str, modes: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(truth pixels per class (K,), kept (K, K): rows truth, columns PL) of the Eq. 8 pseudo-labels `net` makes on
+    the annotated val frames: in 2-frame batches as training's I1 batches, BN in `modes["proxy_bn"]`, E < delta
+    (`modes["delta"]`, class-balanced with `modes["pl_select"]`), O left out."""
+    k = get_protocol(protocol).num_classes
+    truth_counts, kept = np.zeros(k, np.int64), np.zeros((k, k), np.int64)
+    keys = store.keys()
+    for start in range(0, len(keys) - 1, 2):
+        batch = keys[start : start + 2]
+        images = [store.image(key) for key in batch]
+        x = caffe_normalize(torch.cat([_tensor(image) for image in images]))
+        size = images[0].shape[:2]
+        logits = proxy_logits(net, x, modes.get("proxy_bn", "running"))
+        prob = F.softmax(F.interpolate(logits, size=size, mode="bilinear", align_corners=True), 1)
+        entropy = normalized_entropy(prob)
+        if modes.get("pl_select", "entropy") == "class-balanced":
+            entropy = class_balanced_entropy(prob, entropy, modes["delta"], modes["pl_portion"])
+        pred, confident = prob.argmax(1).numpy(), (entropy < modes["delta"]).numpy()
+        for i, key in enumerate(batch):
+            label = resize_label(store.label(key, protocol), (size[1], size[0]))
+            valid = label != 255
+            truth_counts += np.bincount(label[valid], minlength=k)
+            sel = valid & confident[i]
+            kept += np.bincount(label[sel] * k + pred[i][sel], minlength=k * k).reshape(k, k)
+    return truth_counts, kept
+
+
+def label_summary(truth_counts: np.ndarray, kept: np.ndarray, protocol: str) -> dict:
+    """Coverage and precision of the pseudo-labels, and per class their recall, precision and share."""
+    total, names = truth_counts.sum(), get_protocol(protocol).class_names
+    per_class = {
+        names[c]: {
+            "true_share": truth_counts[c] / total,
+            "label_share": kept[:, c].sum() / max(kept.sum(), 1),
+            "pl_recall": kept[c, c] / max(truth_counts[c], 1),
+            "pl_precision": kept[c, c] / max(kept[:, c].sum(), 1),
+        }
+        for c in range(len(names))
+        if truth_counts[c] or kept[:, c].sum()
+    }
+    return {"coverage": kept.sum() / total, "precision": np.trace(kept) / max(kept.sum(), 1), "per_class": per_class}
+
+
 def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
     """Pseudo-label coverage and precision of M' at each checkpoint of an I2VDA run, made in the run's own modes."""
     rows = []
@@ -135,39 +178,7 @@ def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
         proxy = build_segmenter(config["arch"], config["num_classes"])
         proxy.load_state_dict(state["proxy"])
         proxy.eval().requires_grad_(False)
-        protocol = config["protocol"]
-        k = config["num_classes"]
-        truth_counts, kept = np.zeros(k, np.int64), np.zeros((k, k), np.int64)  # kept: rows truth, columns PL
-        keys = store.keys()
-        for start in range(0, len(keys) - 1, 2):  # 2-frame batches, as training's I1 batches
-            batch = keys[start : start + 2]
-            images = [store.image(key) for key in batch]
-            x = caffe_normalize(torch.cat([_tensor(image) for image in images]))
-            size = images[0].shape[:2]
-            logits = proxy_logits(proxy, x, config.get("proxy_bn", "running"))
-            prob = F.softmax(F.interpolate(logits, size=size, mode="bilinear", align_corners=True), 1)
-            entropy = normalized_entropy(prob)
-            if config.get("pl_select", "entropy") == "class-balanced":
-                entropy = class_balanced_entropy(prob, entropy, config["delta"], config["pl_portion"])
-            pred, confident = prob.argmax(1).numpy(), (entropy < config["delta"]).numpy()
-            for i, key in enumerate(batch):
-                label = resize_label(store.label(key, protocol), (size[1], size[0]))
-                valid = label != 255
-                truth_counts += np.bincount(label[valid], minlength=k)
-                sel = valid & confident[i]
-                kept += np.bincount(label[sel] * k + pred[i][sel], minlength=k * k).reshape(k, k)
-        total = truth_counts.sum()
-        names = get_protocol(protocol).class_names
-        per_class = {
-            names[c]: {
-                "true_share": truth_counts[c] / total,
-                "label_share": kept[:, c].sum() / kept.sum(),
-                "pl_recall": kept[c, c] / max(truth_counts[c], 1),
-                "pl_precision": kept[c, c] / max(kept[:, c].sum(), 1),
-            }
-            for c in range(k)
-            if truth_counts[c] or kept[:, c].sum()
-        }
+        counts = label_counts(proxy, store, config["protocol"], config)
         rows.append(
             {
                 "run": str(run),
@@ -175,9 +186,7 @@ def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
                 "proxy_bn": config.get("proxy_bn", "running"),
                 "bn_stats": config.get("bn_stats", "all"),
                 "pl_select": config.get("pl_select", "entropy"),
-                "coverage": kept.sum() / total,
-                "precision": np.trace(kept) / max(kept.sum(), 1),
-                "per_class": per_class,
+                **label_summary(*counts, config["protocol"]),
             }
         )
     return rows

@@ -18,7 +18,16 @@ import click
 
 from pipeline.errors import InputError, one_line_errors
 from trainer.experiment.outputs import Paths, check_preset
-from trainer.experiment.plan import PREFIX, RAY_DEFAULTS, VAL_STORE, VARIANTS, DemoPreset, plan_prep, plan_runs
+from trainer.experiment.plan import (
+    PREFIX,
+    RAY_DEFAULTS,
+    REGIMES,
+    VAL_STORE,
+    VARIANTS,
+    plan_prep,
+    plan_runs,
+    preset_of,
+)
 from trainer.experiment.report import collect_results, paired_rows, results_markdown, write_figure
 from trainer.experiment.runner import StepFailed, run_steps, step_records
 from trainer.training.checkpoint import checkpoint_path
@@ -50,11 +59,19 @@ def _exit_on_sigterm(signum, frame) -> None:
 @click.option("--seeds", default=None, help="Training seeds, e.g. 0,1,2: mean ± std [default: --seed].")
 @click.option("--methods", default=",".join(PREFIX), show_default=True, help=f"Main rows: {', '.join(PREFIX)}.")
 @click.option("--variants", default="", help=f"Extra rows: {', '.join(v for v in VARIANTS if v not in PREFIX)}.")
+@click.option(
+    "--regime",
+    type=click.Choice(REGIMES),
+    default=REGIMES[0],
+    show_default=True,
+    help="finetune: every method fine-tunes from the init pretrained on the world's ImageNet analog, 40 train "
+    "snippets (the paper's regime); scratch: the first release's random init and 10 snippets.",
+)
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Iterations per run [default: the preset's].")
 @click.option("--lr", type=float, default=None, help="SGD learning rate of M [default: the preset's].")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Trainings run at once.")
 @click.option("--fresh", is_flag=True, help="Delete what an earlier demo wrote in --out and start over.")
-def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
+def cli(out, seed, seeds, methods, variants, regime, iters, lr, jobs, fresh) -> None:
     """Render the demo world, prepare it, train source-only, adversarial-only and I2VDA, evaluate, tabulate."""
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -63,7 +80,7 @@ def cli(out, seed, seeds, methods, variants, iters, lr, jobs, fresh) -> None:
     if not names or not seeds:
         raise InputError("--methods/--variants/--seeds: expected at least one method and one seed to train")
     overrides = {k: v for k, v in (("max_iter", iters), ("lr", lr)) if v is not None}
-    preset = dataclasses.replace(DemoPreset(world_seed=seed), **overrides)
+    preset = dataclasses.replace(preset_of(regime), world_seed=seed, **overrides)
     paths = Paths(out)
     check_preset(paths, dataclasses.asdict(preset), fresh)
     prep, chains = plan_prep(preset, paths, "oracle" in names), plan_runs(preset, paths, names, seeds)

@@ -72,6 +72,12 @@ def world_done(world: Path, seed: int, counts: dict) -> bool:
     return summary.get("seed") == seed and all(config.get(k) == v for k, v in counts.items())
 
 
+def pretrain_done(init: Path, settings: dict) -> bool:
+    """The init exists and its record (FILE.json, written after it) holds these pretraining settings."""
+    record = read_json(init.with_name(init.name + ".json")) or {}
+    return init.is_file() and all(record.get(k) == v for k, v in settings.items())
+
+
 def store_done(store: Path, size_wh: tuple[int, int]) -> bool:
     """The store's manifest says complete, at this (W, H)."""
     try:
