@@ -2,6 +2,7 @@
 
 import json
 import time
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -16,6 +17,8 @@ from trainer.evaluation.eval_cli import cli as eval_cli
 from trainer.evaluation.visualize import GRID_PAD, TITLE_HEIGHT
 from trainer.experiment import VARIANTS, DemoPreset, main, plan_prep, plan_runs, runner
 from trainer.experiment.outputs import Paths, check_preset, eval_done, store_done, training_done, world_done
+from trainer.experiment.plan import SCRATCH, init_path
+from trainer.experiment.pretrain import cli as pretrain_cli
 from trainer.experiment.report import (
     format_cell,
     paired_table,
@@ -36,17 +39,25 @@ def parse(step):
     if step.tool == "i2vda-prep":
         command = prep_cli.get_command(None, step.args[0])
         return command.make_context(step.args[0], list(step.args[1:])).params
-    command = {"i2vda-train": train_cli, "i2vda-eval": eval_cli}[step.tool]
+    command = {"i2vda-train": train_cli, "i2vda-eval": eval_cli, "i2vda-pretrain": pretrain_cli}[step.tool]
     return command.make_context(step.tool, list(step.args)).params
 
 
 def test_prep_plan_parses_and_agrees_on_paths_and_sizes(tmp_path):
     paths = Paths(tmp_path)
     steps = {s.name: parse(s) for s in plan_prep(PRESET, paths, oracle=True)}
-    assert list(steps) == ["world", "prep_flows", "prep_source", "prep_val", "prep_oracle"]
+    assert list(steps) == ["world", "pretrain", "prep_flows", "prep_source", "prep_val", "prep_oracle"]
     world = steps["world"]
     assert (world["seed"], world["val_snippets"], world["synthia_frames"]) == (3, PRESET.val_snippets, 0)
+    assert (world["train_snippets"], world["analog_pictures"]) == (40, 600)  # 40 x 29 pairs ~ 600 x 2 draws
     assert world["overwrite"] and str(world["out"]) == str(tmp_path / "world")
+    pretrain = steps["pretrain"]
+    assert pretrain["data"] == tmp_path / "world" / "imagenet_analog" and pretrain["arch"] == "deeplab_tiny"
+    assert (pretrain["iters"], pretrain["lr"], pretrain["seed"]) == (600, 0.05, 3)
+    assert pretrain["out"] == init_path(PRESET, paths) == tmp_path / "world" / "deeplab_tiny_imagenet_analog.pth"
+    scratch = {s.name: parse(s) for s in plan_prep(replace(SCRATCH, world_seed=3), paths, oracle=False)}
+    assert list(scratch) == ["world", "prep_flows", "prep_source", "prep_val"]  # no init to pretrain
+    assert (scratch["world"]["train_snippets"], scratch["world"]["analog_pictures"]) == (10, 0)
     for name in ("prep_flows", "prep_val", "prep_oracle"):
         assert steps[name]["root"] == str(tmp_path / "world" / "cityscapes")
         assert steps[name]["size"] == "256x128" and steps[name]["out"] == str(tmp_path / "stores")
@@ -69,6 +80,8 @@ def test_run_plan_parses_with_the_preset_and_variant_flags(tmp_path):
         assert train["iter_copy"] == train["iter_launch"] == 96  # 600 * 8000 / 50000, the paper's 16%
         assert train["checkpoint_interval"] == 150 and train["resume"] == "latest"
         assert train["lr"] == PRESET.lr and train["lr_d"] == PRESET.lr_d
+        # Every method fine-tunes from the same init, read through the DeepLab ImageNet loader.
+        assert (train["init"], train["init_format"]) == (str(init_path(PRESET, paths)), "deeplab")
         assert train["shards"] == str(tmp_path / "stores") and train["target"] == "cityscapes_seq"
         assert str(evaluate["ckpt"]) == train["out"] and str(evaluate["val"]) == str(tmp_path / "stores/cityscapes_val")
         variant, seed = train_step.name[len("train_") :].rsplit("_seed", 1)
@@ -78,6 +91,9 @@ def test_run_plan_parses_with_the_preset_and_variant_flags(tmp_path):
         assert train["online_flow"] == ("linear" if variant == "online_linear" else "estimator")
     oracle = parse(plan_runs(PRESET, paths, ["oracle"], [0])[0][0])
     assert (oracle["source"], oracle["method"]) == ("cityscapes", "source_only")
+    assert oracle["init"] == str(init_path(PRESET, paths))
+    scratch = parse(plan_runs(SCRATCH, paths, ["adv_only"], [0])[0][0])
+    assert scratch["init"] is None and scratch["lr"] == 0.01 and scratch["bn_stats"] == "target"
     assert set(VARIANTS) >= {"no_temporal_aug", "no_occlusion", "no_entropy"}
 
 
@@ -91,7 +107,7 @@ def test_a_rescoring_row_shares_its_training_run_and_bn_stats_follow_the_preset(
     assert steps["eval_source_only_adabn_seed0"]["adapt_bn"] > 0 and steps["eval_source_only_seed0"]["adapt_bn"] == 0
     assert steps["eval_source_only_adabn_seed0"]["ckpt"] == steps["eval_source_only_seed0"]["ckpt"]
     # Methods that see target frames take the preset's --bn-stats; a row's own flag wins; source-only has none.
-    assert steps["train_adv_only_seed0"]["bn_stats"] == PRESET.bn_stats == "target"
+    assert steps["train_adv_only_seed0"]["bn_stats"] == PRESET.bn_stats
     assert steps["train_i2vda_bn_all_seed0"]["bn_stats"] == "all"
     assert steps["train_source_only_seed0"]["bn_stats"] == steps["train_oracle_seed0"]["bn_stats"] == "all"
     late = parse(plan_runs(PRESET, paths, ["i2vda_late"], [0])[0][0])  # M' at half the schedule: the row's flags win

@@ -38,8 +38,9 @@ SCENE_SECONDS = 2.0  # a picture is one instant of a scene of this length
 VAL_EVERY = 8  # one picture in VAL_EVERY goes to the val split (its crops score the pretraining)
 
 
-def crops_of(rgb: np.ndarray, cls: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, list[str]]]:
-    """CROPS_PER_PICTURE square crops of one picture, each resized to CROP_PX and labelled with the classes it shows."""
+def crops_of(rgb: np.ndarray, cls: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, list[str], tuple]]:
+    """CROPS_PER_PICTURE square crops of one picture, each resized to CROP_PX and labelled with the classes it shows:
+    [(crop, class names, (y, x, side) of its window)]."""
     h, w = cls.shape
     crops = []
     for _ in range(CROPS_PER_PICTURE):
@@ -48,7 +49,7 @@ def crops_of(rgb: np.ndarray, cls: np.ndarray, rng: np.random.Generator) -> list
         counts = np.bincount(cls[y : y + side, x : x + side].ravel(), minlength=len(WorldClass))
         shown = [name for c, name in zip(CLASSES, CLASS_NAMES) if counts[c] >= PRESENT_SHARE * side * side]
         crop = cv2.resize(rgb[y : y + side, x : x + side], (CROP_PX, CROP_PX), interpolation=cv2.INTER_AREA)
-        crops.append((crop, shown))
+        crops.append((crop, shown, (y, x, side)))
     return crops
 
 
@@ -64,7 +65,7 @@ def write_imagenet_analog(out: Path, pictures: int, size_wh: tuple[int, int], ma
         shot = draw_shot(rng, size_wh, float(rng.uniform(*HFOV_DEG)), SCENE_SECONDS, 0.0, style)
         rgb, gbuffer = render_frame(shot, float(rng.uniform(0.0, SCENE_SECONDS)), style, max_layers, rng_of(i, 1))
         split = "val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"
-        for crop, shown in crops_of(rgb, gbuffer.cls, rng):
+        for crop, shown, _ in crops_of(rgb, gbuffer.cls, rng):
             name = f"{len(labels[split]):06d}.png"
             write_png(root / split / name, crop)
             labels[split][name] = shown
