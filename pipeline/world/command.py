@@ -29,6 +29,13 @@ def _wh(size_wh: tuple[int, int]) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same bytes")
 @click.option("--train-flow", is_flag=True, help="also write ground-truth flow for the train snippets")
 @click.option("--overwrite", is_flag=True, help="replace a world already in --out")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="processes rendering in parallel (0: one per core); the files are the same for any number",
+)
 @click.option("--target-size", default=_wh(_DEFAULT.target_size_wh), show_default=True, help="Cityscapes frames, WxH")
 @click.option("--viper-size", default=_wh(_DEFAULT.viper_size_wh), show_default=True, help="VIPER frames, WxH")
 @click.option("--synthia-size", default=_wh(_DEFAULT.synthia_size_wh), show_default=True, help="SYNTHIA frames, WxH")
@@ -76,6 +83,7 @@ def demo_world(
     seed,
     train_flow,
     overwrite,
+    workers,
     target_size,
     viper_size,
     synthia_size,
@@ -107,7 +115,7 @@ def demo_world(
         colour_gap=colour_gap,
         train_flow=train_flow,
     )
-    summary = write_world(out, seed, config, overwrite=overwrite)
+    summary = write_world(out, seed, config, overwrite=overwrite, workers=workers)
     counts = summary["counts"]
     click.echo(f"world      {out} (seed {seed}, {summary['seconds']} s)")
     click.echo(

@@ -9,8 +9,8 @@ target picture and no val snippet is used: the streams of the random generator a
 
 On disk, an ImageNet-like folder per split (read by `trainer.experiment.pretrain`):
 `imagenet_analog/classes.json` (the class names, in label order) and, for `train` and `val`,
-`imagenet_analog/<split>/NNNNNN.png` (CROP_PX x CROP_PX RGB) with `imagenet_analog/<split>/labels.json`
-({file name: [class names]}).
+`imagenet_analog/<split>/PPPPPP_K.png` (crop K of picture P, CROP_PX x CROP_PX RGB) with
+`imagenet_analog/<split>/labels.json` ({file name: [class names]}).
 """
 
 from __future__ import annotations
@@ -53,22 +53,36 @@ def crops_of(rgb: np.ndarray, cls: np.ndarray, rng: np.random.Generator) -> list
     return crops
 
 
-def write_imagenet_analog(out: Path, pictures: int, size_wh: tuple[int, int], max_layers: int, rng_of) -> dict:
-    """Render `pictures` random-look pictures at `size_wh` into out/ANALOG_DIR; -> counts per split.
+def write_analog_picture(
+    out: Path, seed: int, stream: int, i: int, size_wh: tuple[int, int], max_layers: int
+) -> tuple[str, dict]:
+    """Render picture `i` of the analog (random generator [seed, stream, i]) and write its crops;
+    -> (its split, {crop file name: class names})."""
+    rng = np.random.default_rng([seed, stream, i])
+    style = random_style(rng)
+    shot = draw_shot(rng, size_wh, float(rng.uniform(*HFOV_DEG)), SCENE_SECONDS, 0.0, style)
+    noise = np.random.default_rng([seed, stream, i, 1])
+    rgb, gbuffer = render_frame(shot, float(rng.uniform(0.0, SCENE_SECONDS)), style, max_layers, noise)
+    split = "val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"
+    labels = {}
+    for k, (crop, shown, _) in enumerate(crops_of(rgb, gbuffer.cls, rng)):
+        name = f"{i:06d}_{k}.png"
+        write_png(Path(out) / ANALOG_DIR / split / name, crop)
+        labels[name] = shown
+    return split, labels
 
-    `rng_of(*stream)` gives the analog's random generator for a stream of integers (the world's seed and domain)."""
+
+def analog_jobs(out: Path, seed: int, stream: int, pictures: int, size_wh: tuple, max_layers: int) -> list[tuple]:
+    """The arguments of write_analog_picture for each of `pictures` pictures."""
+    return [(out, seed, stream, i, size_wh, max_layers) for i in range(pictures)]
+
+
+def write_analog_labels(out: Path, pictures: list[tuple[str, dict]]) -> dict:
+    """labels.json of each split and classes.json, from write_analog_picture's results; -> counts per split."""
     root = Path(out) / ANALOG_DIR
     labels: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
-    for i in range(pictures):
-        rng = rng_of(i)
-        style = random_style(rng)
-        shot = draw_shot(rng, size_wh, float(rng.uniform(*HFOV_DEG)), SCENE_SECONDS, 0.0, style)
-        rgb, gbuffer = render_frame(shot, float(rng.uniform(0.0, SCENE_SECONDS)), style, max_layers, rng_of(i, 1))
-        split = "val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"
-        for crop, shown, _ in crops_of(rgb, gbuffer.cls, rng):
-            name = f"{len(labels[split]):06d}.png"
-            write_png(root / split / name, crop)
-            labels[split][name] = shown
+    for split, table in pictures:
+        labels[split] |= table
     for split, table in labels.items():
         (root / split).mkdir(parents=True, exist_ok=True)
         (root / split / "labels.json").write_text(json.dumps(table, indent=0, sort_keys=True) + "\n")

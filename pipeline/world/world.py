@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from pipeline.errors import InputError
 from pipeline.world import layouts
 from pipeline.world.classes import NUM_WORLD_CLASSES
 from pipeline.world.flow_gt import ground_truth_flow
-from pipeline.world.imagenet_analog import ANALOG_DIR, write_imagenet_analog
+from pipeline.world.imagenet_analog import ANALOG_DIR, analog_jobs, write_analog_labels, write_analog_picture
 from pipeline.world.shots import draw_shot, render_frame
 from pipeline.world.styles import camera_style, game_style
 from pipeline.world.summary import contact_sheet, world_shares
@@ -100,18 +103,11 @@ def _rng(seed: int, domain: str, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, DOMAIN_SEED[domain], *stream])
 
 
-def _write_snippet(
-    out: Path,
-    seed: int,
-    config: WorldConfig,
-    split: str,
-    index: int,
-    j: int,
-    style,
-    histogram: np.ndarray,
-    samples: list,
-) -> dict:
-    """One Cityscapes-Seq snippet: its frames, the annotated frame's labelIds and (val) both flows of each pair."""
+def _write_snippet(out: Path, seed: int, config: WorldConfig, split: str, index: int, j: int) -> tuple:
+    """One Cityscapes-Seq snippet: its frames, the annotated frame's labelIds and (val) both flows of each pair;
+    -> (counts, class histogram of its label, contact-sheet samples). The first val snippets go on the sheet."""
+    style = camera_style(config.style_gap, config.colour_gap)
+    histogram, samples = np.zeros(NUM_WORLD_CLASSES, dtype=np.int64), []
     rng = _rng(seed, "target", index)
     duration = (config.snippet_frames - 1) / TARGET_FPS
     shot = draw_shot(rng, config.target_size_wh, config.hfov_deg, duration, EGO_HOOD_FRAC["target"], style)
@@ -119,7 +115,7 @@ def _write_snippet(
     city, seq = cities[j % len(cities)], j // len(cities)
     first = SNIPPET_START_STEP * int(rng.integers(SNIPPET_START_CHOICES))
     with_flow = split == "val" or config.train_flow
-    on_sheet = split == "val" and len(samples) < CONTACT_SHEET_SAMPLES
+    on_sheet = split == "val" and j < CONTACT_SHEET_SAMPLES
     counts = {"target_frames": 0, "target_labels": 0, "target_flows": 0}
     previous = None  # (G-buffer, time) of the previous frame
     for i in range(config.snippet_frames):
@@ -144,19 +140,13 @@ def _write_snippet(
             if on_sheet:
                 samples.append((rgb, gbuffer.cls, None))
         previous = (gbuffer, t) if with_flow else None
-    return counts
+    return counts, histogram, samples
 
 
-def _write_target(out: Path, seed: int, config: WorldConfig, histogram: np.ndarray, samples: list) -> dict:
+def _target_jobs(out: Path, seed: int, config: WorldConfig) -> list[tuple]:
     """Cityscapes-Seq: train snippets, then val snippets (snippet index = the random stream)."""
-    style = camera_style(config.style_gap, config.colour_gap)
-    total = {"target_frames": 0, "target_labels": 0, "target_flows": 0}
-    jobs = [("train", j, j) for j in range(config.train_snippets)]
-    jobs += [("val", config.train_snippets + j, j) for j in range(config.val_snippets)]
-    for split, index, j in jobs:
-        counts = _write_snippet(out, seed, config, split, index, j, style, histogram, samples)
-        total = {name: total[name] + counts[name] for name in total}
-    return total
+    jobs = [(out, seed, config, "train", j, j) for j in range(config.train_snippets)]
+    return jobs + [(out, seed, config, "val", config.train_snippets + j, j) for j in range(config.val_snippets)]
 
 
 def _sequence_lengths(total: int, sequences: int) -> list[int]:
@@ -164,47 +154,65 @@ def _sequence_lengths(total: int, sequences: int) -> list[int]:
     return [total // sequences + (1 if q < total % sequences else 0) for q in range(sequences)]
 
 
-def _write_viper(out: Path, seed: int, config: WorldConfig, histogram: np.ndarray, samples: list) -> dict:
-    """VIPER: JPEG frames and indexed-PNG labels of every 10th frame of a few drives."""
+def _write_viper_sequence(out: Path, seed: int, config: WorldConfig, q: int, length: int) -> tuple:
+    """VIPER sequence q: JPEG frames and indexed-PNG labels of its every 10th frame; -> (counts, histogram, [its first
+    frame for the contact sheet])."""
     style = game_style()
-    written = 0
+    histogram, samples = np.zeros(NUM_WORLD_CLASSES, dtype=np.int64), []
+    rng = _rng(seed, "viper", q)
+    duration = VIPER_LABEL_EVERY * length / VIPER_FPS
+    shot = draw_shot(rng, config.viper_size_wh, config.hfov_deg, duration, EGO_HOOD_FRAC["viper"], style)
+    for i in range(1, length + 1):
+        frame = VIPER_LABEL_EVERY * i
+        rgb, gbuffer = render_frame(shot, frame / VIPER_FPS, style, config.max_layers, _rng(seed, "viper", q, i))
+        layouts.write_jpeg(layouts.viper_image(out, q + 1, frame), rgb)
+        layouts.write_viper_label(layouts.viper_label(out, q + 1, frame), gbuffer.cls)
+        histogram += np.bincount(gbuffer.cls.ravel(), minlength=NUM_WORLD_CLASSES)
+        if i == 1:
+            samples.append((rgb, gbuffer.cls, None))
+    return {"viper_frames": length}, histogram, samples
+
+
+def _viper_jobs(out: Path, seed: int, config: WorldConfig) -> list[tuple]:
+    """VIPER: a few drives, their labelled frames split as evenly as possible."""
     lengths = _sequence_lengths(config.viper_frames, config.viper_sequences) if config.viper_sequences else []
-    for q, length in enumerate(lengths):
-        if length == 0:
-            continue
-        rng = _rng(seed, "viper", q)
-        duration = VIPER_LABEL_EVERY * length / VIPER_FPS
-        shot = draw_shot(rng, config.viper_size_wh, config.hfov_deg, duration, EGO_HOOD_FRAC["viper"], style)
-        for i in range(1, length + 1):
-            frame = VIPER_LABEL_EVERY * i
-            rgb, gbuffer = render_frame(shot, frame / VIPER_FPS, style, config.max_layers, _rng(seed, "viper", q, i))
-            layouts.write_jpeg(layouts.viper_image(out, q + 1, frame), rgb)
-            layouts.write_viper_label(layouts.viper_label(out, q + 1, frame), gbuffer.cls)
-            histogram += np.bincount(gbuffer.cls.ravel(), minlength=NUM_WORLD_CLASSES)
-            written += 1
-            if len(samples) < CONTACT_SHEET_SAMPLES and i == 1:
-                samples.append((rgb, gbuffer.cls, None))
-    return {"viper_frames": written}
+    return [(out, seed, config, q, length) for q, length in enumerate(lengths) if length]
 
 
-def _write_synthia(out: Path, seed: int, config: WorldConfig, histogram: np.ndarray, samples: list) -> dict:
-    """SYNTHIA-SEQS-04-DAWN: one drive through several streets, every frame labelled (class in R, instance in G)."""
+def _write_synthia_street(out: Path, seed: int, config: WorldConfig, street_index: int, start: int) -> tuple:
+    """SYNTHIA-SEQS-04-DAWN: one street of the drive, every frame labelled (class in R, instance in G); -> (counts,
+    histogram, frames for the contact sheet: those at multiples of the sheet's spacing)."""
     style = game_style(cast=SYNTHIA_DAWN_CAST)
+    histogram, samples = np.zeros(NUM_WORLD_CLASSES, dtype=np.int64), []
     sample_every = max(config.synthia_frames // CONTACT_SHEET_SAMPLES, 1)
-    for street_index, start in enumerate(range(0, config.synthia_frames, SYNTHIA_FRAMES_PER_STREET)):
-        length = min(SYNTHIA_FRAMES_PER_STREET, config.synthia_frames - start)
-        rng = _rng(seed, "synthia", street_index)
-        duration = (length - 1) / SYNTHIA_FPS
-        shot = draw_shot(rng, config.synthia_size_wh, config.hfov_deg, duration, EGO_HOOD_FRAC["synthia"], style)
-        for frame in range(start, start + length):
-            t = (frame - start) / SYNTHIA_FPS
-            rgb, gbuffer = render_frame(shot, t, style, config.max_layers, _rng(seed, "synthia", street_index, frame))
-            layouts.write_png(layouts.synthia_image(out, frame), rgb)
-            layouts.write_synthia_label(layouts.synthia_label(out, frame), gbuffer.cls, gbuffer.instance)
-            histogram += np.bincount(gbuffer.cls.ravel(), minlength=NUM_WORLD_CLASSES)
-            if frame % sample_every == 0 and len(samples) < CONTACT_SHEET_SAMPLES:
-                samples.append((rgb, gbuffer.cls, None))
-    return {"synthia_frames": config.synthia_frames}
+    length = min(SYNTHIA_FRAMES_PER_STREET, config.synthia_frames - start)
+    rng = _rng(seed, "synthia", street_index)
+    duration = (length - 1) / SYNTHIA_FPS
+    shot = draw_shot(rng, config.synthia_size_wh, config.hfov_deg, duration, EGO_HOOD_FRAC["synthia"], style)
+    for frame in range(start, start + length):
+        t = (frame - start) / SYNTHIA_FPS
+        rgb, gbuffer = render_frame(shot, t, style, config.max_layers, _rng(seed, "synthia", street_index, frame))
+        layouts.write_png(layouts.synthia_image(out, frame), rgb)
+        layouts.write_synthia_label(layouts.synthia_label(out, frame), gbuffer.cls, gbuffer.instance)
+        histogram += np.bincount(gbuffer.cls.ravel(), minlength=NUM_WORLD_CLASSES)
+        if frame % sample_every == 0:
+            samples.append((rgb, gbuffer.cls, None))
+    return {"synthia_frames": length}, histogram, samples
+
+
+def _synthia_jobs(out: Path, seed: int, config: WorldConfig) -> list[tuple]:
+    """SYNTHIA: one drive through several streets, a new street every SYNTHIA_FRAMES_PER_STREET frames."""
+    starts = range(0, config.synthia_frames, SYNTHIA_FRAMES_PER_STREET)
+    return [(out, seed, config, street_index, start) for street_index, start in enumerate(starts)]
+
+
+def _run_jobs(writer, jobs: list[tuple], workers: int) -> list[tuple]:
+    """writer(*job) for every job, in job order; over `workers` processes when there are several (each job has its
+    own random streams, so the files are the same whichever process writes them)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [writer(*job) for job in jobs]
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(writer, *zip(*jobs)))
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
@@ -220,12 +228,15 @@ def _prepare(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def write_world(out: Path, seed: int = 0, config: WorldConfig | None = None, overwrite: bool = False) -> dict:
-    """Render the demo world into `out` (Cityscapes-Seq, VIPER, SYNTHIA-SEQS layouts); returns its summary.
+def write_world(
+    out: Path, seed: int = 0, config: WorldConfig | None = None, overwrite: bool = False, workers: int = 1
+) -> dict:
+    """Render the demo world into `out` (Cityscapes-Seq, VIPER, SYNTHIA-SEQS layouts, and the ImageNet analog when
+    asked), over `workers` processes (0: one per core); returns its summary.
 
-    The same seed and config give byte-identical files. The summary (`out/world.json`) holds the config, the seed,
-    file counts and the per-class pixel shares under the viper15 and synthia11 protocols; the returned dict adds
-    the seconds taken.
+    The same seed and config give byte-identical files, whatever the number of workers. The summary
+    (`out/world.json`) holds the config, the seed, file counts and the per-class pixel shares under the viper15 and
+    synthia11 protocols; the returned dict adds the seconds taken.
     """
     config = config or WorldConfig()
     config.check()
@@ -236,19 +247,23 @@ def write_world(out: Path, seed: int = 0, config: WorldConfig | None = None, ove
     start = time.perf_counter()
     histograms = {domain: np.zeros(NUM_WORLD_CLASSES, dtype=np.int64) for domain in DOMAIN_SEED}
     samples: dict[str, list] = {domain: [] for domain in DOMAIN_SEED}
-    counts = {}
-    for domain, writer in (("target", _write_target), ("viper", _write_viper), ("synthia", _write_synthia)):
-        counts.update(writer(out, seed, config, histograms[domain], samples[domain]))
+    counts = dict.fromkeys(("target_frames", "target_labels", "target_flows", "viper_frames", "synthia_frames"), 0)
+    workers = workers or os.cpu_count() or 1
+    writers = {
+        "target": (_write_snippet, _target_jobs(out, seed, config)),
+        "viper": (_write_viper_sequence, _viper_jobs(out, seed, config)),
+        "synthia": (_write_synthia_street, _synthia_jobs(out, seed, config)),
+    }
+    for domain, (writer, jobs) in writers.items():
+        for job_counts, histogram, job_samples in _run_jobs(writer, jobs, workers):
+            counts = {name: counts[name] + job_counts.get(name, 0) for name in counts}
+            histograms[domain] += histogram
+            samples[domain] += job_samples
+        del samples[domain][CONTACT_SHEET_SAMPLES:]
     if config.analog_pictures:
-        counts.update(
-            write_imagenet_analog(
-                out,
-                config.analog_pictures,
-                config.analog_size_wh,
-                config.max_layers,
-                lambda *stream: _rng(seed, "analog", *stream),
-            )
-        )
+        stream, size = DOMAIN_SEED["analog"], config.analog_size_wh
+        jobs = analog_jobs(out, seed, stream, config.analog_pictures, size, config.max_layers)
+        counts |= write_analog_labels(out, _run_jobs(write_analog_picture, jobs, workers))
     layouts.write_png(out / "contact_sheet.png", contact_sheet(samples))
     summary = {
         "tool": f"i2vda {__version__} demo-world",
