@@ -31,7 +31,7 @@ from pipeline.shards import (
     write_manifest,
     write_shard,
 )
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import get_protocol
 from trainer.training.monitor import LOG_NAME
 
 REPO = Path(__file__).resolve().parents[1]

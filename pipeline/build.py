@@ -22,10 +22,9 @@ from pipeline.shards import (
     tc_clip_bounds,
     write_shard,
 )
-from pipeline.sources import read_source_label
+from pipeline.sources import get_protocol, protocol_names, read_source_label
 from pipeline.sources.cityscapes import AnnotatedFrame, read_label
 from pipeline.sources.images import read_rgb, resize_label, resize_rgb
-from pipeline.sources.protocols import PROTOCOL_NAMES, get_protocol
 
 
 def pin_threads(threads: int = 1) -> None:
@@ -187,7 +186,8 @@ class Builder:
         height, width = clip.shape[1:3]
         clip_flows = np.concatenate(flows) if flows else np.zeros((0, height, width, 2), np.float32)
         try:
-            labels = {name: read_label(record.label_path, get_protocol(name)) for name in PROTOCOL_NAMES}
+            labels = {name: read_label(record.label_path, get_protocol(name)) for name in protocol_names()}
+            label_h, label_w = next(iter(labels.values())).shape  # every protocol maps the same label file
         except InputError as exc:
             raise BadSample(record.key, self._rel(record.label_path), str(exc)) from None
         meta = {
@@ -197,7 +197,7 @@ class Builder:
             "frame": record.frame,
             "source_paths": {"clip": [self._rel(p) for p in paths], "label": self._rel(record.label_path)},
             "source_size_wh": [native.shape[1], native.shape[0]],
-            "label_size_wh": [labels[PROTOCOL_NAMES[0]].shape[1], labels[PROTOCOL_NAMES[0]].shape[0]],
+            "label_size_wh": [label_w, label_h],
             **self.flow_meta,
         }
         return encode_val_item(

@@ -21,7 +21,7 @@ from pipeline.shards import (
     open_store,
     raw_samples,
 )
-from pipeline.sources.protocols import colorize, get_protocol
+from pipeline.sources import colorize, get_protocol
 
 TILE_WIDTH = 320  # pixels per sheet column: four columns make a sheet that fits a screen
 DEFAULT_ROWS = 4

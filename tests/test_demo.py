@@ -11,7 +11,7 @@ import torch
 from pipeline.cli import cli as prep_cli
 from pipeline.errors import InputError
 from pipeline.shards import ValWriter, encode_val_item, write_manifest
-from pipeline.sources.protocols import colorize, get_protocol
+from pipeline.sources import colorize, get_protocol
 from trainer.evaluation.eval_cli import cli as eval_cli
 from trainer.evaluation.visualize import GRID_PAD, TITLE_HEIGHT
 from trainer.experiment import VARIANTS, DemoPreset, main, plan_prep, plan_runs, runner

@@ -9,8 +9,8 @@ import skimage.data
 import torch
 
 from pipeline.errors import InputError
+from pipeline.flow import ESTIMATORS, FlowEstimator, load_estimator
 from pipeline.flow.dis import DIS_PRESETS, DISEstimator
-from pipeline.flow.estimators import ESTIMATOR_NAMES, FlowEstimator, load_estimator
 from pipeline.flow.flo import read_flo
 from pipeline.flow.warp import forward_backward_consistent
 
@@ -129,14 +129,16 @@ def test_bad_frames_raise_input_error():
 
 
 def test_load_estimator_errors():
-    assert ESTIMATOR_NAMES == ("dis", "flownet2")
-    with pytest.raises(InputError, match="--flow flownet2 needs --flow-ckpt"):
+    assert ESTIMATORS.names() == ("dis", "flownet2")
+    with pytest.raises(InputError, match="^--flow flownet2 needs --flow-ckpt FlowNet2_checkpoint.pth.tar$"):
         load_estimator("flownet2")
-    with pytest.raises(InputError, match="unknown estimator 'raft'"):
+    with pytest.raises(InputError, match="^--flow raft: expected one of dis, flownet2$"):
         load_estimator("raft")
     with pytest.raises(InputError, match="takes no checkpoint"):
         load_estimator("dis", checkpoint="FlowNet2_checkpoint.pth.tar")
-    with pytest.raises(InputError, match="DIS preset 'slow'"):
+    with pytest.raises(InputError, match="^--dis-preset slow: expected one of ultrafast, fast, medium, fine$"):
         load_estimator("dis", preset="slow")
+    with pytest.raises(InputError, match="DIS preset 'slow'"):  # the class checks its own argument too
+        DISEstimator("slow")
     with pytest.raises(InputError, match="unknown option"):
         load_estimator("dis", finest_scale=0)

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.flow.checkpoint import load_flownet2_state_dict
 from pipeline.flow.correlation import channel_norm, correlation
 from pipeline.flow.flownet2 import FlowNet2, FlowNet2Estimator, size_for_flownet
+from pipeline.flow.flownet2_file import load_flownet2_state_dict
 
 KEY_LIST = Path(__file__).parent / "data" / "flownet2_state_dict.txt"
 PARAMETERS = 162_518_834  # the count in NVIDIA's models.py and in the training log of issue #117

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import get_protocol
 from trainer.evaluation.evaluate import (
     confusion_matrix,
     iou_per_class,

@@ -21,7 +21,7 @@ from pipeline.inspect_store import (
     spread_indices,
 )
 from pipeline.shards import read_samples
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import get_protocol
 
 COMMANDS = ["flows", "source", "val", "inspect", "demo-world"]
 

@@ -21,7 +21,7 @@ from pipeline.shards import (
     write_manifest,
     write_shard,
 )
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import get_protocol
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "docker" / "torchrun-multinode.sh"

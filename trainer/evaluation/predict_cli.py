@@ -19,14 +19,13 @@ import torch
 from tqdm import tqdm
 
 from pipeline.errors import InputError, one_line_errors
-from pipeline.flow import ESTIMATOR_NAMES, load_estimator
-from pipeline.sources import PROTOCOL_NAMES, Protocol, colorize, get_protocol
+from pipeline.flow import ESTIMATORS, load_estimator
+from pipeline.sources import Protocol, colorize, get_protocol, protocol_names
 from trainer.evaluation.evaluate import TC_PROTOCOLS, tc_confusion, tc_score
 from trainer.evaluation.footage import Footage, open_footage
 from trainer.evaluation.predict import (
     DEFAULT_BATCH_SIZE,
     last_checkpoint,
-    load_segmenter,
     predict_at_sizes,
     resize_frames,
     resolve_device,
@@ -41,6 +40,8 @@ from trainer.evaluation.visualize import (
     overlay,
     write_png,
 )
+from trainer.training.checkpoint import load_segmenter
+from trainer.training.config import TrainConfig
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 VIDEO_TILE_MAX_WIDTH = 960  # each half of a video frame is shrunk to this width at most (a 1080p input stays light)
@@ -76,15 +77,15 @@ def output_folder(path: Path) -> Path:
     return path
 
 
-def checkpoint_protocol(name: str | None, config: dict, path: Path) -> Protocol:
+def checkpoint_protocol(name: str | None, config: TrainConfig, path: Path) -> Protocol:
     """The checkpoint's class protocol; `--protocol` only asserts it (another protocol is refused)."""
-    trained = str(config["protocol"])
+    trained = config.protocol
     if name is not None and name != trained:
         raise InputError(
             f"--protocol {name}: {path} was trained with protocol {trained}; pass --protocol {trained} "
             f"or a checkpoint of {name}"
         )
-    if trained not in PROTOCOL_NAMES:
+    if trained not in protocol_names():
         raise InputError(f"--ckpt {path}: unknown class protocol {trained!r} in its config")
     return get_protocol(trained)
 
@@ -104,7 +105,7 @@ def video_frame(frame: np.ndarray, over: np.ndarray, protocol: Protocol, title: 
     return figure_grid([[frame, over]], titles=[INPUT_TITLE, title], tile_hw=tile_hw, legend=protocol)
 
 
-class TemporalConsistency:
+class TcMeter:
     """TC of a prediction sequence, as `i2vda-eval` measures it: pair counts of (P_t, W(P_t+1, F(t->t+1))) summed."""
 
     def __init__(self, estimator, protocol: Protocol, tc_protocol: str):
@@ -141,7 +142,7 @@ def predict_footage(
     device,
     batch_size: int,
     amp_dtype=None,
-    tc: TemporalConsistency | None = None,
+    tc: TcMeter | None = None,
     codecs=AUTO_CODECS,
     title: str = "prediction",
 ) -> dict:
@@ -199,7 +200,7 @@ def predict_footage(
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (created when missing).")
 @click.option(
     "--protocol",
-    type=click.Choice(PROTOCOL_NAMES),
+    type=click.Choice(protocol_names()),
     help="Refuse a checkpoint trained with another class protocol [default: accept the checkpoint's].",
 )
 @click.option(
@@ -250,12 +251,19 @@ def predict_footage(
 )
 @click.option(
     "--flow",
-    type=click.Choice(ESTIMATOR_NAMES),
+    metavar="[" + "|".join(ESTIMATORS.names()) + "]",
     default="dis",
     show_default=True,
-    help="Flow estimator for --tc: OpenCV DIS (CPU, no weights) or FlowNet2 (needs --flow-ckpt).",
+    help="Flow estimator for --tc: "
+    + "; ".join(f"{e.name}: {e.summary}" + (", needs --flow-ckpt" if e.weights else "") for e in ESTIMATORS.entries())
+    + ".",
 )
-@click.option("--flow-ckpt", type=click.Path(path_type=Path), help="FlowNet2_checkpoint.pth.tar for --flow flownet2.")
+@click.option(
+    "--flow-ckpt",
+    type=click.Path(path_type=Path),
+    help="The weights file of --flow: "
+    + ", ".join(f"{e.weights} ({e.name})" for e in ESTIMATORS.entries() if e.weights),
+)
 def cli(
     ckpt, input_path, out, protocol, size, batch_size, device, amp, fps, video_codec, tc, tc_protocol, flow, flow_ckpt
 ):
@@ -264,18 +272,17 @@ def cli(
     footage = open_footage(input_path, fps)
     if tc and not footage.is_sequence:
         raise InputError(f"--tc: {input_path} is a single frame; TC needs a video or a folder of frames")
+    if tc:  # a bad --flow or a missing weights file is refused before the network is loaded
+        ESTIMATORS.get(flow).check_weights(flow_ckpt)
     device = resolve_device(device)
     amp_dtype = autocast_dtype(amp, device)
     ckpt_path = last_checkpoint(ckpt)
     model, config, iteration = load_segmenter(ckpt_path, device)
     chosen = checkpoint_protocol(protocol, config, ckpt_path)
-    net_size_hw = parse_size_hw(size) or tuple(int(v) for v in config["target_size_hw"])
+    net_size_hw = parse_size_hw(size) or config.target_size_hw
     meter = None
     if tc:
-        if flow == "flownet2" and flow_ckpt is None:
-            raise InputError("--flow flownet2 needs --flow-ckpt FlowNet2_checkpoint.pth.tar")
-        options = {"checkpoint": str(flow_ckpt), "device": str(device)} if flow == "flownet2" else {}
-        meter = TemporalConsistency(load_estimator(flow, **options), chosen, tc_protocol)
+        meter = TcMeter(load_estimator(flow, checkpoint=flow_ckpt, device=str(device)), chosen, tc_protocol)
     codecs = AUTO_CODECS if video_codec == "auto" else (video_codec,)
     write_png(out / LEGEND_NAME, class_legend(chosen, LEGEND_WIDTH))
     result = predict_footage(

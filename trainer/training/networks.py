@@ -13,13 +13,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.losses import poly_lr
-from trainer.models import (
-    FCDiscriminator,
-    build_segmenter,
-    load_deeplab_imagenet,
-    load_segmenter_weights,
-    load_torchvision_resnet,
-)
+from trainer.models import FCDiscriminator, build_segmenter, load_deeplab_imagenet, load_torchvision_resnet
+from trainer.training.checkpoint import load_segmenter_weights
 from trainer.training.config import TrainConfig
 
 # "segmenter": a whole M from one of our checkpoints (e.g. a source-only warm-up), backbone and classifier.

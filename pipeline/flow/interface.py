@@ -1,0 +1,45 @@
+"""The interface every flow estimator implements, shared by the Ray job (offline flows) and the trainer (online
+F(I1, It)), and the check of the frames it is given.
+
+An estimator maps two uint8 RGB frames (or batches) to the flow from the first to the second, in pixels on the
+first frame's grid, channel 0 = x (right), channel 1 = y (down).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from pipeline.errors import InputError
+
+
+@runtime_checkable
+class FlowEstimator(Protocol):
+    """Two frames in, F_0->1 out; `name`, `checkpoint_sha256` and `options` are recorded in each sample's meta."""
+
+    name: str  # its registry name, e.g. "dis" or "flownet2"
+    checkpoint_sha256: str | None  # of the weights file; None for estimators without weights (DIS)
+    options: dict  # JSON-able settings (e.g. {"preset": "medium"})
+
+    def __call__(self, frames0: np.ndarray, frames1: np.ndarray) -> np.ndarray:
+        """uint8 RGB (B, H, W, 3) or (H, W, 3) pairs -> float32 flow (B, H, W, 2) or (H, W, 2), pixels, (x, y)."""
+        ...
+
+    def estimate_torch(self, img0: torch.Tensor, img1: torch.Tensor) -> torch.Tensor:
+        """Float RGB 0..255 tensors (B, 3, H, W) on any device -> (B, 2, H, W) float32 flow on that device."""
+        ...
+
+
+def frames_batch(frames: object, what: str) -> tuple[np.ndarray, bool]:
+    """uint8 RGB (H, W, 3) or (B, H, W, 3) -> (B, H, W, 3) and whether the input was a single frame; anything else
+    is an InputError naming `what`."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim not in (3, 4):
+        raise InputError(
+            f"{what}: expected a uint8 RGB array (B, H, W, 3) or (H, W, 3), got {frames.dtype} of shape {frames.shape}"
+        )
+    if frames.shape[-1] != 3:
+        raise InputError(f"{what}: expected 3 colour channels last (RGB), got shape {frames.shape}")
+    return (frames[None], True) if frames.ndim == 3 else (frames, False)
