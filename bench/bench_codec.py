@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 import zstandard
 
+from pipeline.flow import read_flo
 from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow, encode_legacy_png16
 from pipeline.flow.dis import DISEstimator
-from pipeline.flow.flo import read_flo
 
 SIZE_WH = (1024, 512)
 NOISE_PX = 0.05  # standard deviation of the per-pixel noise added to the street flow (an estimator's jitter)

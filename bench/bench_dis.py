@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import skimage.data
 
+from pipeline.flow import read_flo
 from pipeline.flow.dis import DIS_PRESETS, DISEstimator
-from pipeline.flow.flo import read_flo
 
 SIZE_WH = (1024, 512)  # the Cityscapes training size of the paper
 BAD_PX = 3.0  # an end-point error above this counts as a wrong pixel (KITTI's outlier threshold)

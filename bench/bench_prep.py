@@ -34,7 +34,7 @@ from pipeline.job import PrepActor, run_shards
 from pipeline.plan import PrepConfig, parse_size, plan_shards
 from pipeline.shards import TARGET_KIND, raw_samples, read_samples, store_shards
 from pipeline.sources.cityscapes import list_pairs
-from pipeline.world.world import WorldConfig, write_world
+from pipeline.world import WorldConfig, write_world
 
 SIZE_WH = (1024, 512)  # the paper's Cityscapes training size
 SAMPLES_PER_SHARD = 2  # small shards, so two workers share the work evenly

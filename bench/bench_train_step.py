@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.flow.estimators import load_estimator
+from pipeline.flow import load_estimator
 from pipeline.shards import (
     SOURCE_KIND,
     TARGET_KIND,

@@ -31,9 +31,8 @@ import torch.nn.functional as F
 
 from pipeline.flow import load_estimator, read_flo
 from pipeline.shards import ValStore
-from pipeline.sources import get_protocol
+from pipeline.sources import get_protocol, read_rgb, resize_label, resize_rgb
 from pipeline.sources.cityscapes import list_annotated
-from pipeline.sources.images import read_rgb, resize_label, resize_rgb
 from trainer.models import caffe_normalize
 from trainer.temporal import DELTA, ETA_PX, class_balanced_entropy, normalized_entropy, occlusion_mask
 from trainer.training.checkpoint import checkpoints_in, latest_checkpoint, load_segmenter

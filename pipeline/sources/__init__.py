@@ -2,8 +2,8 @@
 
 The face for the trainer: the class protocols (`get_protocol`, `protocol_names`, `Protocol`, `colorize`, `IGNORE_ID`,
 the one home of the ignore label 255), the registry of labelled datasets (`SOURCES`, `SourceDataset`), the image
-helpers it shares with prep (`resize_rgb`, `resize_label`, `read_palette_png`) and the gtFine layout (`label_files`,
-`label_key`, `read_cityscapes_label`), so no trainer module parses a dataset path.
+helpers it shares with prep (`read_rgb`, `resize_rgb`, `resize_label`, `read_palette_png`) and the gtFine layout
+(`label_files`, `label_key`, `read_cityscapes_label`), so no trainer module parses a dataset path.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pipeline.sources.datasets import (
     protocol_names,
     read_source_label,
 )
-from pipeline.sources.images import read_palette_png, resize_label, resize_rgb
+from pipeline.sources.images import read_palette_png, read_rgb, resize_label, resize_rgb
 from pipeline.sources.protocols import IGNORE_ID, Protocol, colorize, make_protocol
 from pipeline.sources.records import SourceRecord
 
@@ -39,6 +39,7 @@ __all__ = [
     "protocol_names",
     "read_cityscapes_label",
     "read_palette_png",
+    "read_rgb",
     "read_source_label",
     "resize_label",
     "resize_rgb",
