@@ -31,8 +31,9 @@ from ray.util import ActorPool
 
 from pipeline.build import Builder, pin_threads
 from pipeline.job import PrepActor, run_shards
-from pipeline.plan import PrepConfig, parse_size, plan_shards
+from pipeline.plan import PrepConfig, plan_shards
 from pipeline.shards import TARGET_KIND, raw_samples, read_samples, store_shards
+from pipeline.sources import parse_size_wh
 from pipeline.sources.cityscapes import list_pairs
 from pipeline.world import WorldConfig, write_world
 
@@ -145,7 +146,7 @@ def main(pairs: int, repeats: int, native: str, out: str) -> None:
     """Run the benchmark and write its JSON."""
     pin_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_prep_"))
-    native_wh = parse_size(native, "--native")
+    native_wh = parse_size_wh(native, "--native")
     root = demo_world_root(work / "world", pairs, native_wh)
     config = config_for(root, work / "stores")
     config.store_dir.mkdir(parents=True)

@@ -21,9 +21,9 @@ from pipeline.flow.flownet2 import FlowNet2, FlowNet2Estimator
 from trainer.losses import segmentation_loss
 from trainer.models import caffe_normalize
 from trainer.temporal import synthesize_intermediate
-from trainer.training.config import TrainConfig
+from trainer.training.config import AMP_DTYPES, TrainConfig
 from trainer.training.networks import Nets
-from trainer.training.steps import AMP_DTYPES, Iteration, autocast, discriminator_step, segmenter_step
+from trainer.training.steps import Iteration, autocast, discriminator_step, segmenter_step
 
 MIB = 2**20
 FLOW_CHUNK = 4  # FlowNet2Estimator's default batch_size, the one the loop's online flow runs with

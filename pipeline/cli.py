@@ -10,15 +10,15 @@ from pipeline.plan import (
     DEFAULT_FLOW_BATCH_SIZE,
     DEFAULT_SAMPLES_PER_SHARD,
     DEFAULT_TC_WINDOW,
+    MIN_SIZE_PX,
     ON_ERROR,
     TARGET_SIZE_WH,
     TARGET_STORE,
     VAL_STORE,
     PrepConfig,
-    parse_size,
 )
 from pipeline.shards import FRAME_MODES, SOURCE_KIND, TARGET_KIND, VAL_KIND
-from pipeline.sources import SOURCES, default_protocol, get_protocol, protocol_names
+from pipeline.sources import SOURCES, default_protocol, get_protocol, parse_size_wh, protocol_names, size_text
 from pipeline.sources.cityscapes import PAIR_MODES
 from pipeline.world.command import demo_world
 
@@ -62,18 +62,16 @@ def _size(text: str | None, store: str) -> tuple[int, int]:
     usual_wh = dataset.size_wh if dataset is not None else TARGET_SIZE_WH
     if text is None:
         return usual_wh
-    w, h = parse_size(text)
+    w, h = parse_size_wh(text)
+    if min(w, h) < MIN_SIZE_PX:
+        raise InputError(f"--size {text}: each side must be at least {MIN_SIZE_PX} pixels (DIS's coarsest level)")
     if w < h:
         title = dataset.title if dataset is not None else TARGET_TITLE
         click.echo(
-            f"warning: --size {text} is WIDTHxHEIGHT: {w} wide, {h} high (portrait); {title} is {_wh(usual_wh)}",
+            f"warning: --size {text} is WIDTHxHEIGHT: {w} wide, {h} high (portrait); {title} is {size_text(usual_wh)}",
             err=True,
         )
     return w, h
-
-
-def _wh(size_wh: tuple[int, int]) -> str:
-    return f"{size_wh[0]}x{size_wh[1]}"
 
 
 def _estimator_flags():
@@ -191,7 +189,7 @@ def cli() -> None:
     "--size",
     metavar="WxH",
     default=None,
-    help=f"width x height of the stored frames and flows [default: {_wh(TARGET_SIZE_WH)}]",
+    help=f"width x height of the stored frames and flows [default: {size_text(TARGET_SIZE_WH)}]",
 )
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @_frames_option("stored")
@@ -255,7 +253,7 @@ def flows(
     "--size",
     metavar="WxH",
     default=None,
-    help="width x height [default: " + ", ".join(f"{d.name} {_wh(d.size_wh)}" for d in SOURCES.entries()) + "]",
+    help="width x height [default: " + ", ".join(f"{d.name} {size_text(d.size_wh)}" for d in SOURCES.entries()) + "]",
 )
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @click.option("--workers", type=int, default=None, help="actors; default one per CPU")
@@ -291,7 +289,7 @@ def source(src, root, out, protocol, size, samples_per_shard, workers, on_error,
     "--size",
     metavar="WxH",
     default=None,
-    help=f"width x height of the frames and flows [default: {_wh(TARGET_SIZE_WH)}]",
+    help=f"width x height of the frames and flows [default: {size_text(TARGET_SIZE_WH)}]",
 )
 @click.option(
     "--tc-window",

@@ -126,16 +126,6 @@ def resolve(config: PrepConfig) -> PrepConfig:
     return config
 
 
-def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
-    """'1024x512' -> (1024, 512) = (W, H); each side at least MIN_SIZE_PX."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise InputError(f"{flag} {text}: expected WIDTHxHEIGHT in pixels, e.g. 1024x512")
-    if min(int(p) for p in parts) < MIN_SIZE_PX:
-        raise InputError(f"{flag} {text}: each side must be at least {MIN_SIZE_PX} pixels (DIS's coarsest level)")
-    return int(parts[0]), int(parts[1])
-
-
 @dataclass(frozen=True)
 class ShardTask:
     """One unit of work: shard `index` of a store, holding `records` (sorted by key)."""

@@ -11,9 +11,8 @@ import torch
 from pipeline.cli import cli as prep_cli
 from pipeline.errors import InputError
 from pipeline.shards import ValWriter, encode_val_item, write_manifest
-from pipeline.sources import colorize, get_protocol
+from pipeline.sources import GRID_PAD, TITLE_HEIGHT, colorize, get_protocol
 from trainer.evaluation.eval_cli import cli as eval_cli
-from trainer.evaluation.visualize import GRID_PAD, TITLE_HEIGHT
 from trainer.experiment import VARIANTS, DemoPreset, main, plan_prep, plan_runs, runner
 from trainer.experiment.outputs import Paths, check_preset, eval_done, store_done, training_done, world_done
 from trainer.experiment.report import (

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.shards import ValStore, ValWriter, encode_val_item
-from pipeline.sources import get_protocol
+from pipeline.sources import figure_grid, get_protocol
 from trainer.evaluation.eval_cli import main
-from trainer.evaluation.visualize import figure_grid, overlay
+from trainer.evaluation.visualize import overlay
 from trainer.models import build_segmenter
 
 IGNORE = 255

@@ -21,10 +21,10 @@ import ray
 from prep_trees import frame_path, label_path, write_cityscapes
 
 from pipeline.flow.dis import DISEstimator
-from pipeline.inspect_store import TITLE_HEIGHT
 from pipeline.job import run_shards, run_val
 from pipeline.plan import PrepConfig
 from pipeline.shards import TARGET_KIND, VAL_KIND, ValStore, check_manifest, file_sha256, read_manifest, read_samples
+from pipeline.sources import TITLE_HEIGHT
 from pipeline.sources.images import read_rgb
 
 NATIVE_HW, STORE_WH = (160, 320), (256, 128)  # frames are shrunk (area interpolation) into the store

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
 
@@ -19,7 +20,7 @@ from pipeline import __version__
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import InputError
 from pipeline.shards.samples import decode_sample
-from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size, raw_samples
+from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size, raw_samples, shard_name, write_shard
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
@@ -234,3 +235,32 @@ def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Itera
             raise InputError(f"{shard}: shard missing")
         for sample in raw_samples(shard, entries.get(shard)):
             yield decode_sample(sample)
+
+
+def write_store(
+    folder: str | os.PathLike, kind: str, samples: Iterable[dict], samples_per_shard: int, **fields
+) -> dict:
+    """A complete store of encoded `samples` (`encode_target_sample`, `encode_source_sample`) in `folder`, as
+    `i2vda-prep` leaves one: shards of `samples_per_shard` samples, then a manifest naming them, with `fields`
+    (`size_wh`, `protocol`, `estimator`, `estimator_options`, ...) at its top level. For stores made without a
+    dataset (tests, benchmarks); samples are written as they come. -> the manifest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries, stream = [], iter(samples)
+    while chunk := list(islice(stream, samples_per_shard)):
+        entries.append({**write_shard(folder / shard_name(folder.name, len(entries)), chunk), "skipped": []})
+    count = sum(entry["samples"] for entry in entries)
+    manifest = {
+        "name": folder.name,
+        "kind": kind,
+        "complete": True,
+        "num_planned": count,
+        "num_samples": count,
+        "num_skipped": 0,
+        "bytes": sum(entry["bytes"] for entry in entries),
+        "shards": entries,
+        "skipped": [],
+        "timing": {},
+        **fields,
+    }
+    return write_manifest(folder, manifest)

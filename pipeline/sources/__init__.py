@@ -2,8 +2,10 @@
 
 The face for the trainer: the class protocols (`get_protocol`, `protocol_names`, `Protocol`, `colorize`, `IGNORE_ID`,
 the one home of the ignore label 255), the registry of labelled datasets (`SOURCES`, `SourceDataset`), the image
-helpers it shares with prep (`read_rgb`, `resize_rgb`, `resize_label`, `read_palette_png`) and the gtFine layout
-(`label_files`, `label_key`, `read_cityscapes_label`), so no trainer module parses a dataset path.
+helpers it shares with prep (`read_rgb`, `resize_rgb`, `resize_label`, `read_palette_png`, `write_png`), sizes as
+flags write them (`parse_size_wh`, `size_text`), the figure layout every picture shares (`figure_grid`,
+`class_legend`, `title_strip`, `tile`, `stack_rows`) and the gtFine layout (`label_files`, `label_key`,
+`read_cityscapes_label`), so no trainer module parses a dataset path.
 """
 
 from __future__ import annotations
@@ -19,14 +21,41 @@ from pipeline.sources.datasets import (
     protocol_names,
     read_source_label,
 )
-from pipeline.sources.images import read_palette_png, read_rgb, resize_label, resize_rgb
+from pipeline.sources.figures import (
+    GRID_PAD,
+    LEGEND_ENTRY_WIDTH,
+    LEGEND_ROW_HEIGHT,
+    TITLE_HEIGHT,
+    as_rgb,
+    class_legend,
+    figure_grid,
+    stack_rows,
+    tile,
+    title_strip,
+)
+from pipeline.sources.images import (
+    parse_size_wh,
+    read_palette_png,
+    read_rgb,
+    resize_label,
+    resize_rgb,
+    size_text,
+    write_png,
+)
 from pipeline.sources.protocols import IGNORE_ID, Protocol, colorize, make_protocol
 from pipeline.sources.records import SourceRecord
 
 __all__ = [
+    "GRID_PAD",
     "IGNORE_ID",
+    "LEGEND_ENTRY_WIDTH",
+    "LEGEND_ROW_HEIGHT",
+    "TITLE_HEIGHT",
     "SOURCES",
     "Protocol",
+    "as_rgb",
+    "class_legend",
+    "figure_grid",
     "SourceDataset",
     "SourceRecord",
     "colorize",
@@ -36,6 +65,7 @@ __all__ = [
     "label_key",
     "list_source",
     "make_protocol",
+    "parse_size_wh",
     "protocol_names",
     "read_cityscapes_label",
     "read_palette_png",
@@ -43,4 +73,9 @@ __all__ = [
     "read_source_label",
     "resize_label",
     "resize_rgb",
+    "size_text",
+    "stack_rows",
+    "tile",
+    "title_strip",
+    "write_png",
 ]

@@ -40,6 +40,7 @@ from trainer.evaluation.visualize import save_prediction_pngs, snippet_frames, w
 from trainer.training.checkpoint import checkpoint_files, load_segmenter
 from trainer.training.config import TrainConfig
 
+METRICS_NAME, METRICS_TABLE_NAME = "metrics.json", "metrics.md"  # what OUT/ holds besides the pictures
 PRED_SUFFIX = "_pred.png"  # a prediction is named like its gtFine file with _gtFine_labelIds -> _pred
 VAL_SPLIT = "val"
 SNIPPET_FPS = 17.0  # Cityscapes sequences were recorded at 17 Hz
@@ -253,8 +254,8 @@ def metrics_markdown(report: dict) -> str:
 def write_reports(out: Path, report: dict) -> None:
     """OUT/metrics.json (values in percent, NaN as null) and OUT/metrics.md."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
-    (out / "metrics.md").write_text(metrics_markdown(report))
+    (out / METRICS_NAME).write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    (out / METRICS_TABLE_NAME).write_text(metrics_markdown(report))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -316,7 +317,7 @@ def cli(
     best = report.get("best")
     best = f"; best on val {best['miou']:.2f} at iteration {best['iteration']}" if best else ""
     tc_text = f", TC {report['tc']:.2f}" if report.get("tc") is not None else ""
-    click.echo(f"mIoU {report['miou']:.2f}{tc_text} ({report['protocol']}){best}; wrote {out}/metrics.json")
+    click.echo(f"mIoU {report['miou']:.2f}{tc_text} ({report['protocol']}){best}; wrote {out / METRICS_NAME}")
 
 
 main = one_line_errors(cli)

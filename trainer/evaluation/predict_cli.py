@@ -20,7 +20,16 @@ from tqdm import tqdm
 
 from pipeline.errors import InputError, one_line_errors
 from pipeline.flow import ESTIMATORS, load_estimator
-from pipeline.sources import Protocol, colorize, get_protocol, protocol_names
+from pipeline.sources import (
+    Protocol,
+    class_legend,
+    colorize,
+    figure_grid,
+    get_protocol,
+    parse_size_wh,
+    protocol_names,
+    write_png,
+)
 from trainer.evaluation.evaluate import TC_PROTOCOLS, tc_confusion, tc_score
 from trainer.evaluation.footage import Footage, open_footage
 from trainer.evaluation.predict import (
@@ -35,15 +44,11 @@ from trainer.evaluation.visualize import (
     OFFLINE_PLAYERS,
     VIDEO_CODECS,
     VideoSink,
-    class_legend,
-    figure_grid,
     overlay,
-    write_png,
 )
 from trainer.training.checkpoint import load_segmenter
-from trainer.training.config import TrainConfig
+from trainer.training.config import AMP_DTYPES, TrainConfig
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 VIDEO_TILE_MAX_WIDTH = 960  # each half of a video frame is shrunk to this width at most (a 1080p input stays light)
 VIDEO_TILE_MIN_WIDTH = 320  # and enlarged to this width at least, so titles and the legend stay readable
 AUTO_CODECS = ("h264", "vp9", "mp4v")  # --video-codec auto: the first this OpenCV build writes (visualize.py)
@@ -51,19 +56,6 @@ INPUT_TITLE = "input"
 SUMMARY_NAME = "predict.json"
 LEGEND_NAME = "legend.png"
 LEGEND_WIDTH = 640
-
-
-def parse_size_hw(value: str | None, flag: str = "--size") -> tuple[int, int] | None:
-    """'1024x512' (width x height, as every flag of the project) -> (H, W)."""
-    if value is None:
-        return None
-    try:
-        w, h = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise InputError(f"{flag} {value}: expected WIDTHxHEIGHT, e.g. 1024x512") from None
-    if w < 1 or h < 1:
-        raise InputError(f"{flag} {value}: width and height must be positive")
-    return h, w
 
 
 def output_folder(path: Path) -> Path:
@@ -279,7 +271,7 @@ def cli(
     ckpt_path = last_checkpoint(ckpt)
     model, config, iteration = load_segmenter(ckpt_path, device)
     chosen = checkpoint_protocol(protocol, config, ckpt_path)
-    net_size_hw = parse_size_hw(size) or config.target_size_hw
+    net_size_hw = parse_size_wh(size)[::-1] if size is not None else config.target_size_hw
     meter = None
     if tc:
         meter = TcMeter(load_estimator(flow, checkpoint=flow_ckpt, device=str(device)), chosen, tc_protocol)

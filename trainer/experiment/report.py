@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.shards import ValStore
-from pipeline.sources import colorize, get_protocol
+from pipeline.sources import colorize, figure_grid, get_protocol, write_png
+from trainer.evaluation.eval_cli import METRICS_NAME
 from trainer.evaluation.predict import predict_labels
-from trainer.evaluation.visualize import figure_grid, write_png
 from trainer.experiment.outputs import Paths
 from trainer.experiment.plan import PAIRS, VARIANTS, run_of
 from trainer.experiment.runner import read_json
@@ -137,7 +137,7 @@ def collect_results(paths: Paths, names, seeds, records: dict) -> tuple[list, di
     """Table rows (title, metrics per seed) and results.json's {method: {seed: scores, commands, wall times}}."""
     rows, results = [], {}
     for name in names:
-        runs = [read_json(paths.eval(name, seed) / "metrics.json") for seed in seeds]
+        runs = [read_json(paths.eval(name, seed) / METRICS_NAME) for seed in seeds]
         rows.append((VARIANTS[name].title, runs))
         results[name] = {
             str(seed): {

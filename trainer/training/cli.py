@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from pipeline.errors import one_line_errors
+from pipeline.sources import parse_size_wh
 from trainer.models import SEGMENTERS
 from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
 from trainer.training.config import (
@@ -23,7 +24,6 @@ from trainer.training.config import (
     ONLINE_FLOWS,
     PROXY_BN_MODES,
     TrainConfig,
-    hw_from_wh,
     read_config_file,
 )
 from trainer.training.loop import train
@@ -277,7 +277,7 @@ def cli(ctx: click.Context, config_file: str | None, target_size: str | None, so
         ("source_size_hw", source_size, "--source-size"),
     ):
         if value is not None:
-            values[field] = hw_from_wh(value, flag)
+            values[field] = parse_size_wh(value, flag)[::-1]  # flags write W x H, the config holds (H, W)
     result = train(TrainConfig.from_dict(values, where=config_file or "flags"))
     if result["checkpoint"] is not None:  # rank 0 (the others save nothing)
         click.echo(f"{result['iterations']} iterations done; last checkpoint {result['checkpoint']}")

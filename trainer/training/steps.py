@@ -36,12 +36,11 @@ from trainer.temporal import (
     synthesize_intermediate,
     temporal_consistency_loss,
 )
-from trainer.training.config import TrainConfig
+from trainer.training.config import AMP_DTYPES, TrainConfig
 from trainer.training.networks import Nets, proxy_logits
 
 # Seed word of the per-iteration draw of t, kept apart from the data streams' words (trainer/training/data.py).
 T_STREAM = 2
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def draw_t(config: TrainConfig, rank: int, it: int) -> float:
