@@ -115,7 +115,8 @@ def time_ray(config: PrepConfig, tasks, workers: int) -> tuple[float, float, flo
 
 
 def davsn_flow_bytes(flow: np.ndarray) -> int:
-    """Bytes of one flow as DA-VSN stores it: np.save of np.int16(flow * 10), shape (H, W, 2)."""
+    """Bytes of one flow as DA-VSN stores it: np.save of np.int16(flow * 10) (its (H, W, 2) and our (2, H, W) take
+    the same bytes)."""
     npy = io.BytesIO()
     np.save(npy, np.trunc(flow * 10).astype(DAVSN_FLOW_DTYPE))
     return npy.tell()

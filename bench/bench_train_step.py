@@ -70,13 +70,13 @@ def synthetic_stores(root: Path, seed: int = 0) -> Path:
             label = (_smooth(rng, SOURCE_HW, 1, scale=NUM_CLASSES)[..., 0]).astype(np.uint8).clip(0, NUM_CLASSES - 1)
             source.append(encode_source_sample(f"s{s}_{j}", image, label, {}))
             frame0 = _smooth(rng, TARGET_HW, 3).clip(0, 255).astype(np.uint8)
-            flow01 = _smooth(rng, TARGET_HW, 2, scale=8.0) - 4.0  # within +-4 px
+            flow_01 = (_smooth(rng, TARGET_HW, 2, scale=8.0) - 4.0).transpose(2, 0, 1)  # (2, H, W), within +-4 px
             xs, ys = np.meshgrid(np.arange(TARGET_HW[1], dtype=np.float32), np.arange(TARGET_HW[0], dtype=np.float32))
             # frame 1 = W(frame 0, F_1->0) with F_1->0 ~ -F_0->1 (smooth flow)
             frame1 = cv2.remap(
-                frame0, xs - flow01[..., 0], ys - flow01[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                frame0, xs - flow_01[0], ys - flow_01[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
             )
-            target.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow01, -flow01, {}))
+            target.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow_01, -flow_01, {}))
     write_store(
         root / "src", SOURCE_KIND, source, SAMPLES_PER_SHARD, protocol="viper15", size_wh=[SOURCE_HW[1], SOURCE_HW[0]]
     )
@@ -130,7 +130,7 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
     set_learning_rates(nets, config, 0)
     batch = to_device(next(iteration_batches(config, plan, 0, 1, 0)), torch.device("cpu"), 0)
     src, tgt = batch["source"], batch["target"]
-    i_t = synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"], 0.5)
+    i_t = synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow_01"], tgt["flow_10"], 0.5)
     estimator = load_estimator("dis", **plan.estimator_options)
 
     def m_forward_backward():  # the three passes of M, L_seg on the source, one backward, the SGD update
@@ -152,7 +152,7 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
     full = median_seconds(full_step, repeats)
     stages = {
         "synthesize_It": median_seconds(
-            lambda: synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"], 0.5), repeats
+            lambda: synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow_01"], tgt["flow_10"], 0.5), repeats
         ),
         "M_forward_backward": median_seconds(m_forward_backward, repeats),
         "M_proxy_forward": median_seconds(proxy_forward, repeats),

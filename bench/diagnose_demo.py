@@ -94,17 +94,18 @@ def flow_and_occlusion_quality(world: Path, size_wh: tuple[int, int], eta: float
         f1 = record.frame
         paths = dict(record.snippet)
         frame0, frame1 = (resize_rgb(read_rgb(paths[f]), size_wh) for f in (f1 - 1, f1))
-        est = estimator(np.stack([frame0, frame1]), np.stack([frame1, frame0]))  # F_0->1, F_1->0
+        est = estimator.flows(np.stack([frame0, frame1]), np.stack([frame1, frame0]))  # F_0->1, F_1->0: (2, H, W)
         folder = root / "flow_gt" / "val" / record.city
         true = []
         for a, b in ((f1 - 1, f1), (f1, f1 - 1)):
-            flow = read_flo(folder / f"{record.city}_{record.seq}_{a:06d}_{b:06d}.flo")
-            scale = np.array([size_wh[0] / flow.shape[1], size_wh[1] / flow.shape[0]], np.float32)
-            # Area averaging, as the frames were shrunk; pixel units scale with the size.
-            true.append(cv2.resize(flow, size_wh, interpolation=cv2.INTER_AREA) * scale)
-        o_true = occlusion_mask(_tensor(true[0]), _tensor(true[1]), eta)[0].numpy()  # on I1's grid
-        o_est = occlusion_mask(_tensor(est[0]), _tensor(est[1]), eta)[0].numpy()
-        epe.append(np.linalg.norm(est[1] - true[1], axis=-1)[o_true])
+            flow = read_flo(folder / f"{record.city}_{record.seq}_{a:06d}_{b:06d}.flo")  # (2, H, W)
+            scale = np.array([size_wh[0] / flow.shape[2], size_wh[1] / flow.shape[1]], np.float32).reshape(2, 1, 1)
+            # Area averaging, as the frames were shrunk (OpenCV resizes (H, W, C)); pixel units scale with the size.
+            resized = cv2.resize(np.ascontiguousarray(flow.transpose(1, 2, 0)), size_wh, interpolation=cv2.INTER_AREA)
+            true.append(resized.transpose(2, 0, 1) * scale)
+        o_true = occlusion_mask(*(torch.from_numpy(f)[None] for f in true), eta)[0].numpy()  # on I1's grid
+        o_est = occlusion_mask(*(torch.from_numpy(f)[None] for f in est), eta)[0].numpy()
+        epe.append(np.linalg.norm(est[1] - true[1], axis=0)[o_true])
         agree.append((o_true == o_est).mean())
         occluded_true += (~o_true).sum()
         occluded_found += (~o_true & ~o_est).sum()

@@ -41,15 +41,13 @@ def smooth_field(rng: np.random.Generator, size_hw: tuple[int, int], channels: i
 
 
 def synthetic_pair(rng: np.random.Generator, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> frame0, frame1 (H, W, 3) uint8 RGB and F_0->1 (H, W, 2) float32 pixels: frame 1 is frame 0 moved by it."""
+    """-> frame0, frame1 (H, W, 3) uint8 RGB and F_0->1 (2, H, W) float32 pixels: frame 1 is frame 0 moved by it."""
     frame0 = smooth_field(rng, size_hw, 3, 255.0).clip(0, 255).astype(np.uint8)
-    flow01 = smooth_field(rng, size_hw, 2, MAX_FLOW_PX) - MAX_FLOW_PX / 2
+    flow_01 = (smooth_field(rng, size_hw, 2, MAX_FLOW_PX) - MAX_FLOW_PX / 2).transpose(2, 0, 1)  # (2, H, W)
     ys, xs = np.mgrid[: size_hw[0], : size_hw[1]].astype(np.float32)
     # frame1(p) = frame0(p - F(p)): backward warp with F_1->0 ~ -F_0->1, which holds for a smooth flow
-    frame1 = cv2.remap(
-        frame0, xs - flow01[..., 0], ys - flow01[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    return frame0, frame1, flow01
+    frame1 = cv2.remap(frame0, xs - flow_01[0], ys - flow_01[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return frame0, frame1, np.ascontiguousarray(flow_01)
 
 
 def synthetic_source(rng: np.random.Generator, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +74,7 @@ def write_stores(
             made = [synthetic_pair(rng, target_hw) for _ in keys[first : first + per_shard]]
             frames0, frames1 = np.stack([m[0] for m in made]), np.stack([m[1] for m in made])
             flow_start = time.perf_counter()
-            flows = estimator(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0]))
+            flows = estimator.flows(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0]))
             flow_s += time.perf_counter() - flow_start
             for i, (frame0, frame1, _) in enumerate(made):
                 key = keys[first + i]

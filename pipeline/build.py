@@ -107,8 +107,8 @@ class Builder:
         return record, small0, small1, [frame0.shape[1], frame0.shape[0]]
 
     def flows_both_ways(self, frames0: np.ndarray, frames1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """F_0->1 and F_1->0 (B, H, W, 2) of B pairs, in one batched estimator call of 2B pairs."""
-        flows = self.estimator(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0]))
+        """F_0->1 and F_1->0 (B, 2, H, W) of B pairs, in one batched estimator call of 2B pairs."""
+        flows = self.estimator.flows(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0]))
         return flows[: len(frames0)], flows[len(frames0) :]
 
     def _target_samples(self, records, skipped: list) -> Iterator[dict]:
@@ -117,8 +117,8 @@ class Builder:
             pairs = [p for p in (self._guarded(self._pair, r, skipped) for r in records[start : start + batch]) if p]
             if not pairs:
                 continue
-            flows01, flows10 = self.flows_both_ways(np.stack([p[1] for p in pairs]), np.stack([p[2] for p in pairs]))
-            for (record, frame0, frame1, native_wh), flow01, flow10 in zip(pairs, flows01, flows10):
+            flows_01, flows_10 = self.flows_both_ways(np.stack([p[1] for p in pairs]), np.stack([p[2] for p in pairs]))
+            for (record, frame0, frame1, native_wh), flow_01, flow_10 in zip(pairs, flows_01, flows_10):
                 meta = {
                     "key": record.key,
                     "city": record.city,
@@ -129,7 +129,7 @@ class Builder:
                     "source_size_wh": native_wh,
                     **self.flow_meta,
                 }
-                yield encode_target_sample(record.key, frame0, frame1, flow01, flow10, meta, self.config.frames)
+                yield encode_target_sample(record.key, frame0, frame1, flow_01, flow_10, meta, self.config.frames)
 
     def _source_sample(self, record) -> dict:
         protocol = get_protocol(self.config.protocol)
@@ -180,11 +180,11 @@ class Builder:
         clip = np.stack([resize_rgb(f, self.config.size_wh) for f in frames])
         step, last = self.config.batch_size, len(clip) - 1  # flows F(t -> t+1) for t = 0 .. T-2, `step` at a time
         flows = [
-            self.estimator(clip[t : min(t + step, last)], clip[t + 1 : min(t + step, last) + 1])
+            self.estimator.flows(clip[t : min(t + step, last)], clip[t + 1 : min(t + step, last) + 1])
             for t in range(0, last, step)
         ]
         height, width = clip.shape[1:3]
-        clip_flows = np.concatenate(flows) if flows else np.zeros((0, height, width, 2), np.float32)
+        clip_flows = np.concatenate(flows) if flows else np.zeros((0, 2, height, width), np.float32)
         try:
             labels = {name: read_label(record.label_path, get_protocol(name)) for name in protocol_names()}
             label_h, label_w = next(iter(labels.values())).shape  # every protocol maps the same label file

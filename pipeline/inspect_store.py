@@ -72,7 +72,7 @@ def _tile(image: np.ndarray, nearest: bool = False) -> np.ndarray:
 
 def _flow_pair_colors(flows: list[np.ndarray]) -> list[np.ndarray]:
     """Colour flows on one magnitude scale, so that both directions of a pair compare."""
-    max_flow = max(float(np.linalg.norm(f, axis=-1).max()) for f in flows) or 1.0
+    max_flow = max(float(np.linalg.norm(f, axis=0).max()) for f in flows) or 1.0  # (2, H, W) flows
     return [_tile(flow_to_color(f, max_flow=max_flow)) for f in flows]
 
 

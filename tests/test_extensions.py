@@ -17,7 +17,7 @@ import torch
 from prep_trees import write_cityscapes
 
 from pipeline.cli import main as prep_main
-from pipeline.flow import ESTIMATORS, EstimatorEntry, EstimatorOption
+from pipeline.flow import ESTIMATORS, EstimatorEntry, EstimatorOption, FlowEstimator
 from pipeline.flow.interface import frames_batch
 from pipeline.shards import open_store, read_samples
 from pipeline.sources import SOURCES, SourceDataset, SourceRecord, make_protocol
@@ -30,7 +30,7 @@ SHIFT_PX = 1.5  # the toy estimator's flow: every pixel moves this far right
 
 
 # ---- the new module of a flow estimator: a constant flow (SHIFT_PX, 0), counting its calls
-class ToyEstimator:
+class ToyEstimator(FlowEstimator):
     name = "toy"
     checkpoint_sha256 = None
     calls = {"numpy": 0, "torch": 0}  # class-wide: what the online flow of training and predict's TC asked for
@@ -38,11 +38,11 @@ class ToyEstimator:
     def __init__(self, shift_px: float = 0.0):
         self.options = {"shift_px": shift_px}
 
-    def __call__(self, frames0, frames1):
+    def flows(self, frames0, frames1):
         batch0, single = frames_batch(frames0, "frames0")
         ToyEstimator.calls["numpy"] += 1
-        flows = np.zeros((*batch0.shape[:3], 2), np.float32)
-        flows[..., 0] = self.options["shift_px"]
+        flows = np.zeros((len(batch0), 2, *batch0.shape[1:3]), np.float32)
+        flows[:, 0] = self.options["shift_px"]
         return flows[0] if single else flows
 
     def estimate_torch(self, img0, img1):
@@ -120,7 +120,8 @@ def test_a_registered_estimator_and_dataset_go_through_prep_train_and_predict(re
     pairs = list(read_samples(stores / "cityscapes_seq"))
     assert len(pairs) == 3
     for pair in pairs:  # the toy's flow, both ways, through the codec (1/64 px steps: exact for 1.5)
-        assert np.all(pair["flow01"][..., 0] == SHIFT_PX) and np.all(pair["flow01"][..., 1] == 0)
+        assert np.all(pair["flow01"][0] == SHIFT_PX) and np.all(pair["flow01"][1] == 0)
+        assert np.all(pair["flow10"][0] == SHIFT_PX) and np.all(pair["flow10"][1] == 0)  # the toy's constant
     for sample in read_samples(stores / "toyset"):
         assert np.array_equal(sample["label"], labels[sample["__key__"]])  # ids through toy3's table (identity)
 

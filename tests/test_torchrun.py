@@ -42,9 +42,9 @@ def make_stores(shards_dir: Path, seed: int = 0) -> None:
     for i in range(total):
         frame0 = rng.integers(0, 256, (*SIZE_HW, 3), dtype=np.uint8)
         frame1 = np.roll(frame0, 2, axis=1)
-        flow01 = np.zeros((*SIZE_HW, 2), np.float32)
-        flow01[..., 0] = 2.0
-        target.append(encode_target_sample(f"city_{i:03d}", frame0, frame1, flow01, -flow01, {"estimator": "dis"}))
+        flow_01 = np.zeros((2, *SIZE_HW), np.float32)
+        flow_01[0] = 2.0
+        target.append(encode_target_sample(f"city_{i:03d}", frame0, frame1, flow_01, -flow_01, {"estimator": "dis"}))
     size_wh = [SIZE_HW[1], SIZE_HW[0]]
     write_store(shards_dir / "viper", SOURCE_KIND, source, SAMPLES_PER_SHARD, size_wh=size_wh, protocol=PROTOCOL.name)
     write_store(

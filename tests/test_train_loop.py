@@ -42,7 +42,7 @@ def make_stores(root: Path, shards: int = 2, per_shard: int = 6, seed: int = 0) 
     """root/src (source, viper15) and root/tgt (target pairs, DIS flows) with `shards` shards each; -> root."""
     rng = np.random.default_rng(seed)
     h, w = SIZE_HW
-    flow_01 = np.broadcast_to(np.array(SHIFT_XY, np.float32), (h, w, 2)).copy()
+    flow_01 = np.broadcast_to(np.array(SHIFT_XY, np.float32).reshape(2, 1, 1), (2, h, w)).copy()
     source, target = [], []
     for s in range(shards):
         source += [encode_source_sample(f"s{s}_{j}", *_blocks(rng), {}) for j in range(per_shard)]

@@ -20,7 +20,7 @@ from pipeline.errors import InputError
 from pipeline.flow.correlation import channel_norm
 from pipeline.flow.flownet2_file import check_flownet2_fit, load_flownet2_state_dict
 from pipeline.flow.flownet_parts import FlowNetC, FlowNetFusion, FlowNetS, FlowNetSD
-from pipeline.flow.interface import frames_batch
+from pipeline.flow.interface import FlowEstimator, frames_batch
 from pipeline.flow.warp import warp
 
 __all__ = ["FlowNet2", "FlowNet2Estimator", "load_flownet2_state_dict", "size_for_flownet"]
@@ -123,7 +123,7 @@ def size_for_flownet(n: int) -> int:
     return max(SIZE_MULTIPLE, (n + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
 
 
-class FlowNet2Estimator:
+class FlowNet2Estimator(FlowEstimator):
     """FlowNet2 behind the flow-estimator interface (docs/DEVELOPING.md): RGB frame pairs in, flow in pixels out.
 
     Frames whose sides are not multiples of 64 are resized (bilinear) to the nearest multiples, and the flow is
@@ -164,13 +164,12 @@ class FlowNet2Estimator:
             flow = flow * torch.tensor([w / w64, h / h64], device=flow.device).view(1, 2, 1, 1)
         return flow.to(img0.device)
 
-    def __call__(self, frames0: np.ndarray, frames1: np.ndarray) -> np.ndarray:
-        """uint8 RGB (B, H, W, 3) or (H, W, 3) pairs -> float32 flow 0->1 (B, H, W, 2) or (H, W, 2), pixels."""
+    def flows(self, frames0: np.ndarray, frames1: np.ndarray) -> np.ndarray:
+        """uint8 RGB (B, H, W, 3) or (H, W, 3) pairs -> float32 flow 0->1 (B, 2, H, W) or (2, H, W), pixels."""
         (batch0, single), (batch1, _) = frames_batch(frames0, "frames0"), frames_batch(frames1, "frames1")
         if batch0.shape != batch1.shape:
             raise InputError(f"frames0 and frames1 must have one shape, got {batch0.shape} and {batch1.shape}")
         img0 = torch.from_numpy(np.ascontiguousarray(batch0)).permute(0, 3, 1, 2).float()
         img1 = torch.from_numpy(np.ascontiguousarray(batch1)).permute(0, 3, 1, 2).float()
-        flow = self.estimate_torch(img0, img1).permute(0, 2, 3, 1).numpy()
-        flow = np.ascontiguousarray(flow, dtype=np.float32)
+        flow = self.estimate_torch(img0, img1).numpy()
         return flow[0] if single else flow

@@ -108,6 +108,6 @@ def write_synthia_label(path: Path, world_cls: np.ndarray, instance: np.ndarray)
 
 
 def write_flow(path: Path, flow: np.ndarray) -> None:
-    """(H, W, 2) float32 flow as a Middlebury `.flo` file."""
+    """(2, H, W) float32 flow as a Middlebury `.flo` file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_flo(path, flow)

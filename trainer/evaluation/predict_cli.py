@@ -113,8 +113,7 @@ class TcMeter:
             frames_bhw3 = np.concatenate([self._last[0][None], frames_bhw3])
             preds_bhw = np.concatenate([self._last[1][None], preds_bhw])
         if len(frames_bhw3) > 1:
-            flows = self.estimator(frames_bhw3[:-1], frames_bhw3[1:])  # F(t->t+1) on frame t's grid, pixels
-            flows = np.asarray(flows, dtype=np.float32)
+            flows = self.estimator.flows(frames_bhw3[:-1], frames_bhw3[1:])  # (B-1, 2, H, W): F(t->t+1) on t's grid
             self.cm += tc_confusion(preds_bhw, flows, self.protocol.num_classes, self.tc_protocol)
             self.pairs += len(frames_bhw3) - 1
         self._last = (frames_bhw3[-1], preds_bhw[-1])

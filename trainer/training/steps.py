@@ -140,7 +140,7 @@ def _probabilities(logits: torch.Tensor, size_hw) -> torch.Tensor:
 def segmenter_step(nets: Nets, batch: dict, config: TrainConfig, step: Iteration) -> SegmenterStep:
     """Update M with L_seg + 0.01 L_adv (+ L_tc from iter_launch on): Algorithm 1 lines 3-14."""
     src, tgt = batch["source"], batch["target"]
-    i0, i1, flow_01, flow_10 = tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"]
+    i0, i1, flow_01, flow_10 = tgt["frame0"], tgt["frame1"], tgt["flow_01"], tgt["flow_10"]
     losses, ltc = {}, None
     # What M sees (a train-mode forward moves BN's running statistics even when no loss reads its output):
     # source-only I^s; adversarial-only I^s, I0; I2VDA I^s, I0, It (It = I0 under --no-temporal-aug).
@@ -188,9 +188,9 @@ def _flow_1t(
 ) -> torch.Tensor:
     """F_1->t (B, 2, H, W): F(I1, It) online (Eq. 5), (1 - t) F_1->0 (linear), or F_1->0 itself when It = I0."""
     if config.no_temporal_aug:
-        return tgt["flow10"]  # It = I0: the precomputed F_1->0
+        return tgt["flow_10"]  # It = I0: the precomputed F_1->0
     if estimate_flow is None:
-        return linear_flow_1t(tgt["flow10"], t)
+        return linear_flow_1t(tgt["flow_10"], t)
     with torch.autocast(i_t.device.type, enabled=False):
         return estimate_flow(tgt["frame1"], i_t).float()  # Eq. 5: F(I1, It)
 
@@ -199,7 +199,7 @@ def _temporal_consistency(
     proxy: nn.Module, config: TrainConfig, tgt: dict, i_t: torch.Tensor, prob_t: torch.Tensor, flow_1t: torch.Tensor
 ) -> tuple[torch.Tensor, LtcTensors]:
     """L_tc (Eq. 4-9): PL from M'(I1) on I1's grid, P_t carried to I1 with F_1->t; -> (loss, its tensors)."""
-    i1, flow_01, flow_10 = tgt["frame1"], tgt["flow01"], tgt["flow10"]
+    i1, flow_01, flow_10 = tgt["frame1"], tgt["flow_01"], tgt["flow_10"]
     with torch.no_grad():
         prob_1 = _probabilities(proxy_logits(proxy, _network_input(i1, config), config.proxy_bn), i1.shape[-2:])
         entropy = None if config.no_entropy else normalized_entropy(prob_1)  # Eq. 6
