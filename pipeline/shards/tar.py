@@ -77,7 +77,8 @@ class _HashingReader:
             pass
 
 
-def _damaged(shard: str, what: str) -> InputError:
+def damaged_shard(shard: str, what: str) -> InputError:
+    """The one-line error for a shard that differs from its manifest entry."""
     return InputError(f"{shard}: {what}; the shard is damaged or was replaced, rebuild the store with i2vda-prep")
 
 
@@ -85,7 +86,7 @@ def check_shard_size(shard: str | os.PathLike, expected) -> None:
     """Refuse a shard whose file size is not the manifest's `expected.bytes` (a cheap check: one stat)."""
     size = os.stat(shard).st_size
     if expected.bytes and size != expected.bytes:
-        raise _damaged(str(shard), f"{size} bytes, the manifest says {expected.bytes}")
+        raise damaged_shard(str(shard), f"{size} bytes, the manifest says {expected.bytes}")
 
 
 def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
@@ -118,6 +119,6 @@ def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
     if expected is None:
         return
     if count != expected.samples:
-        raise _damaged(shard, f"holds {count} samples, the manifest says {expected.samples}")
+        raise damaged_shard(shard, f"holds {count} samples, the manifest says {expected.samples}")
     if expected.sha256 and stream.digest.hexdigest() != expected.sha256:
-        raise _damaged(shard, "its sha256 differs from the manifest's")
+        raise damaged_shard(shard, "its sha256 differs from the manifest's")
