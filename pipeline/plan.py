@@ -259,7 +259,7 @@ def store_manifest(
         "num_planned": planned,
         "num_samples": sum(e["samples"] for e in entries),
         **(
-            {"layout": config.layout, "num_pairs": sum(e["pairs"] for e in entries)}
+            {"layout": config.layout, "num_pairs": sum(e.get("pairs", e["samples"]) for e in entries)}
             if config.kind == TARGET_KIND
             else {}
         ),
