@@ -3,6 +3,7 @@
 Three layers, each usable without the one above it and without Ray:
 - `samples.py`: one sample's WebDataset members, encoded and decoded;
 - `tar.py`: one shard tar, written atomically (`write_shard`) and read raw (`raw_samples`, the one tar reader);
+- `remote.py`: stores at a URL (http://, https://, pipe:COMMAND), read as streams with bounded retries;
 - `runs.py`: shard layout 3 of target stores, runs of consecutive frames (`RunEncoder`), read back as pairs
   (`raw_items`: what readers train on);
 - `store.py`: a store folder and its manifest (`read_manifest`, the one manifest reader; `open_store` -> `StoreInfo`);
@@ -18,6 +19,7 @@ from pipeline.atomic import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from pipeline.shards.remote import RemoteFile, RemotePath, is_remote, store_location
 from pipeline.shards.runs import (
     PAIR_LAYOUT,
     RUN_LAYOUT,
@@ -71,6 +73,8 @@ __all__ = [
     "TARGET_KIND",
     "VAL_FILE",
     "VAL_KIND",
+    "RemoteFile",
+    "RemotePath",
     "RunEncoder",
     "ShardEntry",
     "StoreInfo",
@@ -86,6 +90,7 @@ __all__ = [
     "expand_run",
     "expand_runs",
     "file_sha256",
+    "is_remote",
     "open_store",
     "png_bytes",
     "png_pixels",
@@ -95,6 +100,7 @@ __all__ = [
     "read_samples",
     "remove_stale_partials",
     "shard_name",
+    "store_location",
     "store_shards",
     "tc_clip_bounds",
     "write_bytes_atomic",

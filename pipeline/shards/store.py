@@ -18,12 +18,14 @@ from types import MappingProxyType
 from pipeline import __version__
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import InputError
+from pipeline.shards.remote import NotFound, RemotePath, read_remote, store_location
 from pipeline.shards.runs import PAIR_LAYOUT, TARGET_LAYOUTS, raw_items
 from pipeline.shards.samples import decode_sample
 from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists one line per shard: far below this even for millions of samples
 TARGET_KIND = "target_pairs"
 SOURCE_KIND = "source"
 VAL_KIND = "val"
@@ -37,15 +39,27 @@ def write_manifest(store_dir: str | os.PathLike, manifest: Mapping) -> dict:
     return body
 
 
-def read_manifest(store: str | os.PathLike) -> dict:
-    """The manifest of a store folder (or the manifest.json path itself); a one-line InputError if absent or bad."""
-    path = Path(store)
+def _manifest_text(path: Path | RemotePath) -> tuple[Path | RemotePath, str | bytes]:
+    """(the manifest's path, its text) for a store folder or its manifest.json, local or at a URL."""
+    if isinstance(path, RemotePath):
+        path = path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
+        try:
+            return path, read_remote(path, MAX_MANIFEST_BYTES)
+        except NotFound as exc:
+            raise InputError(f"{exc}: no store manifest at this URL; upload the whole store folder there") from None
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise InputError(f"{path}: no store manifest here; run `i2vda-prep` to build the store first")
+    return path, path.read_bytes()
+
+
+def read_manifest(store: str | os.PathLike | RemotePath) -> dict:
+    """The manifest of a store folder (or the manifest.json path itself), local or at a URL (`store_location`); a
+    one-line InputError if absent or bad."""
+    path, text = _manifest_text(store_location(store))
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a valid manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -91,7 +105,7 @@ def check_manifest(manifest: Mapping | str | os.PathLike, **expected) -> dict:
 class ShardEntry:
     """One file of a store as its manifest lists it."""
 
-    path: Path
+    path: Path | RemotePath
     samples: int  # WebDataset samples in the tar (runs, in a target store of layout 3)
     bytes: int
     sha256: str | None
@@ -107,7 +121,7 @@ class ShardEntry:
 class StoreInfo:
     """What a store's manifest says, typed (`open_store`). Sizes are (W, H) as on the command line."""
 
-    path: Path  # the store folder
+    path: Path | RemotePath  # the store folder, local or at a URL
     name: str | None
     kind: str | None  # TARGET_KIND, SOURCE_KIND or VAL_KIND
     complete: bool
@@ -143,11 +157,12 @@ class StoreInfo:
 
     def sample_entries(self) -> tuple[ShardEntry, ...]:
         """The shards that hold samples, each checked to exist with the manifest's size (one stat per shard, so a
-        truncated or replaced shard is refused before training starts); else a one-line InputError naming it."""
+        truncated or replaced shard is refused before training starts; a store at a URL is checked as it is read);
+        else a one-line InputError naming it."""
         entries = tuple(s for s in self.shards if s.items > 0)
         if not entries:
             raise InputError(f"{self.path}: the store holds no samples")
-        for entry in entries:
+        for entry in entries if isinstance(self.path, Path) else ():
             if not entry.path.is_file():
                 raise InputError(f"{entry.path}: shard listed in the manifest is missing")
             check_shard_size(entry.path, entry)
@@ -180,9 +195,10 @@ class StoreInfo:
         }
 
 
-def open_store(path: str | os.PathLike) -> StoreInfo:
-    """The StoreInfo of a store folder (or its manifest.json); a missing or foreign manifest: one-line InputError."""
-    folder = Path(path)
+def open_store(path: str | os.PathLike | RemotePath) -> StoreInfo:
+    """The StoreInfo of a store folder (or its manifest.json), local or at a URL (`store_location`); a missing or
+    foreign manifest: one-line InputError."""
+    folder = store_location(path)
     folder = folder.parent if folder.name == MANIFEST_NAME else folder
     m = read_manifest(folder)
     size_wh = _field(m, "size_wh")

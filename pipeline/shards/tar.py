@@ -21,6 +21,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.atomic import HASH_CHUNK_BYTES, atomic_path, file_sha256
 from pipeline.errors import InputError
+from pipeline.shards.remote import is_remote, open_file
 from pipeline.shards.samples import check_key
 
 SHARD_SUFFIX = ".tar"
@@ -90,11 +91,13 @@ def check_shard_size(shard: str | os.PathLike, expected) -> None:
 
 
 def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
-    """The undecoded samples of one tar, in tar order: {"__key__", "__url__", "<field>.<ext>": bytes}.
+    """The undecoded samples of one tar, a local file or a URL (`pipeline.shards.remote`), in tar order:
+    {"__key__", "__url__", "<field>.<ext>": bytes}.
 
     A missing, unreadable or truncated tar raises a one-line InputError naming it. `expected` (the manifest's
-    `ShardEntry`: samples, bytes, sha256) adds the checks of the module docstring; the count and the sha256 are
-    checked only when the caller reads the shard to its end."""
+    `ShardEntry`: samples, bytes, sha256) adds the checks of the module docstring (a URL's size is checked when the
+    server sends it, and always on the bytes read); the count, the bytes read and the sha256 are checked only when
+    the caller reads the shard to its end."""
     shard = str(shard)
 
     def fail(exc: BaseException) -> bool:  # WebDataset's handler hook: turn any member error into our one line
@@ -106,9 +109,12 @@ def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
 
     count = 0
     try:
-        if expected is not None:
+        if expected is not None and not is_remote(shard):
             check_shard_size(shard, expected)
-        with open(shard, "rb") as raw:
+        with open_file(shard) as raw:
+            served = getattr(raw, "size", None)  # a URL's size, when the server says it
+            if expected is not None and expected.bytes and served is not None and served != expected.bytes:
+                raise damaged_shard(shard, f"{served} bytes, the manifest says {expected.bytes}")
             stream = _HashingReader(raw)
             for sample in group_by_keys(members(stream), handler=fail):
                 count += 1
@@ -118,6 +124,8 @@ def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
         raise _bad_shard(shard, exc) from None
     if expected is None:
         return
+    if expected.bytes and stream.bytes_read != expected.bytes:
+        raise damaged_shard(shard, f"{stream.bytes_read} bytes read, the manifest says {expected.bytes}")
     if count != expected.samples:
         raise damaged_shard(shard, f"holds {count} samples, the manifest says {expected.samples}")
     if expected.sha256 and stream.digest.hexdigest() != expected.sha256:

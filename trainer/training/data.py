@@ -11,8 +11,10 @@ data the uninterrupted run saw. DataLoader workers split the decoding, not the s
 iterations start + w, start + w + n, ... (the DataLoader hands their batches back round-robin, in order) and skips
 the others' samples undecoded; the stream is therefore the same for any number of workers.
 
-Every shard is checked against its manifest entry: its size when the stores are opened, its sample count and sha256
-whenever the stream reads it to the end (`pipeline.shards.raw_items`). A bad shard in a DataLoader worker comes
+`--shards` is a folder or a URL (http://, https://, pipe:COMMAND; `pipeline.shards.remote`): the manifests are read
+first, then every shard is streamed as it is drawn, with no local copy. Every shard is checked against its manifest
+entry: its size when the stores are opened (a URL's when the server sends it), its size read, sample count and
+sha256 whenever the stream reads it to the end (`pipeline.shards.raw_items`). A bad shard in a DataLoader worker comes
 back to the training process as the worker's one-line error, not as its flattened traceback.
 
 Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow01`, `flow10`
@@ -33,7 +35,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import InputError
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, ShardEntry, StoreInfo, decode_sample, open_store, raw_items
+from pipeline.shards import (
+    SOURCE_KIND,
+    TARGET_KIND,
+    ShardEntry,
+    StoreInfo,
+    decode_sample,
+    open_store,
+    raw_items,
+    store_location,
+)
 from trainer.training.config import TrainConfig
 
 # Seed words that keep the source and target streams of one rank independent.
@@ -53,8 +64,9 @@ class StorePlan:
 
 
 def _store(config: TrainConfig, name: str, flag: str, command: str) -> StoreInfo:
-    path = Path(config.shards) / name
-    if not path.is_dir():
+    """The store `name` in the --shards folder, local or at a URL (its manifest is fetched first)."""
+    path = store_location(config.shards) / name
+    if isinstance(path, Path) and not path.is_dir():
         raise InputError(f"{flag} {name}: no store at {path}; build it with `{command}` (or pass --shards)")
     return open_store(path)
 
