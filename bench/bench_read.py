@@ -48,6 +48,7 @@ from pipeline.shards import (
     open_store,
     png_bytes,
     png_pixels,
+    raw_samples,
     read_samples,
     store_shards,
     write_manifest,
@@ -55,16 +56,20 @@ from pipeline.shards import (
 from pipeline.sources.cityscapes import list_pairs
 
 
-def time_readers(readers: dict, repeats: int) -> dict[str, tuple[float, int]]:
-    """{name: (median seconds to decode every sample, sample count)}; the readers alternate within each repeat."""
+def time_readers(readers: dict, repeats: int) -> dict[str, tuple[float, int, float]]:
+    """{name: (median wall seconds to decode every sample, sample count, median process CPU seconds)}; the readers
+    alternate within each repeat. On one thread the CPU time is the work itself, steadier than the wall time when
+    other jobs share the cores."""
     seconds: dict[str, list[float]] = {name: [] for name in readers}
+    cpu: dict[str, list[float]] = {name: [] for name in readers}
     counts: dict[str, int] = {}
     for _ in range(repeats):
         for name, read in readers.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             counts[name] = sum(1 for _ in read())
             seconds[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(seconds[name]), counts[name]) for name in readers}
+            cpu[name].append(time.process_time() - start_cpu)
+    return {name: (statistics.median(seconds[name]), counts[name], statistics.median(cpu[name])) for name in readers}
 
 
 def _median_call(call, repeats: int) -> float:
@@ -106,7 +111,43 @@ STORES = {
     "layout 2 (pairs), stored frames": (PAIR_LAYOUT, "stored"),
     "layout 3 (runs), compressed frames": (RUN_LAYOUT, "compressed"),
 }
-DEFAULT_STORE = "layout 3 (runs), stored frames"
+DEFAULT_STORE, PAIR_STORE = "layout 3 (runs), stored frames", "layout 2 (pairs), stored frames"
+# Cityscapes-Seq train (leftImg8bit_sequence): 2975 snippets of 30 consecutive frames, so 86,275 pairs.
+CITYSCAPES_SNIPPETS, CITYSCAPES_SNIPPET_FRAMES = 2975, 30
+TAR_BLOCK = 512  # a tar member takes a 512-byte header and its data padded to 512-byte blocks
+
+
+def cityscapes_frames_stored(layout: int, samples_per_shard: int) -> tuple[int, int]:
+    """(pairs, frames stored) of `i2vda-prep flows --pairs all` on Cityscapes-Seq train: layout 2 stores two frames
+    per pair; layout 3 one per pair plus one per run, a run ending at each snippet's end and at each shard boundary
+    that falls inside a snippet (its frame is then stored in both shards)."""
+    per_snippet = CITYSCAPES_SNIPPET_FRAMES - 1
+    pairs = CITYSCAPES_SNIPPETS * per_snippet
+    if layout == PAIR_LAYOUT:
+        return pairs, 2 * pairs
+    cuts = sum(1 for start in range(samples_per_shard, pairs, samples_per_shard) if start % per_snippet)
+    return pairs, pairs + CITYSCAPES_SNIPPETS + cuts
+
+
+def frame_share(store: Path) -> tuple[int, int]:
+    """(frames, their bytes in the shard files, tar headers and padding included) of a target store."""
+    frames = total = 0
+    for shard in store_shards(store):
+        for sample in raw_samples(shard):
+            for name, data in sample.items():
+                if name.startswith("frame"):
+                    frames += 1
+                    total += TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK
+    return frames, total
+
+
+def cityscapes_estimate(store: Path, layout: int, pairs: int, store_bytes: int, samples_per_shard: int) -> dict:
+    """Bytes of the Cityscapes-Seq store at this size from this measured store: its bytes per stored frame times the
+    frames Cityscapes-Seq stores, plus its other bytes per pair (flows, meta, tar overhead) times the pairs."""
+    frames, frames_bytes = frame_share(store)
+    city_pairs, city_frames = cityscapes_frames_stored(layout, samples_per_shard)
+    total = city_frames * frames_bytes / frames + city_pairs * (store_bytes - frames_bytes) / pairs
+    return {"pairs": city_pairs, "frames_stored": city_frames, "bytes": total, "GiB": total / 2**30}
 
 
 def write_stores(root: Path, work: Path, records: list, size_wh, samples_per_shard: int) -> tuple[dict, Builder]:
@@ -147,15 +188,16 @@ def main(pairs: int, size: str, samples_per_shard: int, repeats: int, out: str) 
     stores, builder = write_stores(root, work, records, size_wh, samples_per_shard)
 
     readers = {name: (lambda store=store: read_samples(store)) for name, store in stores.items()}
-    for name in (DEFAULT_STORE, "layout 2 (pairs), stored frames"):
+    for name in (DEFAULT_STORE, PAIR_STORE):
         shards = store_shards(stores[name])
         readers[f"webdataset, {name}"] = lambda shards=shards: (
             wds.WebDataset(shards, shardshuffle=False).compose(expand_runs).map(decode_sample)
         )
     timed = time_readers(readers, repeats)
-    assert {count for _, count in timed.values()} == {len(records)}
+    assert {count for _, count, _ in timed.values()} == {len(records)}
     count = len(records)
-    pairs_per_s = {name: count / seconds for name, (seconds, _) in timed.items()}
+    pairs_per_s = {name: count / seconds for name, (seconds, _, _) in timed.items()}
+    pairs_per_cpu_s = {name: count / cpu_s for name, (_, _, cpu_s) in timed.items()}
 
     sample = next(iter(read_samples(stores[DEFAULT_STORE])))
     frame_png, flow_bytes = png_bytes(sample["frame0"]), encode_flow(sample["flow01"])
@@ -175,6 +217,7 @@ def main(pairs: int, size: str, samples_per_shard: int, repeats: int, out: str) 
     fine = DISEstimator("fine")  # for context: the slower, finer DIS preset
     fine_s = _median_call(lambda: fine(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0])), repeats)
     raw_frame_bytes = size_wh[0] * size_wh[1] * 3
+    layouts = {name: STORES[name][0] for name in stores}
     store_bytes = {name: sum(Path(p).stat().st_size for p in store_shards(store)) for name, store in stores.items()}
     result = {
         "size_wh": list(size_wh),
@@ -185,6 +228,11 @@ def main(pairs: int, size: str, samples_per_shard: int, repeats: int, out: str) 
         "repeats": repeats,
         "threads": 1,
         "read_pairs_per_s": pairs_per_s,
+        "read_pairs_per_cpu_s": pairs_per_cpu_s,
+        "layout_3_vs_2 (pairs/s, pairs per CPU s)": [
+            pairs_per_s[DEFAULT_STORE] / pairs_per_s[PAIR_STORE],
+            pairs_per_cpu_s[DEFAULT_STORE] / pairs_per_cpu_s[PAIR_STORE],
+        ],
         "read_ms_per_pair": {name: 1000 / rate for name, rate in pairs_per_s.items()},
         "estimate_s_per_pair (dis medium, both directions)": estimate_s,
         "estimate_pairs_per_s": 1 / estimate_s,
@@ -195,6 +243,10 @@ def main(pairs: int, size: str, samples_per_shard: int, repeats: int, out: str) 
         "store_bytes": store_bytes,
         "shard_bytes_per_pair": {name: b / count for name, b in store_bytes.items()},
         "raw_frames_per_pair": {name: b / count / raw_frame_bytes for name, b in store_bytes.items()},
+        "cityscapes_seq_all_pairs (estimate)": {
+            name: cityscapes_estimate(stores[name], layouts[name], count, store_bytes[name], samples_per_shard)
+            for name in stores
+        },
         "frame_png_options": png_options,
         "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
     }
