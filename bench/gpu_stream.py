@@ -21,7 +21,14 @@ import numpy as np
 
 from pipeline.flow import load_estimator
 from pipeline.flow.codec import FLOW_CODEC
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, encode_source_sample, encode_target_sample, write_store
+from pipeline.shards import (
+    PAIR_LAYOUT,
+    SOURCE_KIND,
+    TARGET_KIND,
+    encode_source_sample,
+    encode_target_sample,
+    write_store,
+)
 from pipeline.sources import get_protocol
 from trainer.training.monitor import LOG_NAME
 
@@ -89,6 +96,7 @@ def write_stores(
         estimator=estimator.name,
         estimator_options=estimator.options,
         codec=FLOW_CODEC,
+        layout=PAIR_LAYOUT,  # independent synthetic pairs: no frame to share, one sample per pair
     )
     source_samples = (
         encode_source_sample(key, *synthetic_source(rng, source_hw), {"key": key, "protocol": PROTOCOL}) for key in keys
