@@ -158,6 +158,7 @@ class Builder:
             yield run.sample()
 
     def _source_sample(self, record) -> dict:
+        """One labelled image and its protocol label, both resized to the store size; a bad file -> BadSample."""
         protocol = get_protocol(self.config.protocol)
         image = self._read(record.key, record.image_path)
         try:
@@ -195,6 +196,7 @@ class Builder:
         return {**info, "skipped": skipped}
 
     def _val_item(self, record: AnnotatedFrame) -> dict:
+        """The TC clip around one annotated frame (frames and forward flows) and its label under every protocol."""
         numbers = [number for number, _ in record.snippet]
         annotated = numbers.index(record.frame)
         start, stop = tc_clip_bounds(len(numbers), annotated, self.config.tc_window)

@@ -171,6 +171,7 @@ def _submit_val_item(actor, record):
 def _feed_actors(
     config: PrepConfig, submit: Callable, work: list, on_result: Callable, progress: tqdm, ordered: bool
 ) -> float:
+    """`_run_pool` inside a Ray session: start the actors, wait until each is ready, feed them, stop them."""
     actors = _start_actors(config, len(work))
     pool = None
     try:
@@ -247,6 +248,7 @@ def _units(entry: dict) -> int:
 
 
 def _build_shards(config: PrepConfig, tasks: list[ShardTask], digest: str) -> dict:
+    """Build the shards a former run did not finish, rewriting the manifest after each one (complete: false)."""
     done = finished_shards(config.store_dir, previous_manifest(config, digest), tasks)
     remove_partials(config.store_dir)
     planned = sum(len(t.records) for t in tasks)
@@ -286,6 +288,7 @@ def run_val(config: PrepConfig) -> dict:
 
 
 def _build_val(config: PrepConfig, records: list, digest: str) -> dict:
+    """Write val.h5 from the actors' items in record order (the same file bytes on every run), then its manifest."""
     remove_partials(config.store_dir)
     skipped: list = []
     start = time.perf_counter()

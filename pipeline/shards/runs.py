@@ -91,6 +91,7 @@ class RunEncoder:
 
 
 def _description(raw: Mapping, where: str) -> tuple[list, dict, list]:
+    """(keys, shared, pairs) of a run's run.json, checked for shape: a damaged one is refused in one line."""
     try:
         run = json.loads(raw[RUN_META])
         keys, shared, pairs = run["keys"], run["shared"], run["pairs"]

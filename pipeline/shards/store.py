@@ -79,6 +79,7 @@ def _as_json(value):
 
 
 def _check(manifest: Mapping, where: str, expected: dict) -> None:
+    """Refuse an incomplete store, or one whose fields differ from `expected` (None = anything), in one line."""
     if "size_hw" in expected:
         size_hw = expected.pop("size_hw")
         expected["size_wh"] = None if size_hw is None else (size_hw[1], size_hw[0])

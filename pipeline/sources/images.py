@@ -27,6 +27,7 @@ LABEL_INTERPOLATION = cv2.INTER_NEAREST_EXACT
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file; a missing, unreadable or empty one is an InputError naming it (decoders see only bytes)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:

@@ -166,6 +166,7 @@ FLOW_MEMBERS = ("flow01", "flow10")
 
 
 def _decoded(raw: dict, fields: tuple[str, ...], size_hw: tuple[int, int]) -> dict:
+    """decode_sample(raw), refused in one line if a field is missing or not of the size the manifest says."""
     sample = decode_sample(raw)
     where = f"{raw.get('__url__', 'shard')}: {raw.get('__key__', '?')}"
     for field in fields:

@@ -104,7 +104,7 @@ def build_nets(config: TrainConfig, device: torch.device, distributed: bool) -> 
     )
     opt_disc = torch.optim.Adam(disc.parameters(), lr=config.lr_d, betas=config.betas_d) if disc else None
 
-    def wrap(net: nn.Module | None) -> nn.Module | None:
+    def wrap(net: nn.Module | None) -> nn.Module | None:  # MultiInput, inside DDP when distributed
         if net is None:
             return None
         multi = MultiInput(net)
