@@ -33,12 +33,11 @@ from diagnose_demo import label_counts, label_summary
 from pipeline.errors import InputError
 from pipeline.shards import ValStore
 from trainer.evaluation.evaluate import adapt_batchnorm, target_frames
-from trainer.evaluation.predict import load_segmenter
 from trainer.experiment.outputs import Paths, eval_done, training_done, training_progress
 from trainer.experiment.plan import ADABN_FRAMES, EVAL_TOOL, TARGET_STORE, TRAIN_TOOL, VAL_STORE, DemoPreset, train_args
 from trainer.experiment.runner import Step, StepFailed, read_json, run_steps
 from trainer.models import build_segmenter
-from trainer.training.checkpoint import checkpoint_path, read_checkpoint
+from trainer.training.checkpoint import checkpoint_path, load_segmenter, load_segmenter_weights
 
 TEACHERS = ("oracle@150", "oracle@600", "source_only", "source_only_adabn", "adv_only@600", "proxy@150", "proxy@600")
 TEACHER_SEED = 0  # every teacher comes from the seed-0 run of its method
@@ -69,13 +68,13 @@ def write_teacher(name: str, paths: Paths, preset: DemoPreset, out: Path) -> Pat
     method, _, at = name.partition("@")
     iteration = int(at) if at else None
     if method == "proxy":  # the M' an I2VDA checkpoint holds: the copy it labelled with
-        state = read_checkpoint(_checkpoint(paths, "i2vda", iteration, preset))["proxy"]
+        model, _, _ = load_segmenter(_checkpoint(paths, "i2vda", iteration, preset), weights="proxy")
     elif method == "source_only_adabn":
         model, _, _ = load_segmenter(_checkpoint(paths, "source_only", None, preset))
         adapt_batchnorm(model, target_frames(paths.stores / TARGET_STORE, ADABN_FRAMES), "cpu", 2)
-        state = model.state_dict()
     else:
-        state = read_checkpoint(_checkpoint(paths, method, iteration, preset))["model"]
+        model, _, _ = load_segmenter(_checkpoint(paths, method, iteration, preset))
+    state = model.state_dict()
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state}, target)
     return target
@@ -83,8 +82,7 @@ def write_teacher(name: str, paths: Paths, preset: DemoPreset, out: Path) -> Pat
 
 def teacher_quality(teacher: Path, paths: Paths, preset: DemoPreset, protocol: str, num_classes: int) -> dict:
     """Precision, coverage and per-class recall of the teacher's pseudo-labels, made as M' makes them."""
-    net = build_segmenter(preset.arch, num_classes)
-    net.load_state_dict(read_checkpoint(teacher, needs=("model",))["model"])
+    net = load_segmenter_weights(build_segmenter(preset.arch, num_classes), teacher)  # as --proxy-ckpt loads it
     net.eval().requires_grad_(False)
     modes = {"proxy_bn": "running", "delta": 0.3}  # the paper's eval-mode M' and delta (the preset's)
     return label_summary(*label_counts(net, ValStore(paths.stores / VAL_STORE), protocol, modes), protocol)
@@ -182,8 +180,8 @@ def main(demo: Path, seeds: str, teachers: str, out: Path, jobs: int) -> None:
     torch.set_num_threads(1)
     paths, seed_list, names = Paths(demo), [int(s) for s in seeds.split(",")], teachers.split(",")
     preset = _preset(paths)
-    config = read_checkpoint(_checkpoint(paths, "adv_only", None, preset), needs=("config",))["config"]
-    protocol, num_classes = config["protocol"], int(config["num_classes"])
+    _, config, _ = load_segmenter(_checkpoint(paths, "adv_only", None, preset))
+    protocol, num_classes = config.protocol, config.num_classes
     files = {name: write_teacher(name, paths, preset, out) for name in names}
     quality = {name: teacher_quality(files[name], paths, preset, protocol, num_classes) for name in names}
     chains = []

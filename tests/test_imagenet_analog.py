@@ -18,7 +18,7 @@ from pipeline.world.imagenet_analog import ANALOG_DIR, CLASS_NAMES, CROP_PX, PRE
 from pipeline.world.styles import N_OPTIONS, RANDOM_LOOK, RANDOM_SATURATION, RANDOM_VALUE, camera_style, random_style
 from trainer.experiment.pretrain import average_precision, pretrain, record_path
 from trainer.models import build_segmenter, load_deeplab_imagenet
-from trainer.models.checkpoints import CLASSIFIER_PREFIXES
+from trainer.models.weights import CLASSIFIER_PREFIXES
 from trainer.training.config import TrainConfig
 from trainer.training.networks import build_nets
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.sources.images import write_png
 from pipeline.world.classes import WorldClass
-from pipeline.world.layouts import write_png
 from pipeline.world.shots import draw_shot, render_frame
 from pipeline.world.styles import random_style
 

@@ -15,13 +15,14 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import InputError
+from pipeline.sources.images import write_png
 from pipeline.world import layouts
 from pipeline.world.classes import NUM_WORLD_CLASSES
 from pipeline.world.flow_gt import ground_truth_flow
 from pipeline.world.imagenet_analog import ANALOG_DIR, analog_jobs, write_analog_labels, write_analog_picture
 from pipeline.world.shots import draw_shot, render_frame
 from pipeline.world.styles import camera_style, game_style
-from pipeline.world.summary import contact_sheet, world_shares
+from pipeline.world.summary import world_shares, world_sheet
 
 TARGET_FPS = 17.0  # Cityscapes sequences
 VIPER_FPS, VIPER_LABEL_EVERY = 15.0, 10  # VIPER labels the frames whose number ends in 0
@@ -33,14 +34,8 @@ TRAIN_CITIES, VAL_CITIES = ("ashbury", "brackwell", "corrin"), ("dunmore", "elms
 SNIPPET_START_STEP, SNIPPET_START_CHOICES = 30, 10  # a snippet's first frame is one of 0, 30, ..., 270
 DOMAIN_SEED = {"target": 0, "viper": 1, "synthia": 2, "analog": 3}  # streams of the random generator, per domain
 CONTACT_SHEET_SAMPLES = 2  # frames per domain on the contact sheet
-OUTPUTS = (
-    layouts.CITYSCAPES_DIR,
-    layouts.VIPER_DIR,
-    layouts.SYNTHIA_PARENT_DIR,
-    ANALOG_DIR,
-    "contact_sheet.png",
-    "world.json",
-)
+SHEET_NAME, SUMMARY_NAME = "contact_sheet.png", "world.json"
+OUTPUTS = (layouts.CITYSCAPES_DIR, layouts.VIPER_DIR, layouts.SYNTHIA_PARENT_DIR, ANALOG_DIR, SHEET_NAME, SUMMARY_NAME)
 
 
 @dataclass(frozen=True)
@@ -121,7 +116,7 @@ def _write_snippet(out: Path, seed: int, config: WorldConfig, split: str, index:
     for i in range(config.snippet_frames):
         t, frame = i / TARGET_FPS, first + i
         rgb, gbuffer = render_frame(shot, t, style, config.max_layers, _rng(seed, "target", index, i))
-        layouts.write_png(layouts.cityscapes_image(out, split, city, seq, frame), rgb)
+        write_png(layouts.cityscapes_image(out, split, city, seq, frame), rgb)
         counts["target_frames"] += 1
         if with_flow and previous is not None:
             gb_prev, t_prev = previous
@@ -192,7 +187,7 @@ def _write_synthia_street(out: Path, seed: int, config: WorldConfig, street_inde
     for frame in range(start, start + length):
         t = (frame - start) / SYNTHIA_FPS
         rgb, gbuffer = render_frame(shot, t, style, config.max_layers, _rng(seed, "synthia", street_index, frame))
-        layouts.write_png(layouts.synthia_image(out, frame), rgb)
+        write_png(layouts.synthia_image(out, frame), rgb)
         layouts.write_synthia_label(layouts.synthia_label(out, frame), gbuffer.cls, gbuffer.instance)
         histogram += np.bincount(gbuffer.cls.ravel(), minlength=NUM_WORLD_CLASSES)
         if frame % sample_every == 0:
@@ -264,7 +259,7 @@ def write_world(
         stream, size = DOMAIN_SEED["analog"], config.analog_size_wh
         jobs = analog_jobs(out, seed, stream, config.analog_pictures, size, config.max_layers)
         counts |= write_analog_labels(out, _run_jobs(write_analog_picture, jobs, workers))
-    layouts.write_png(out / "contact_sheet.png", contact_sheet(samples))
+    write_png(out / SHEET_NAME, world_sheet(samples))
     summary = {
         "tool": f"i2vda {__version__} demo-world",
         "seed": seed,
@@ -272,5 +267,5 @@ def write_world(
         "counts": counts,
         "class_share": world_shares(histograms),
     }
-    (out / "world.json").write_text(json.dumps(summary, indent=2) + "\n")  # no timing: same seed, same bytes
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")  # no timing: same seed, same bytes
     return {**summary, "seconds": round(time.perf_counter() - start, 1)}

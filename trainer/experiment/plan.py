@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from pipeline.sources import size_text
 from trainer.experiment.outputs import (
     Paths,
     eval_done,
@@ -32,10 +33,6 @@ PREFIX = ("source_only", "source_only_adabn", "adv_only", "i2vda")
 ADABN_FRAMES = 48  # target train frames for the AdaBN row (i2vda-eval --adapt-bn)
 ANALOG_DATA = "imagenet_analog"  # the world's ImageNet analog (i2vda-prep demo-world --analog-pictures)
 REGIMES = ("finetune", "scratch")  # the paper's regime (the default), and the first release's from-scratch one
-
-
-def _wh(size_wh: tuple[int, int]) -> str:
-    return f"{size_wh[0]}x{size_wh[1]}"
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,7 @@ class DemoPreset:
         )
         return [
             f"Demo world seed {self.world_seed} ({self.regime} regime, {self.train_snippets} train snippets); target "
-            f"{_wh(self.target_size_wh)}, VIPER {_wh(self.viper_size_wh)}; {self.flow} flow; {start}; "
+            f"{size_text(self.target_size_wh)}, VIPER {size_text(self.viper_size_wh)}; {self.flow} flow; {start}; "
             f"{self.max_iter} iterations of batch {self.batch_size}, lr {self.lr:g} (D {self.lr_d:g}, ndf "
             f"{self.disc_width}), ITER_COPY = ITER_LAUNCH = {self.iter_copy}; --bn-stats {self.bn_stats} for every "
             "method that sees target frames."
@@ -205,7 +202,7 @@ def plan_prep(preset: DemoPreset, paths: Paths, oracle: bool) -> list[Step]:
         partial(world_done, w, preset.world_seed, preset.world_counts),
         clears=(paths.stores, paths.runs, paths.evals),
     )
-    target = ("--root", str(w / "cityscapes"), "--out", s, "--size", _wh(preset.target_size_wh))
+    target = ("--root", str(w / "cityscapes"), "--out", s, "--size", size_text(preset.target_size_wh))
     steps = [world, *plan_pretrain(preset, paths)]
     steps += [
         _prep(
@@ -224,7 +221,7 @@ def plan_prep(preset: DemoPreset, paths: Paths, oracle: bool) -> list[Step]:
                 "--out",
                 s,
                 "--size",
-                _wh(preset.viper_size_wh),
+                size_text(preset.viper_size_wh),
             ),
             partial(store_done, paths.stores / VIPER_STORE, preset.viper_size_wh),
         ),

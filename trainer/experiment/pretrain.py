@@ -31,9 +31,9 @@ from pipeline.errors import InputError, one_line_errors
 from pipeline.shards import write_bytes_atomic, write_text_atomic
 from trainer.losses import poly_lr
 from trainer.models import SEGMENTERS, build_segmenter, caffe_normalize
-from trainer.models.checkpoints import CLASSIFIER_PREFIXES
+from trainer.models.weights import CLASSIFIER_PREFIXES
 
-# The caffe-converted DeepLab-v2 file prefixes every key with one token (trainer/models/checkpoints.py drops it).
+# The caffe-converted DeepLab-v2 file prefixes every key with one token (trainer/models/weights.py drops it).
 DEEPLAB_KEY_PREFIX = "Scale."
 MAX_CROPS = 200_000  # a split larger than this is refused before it is read (a wrong --data)
 DEFAULTS = {"arch": "deeplab_tiny", "iters": 600, "batch_size": 32, "lr": 0.02, "seed": 0}
