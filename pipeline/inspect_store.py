@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.flow.viz import flow_to_color
+from pipeline.flow.viz import flow_key, flow_to_color
 from pipeline.shards import (
     SOURCE_KIND,
     TARGET_KIND,
@@ -21,18 +21,17 @@ from pipeline.shards import (
     open_store,
     raw_samples,
 )
+from pipeline.sources.legend import class_legend, legend_classes
 from pipeline.sources.protocols import colorize, get_protocol
 
 TILE_WIDTH = 320  # pixels per sheet column: four columns make a sheet that fits a screen
 DEFAULT_ROWS = 4
 VAL_SHEET_PROTOCOL = "viper15"  # the val store holds every protocol; the sheet shows one
-# Column titles and the class legend (as trainer/evaluation/visualize.py's figures, which the pipeline may not import).
+# Column titles (as trainer/evaluation/visualize.py's figures, which the pipeline may not import).
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 TITLE_HEIGHT = 24
 TITLE_SCALE = 0.5
-LEGEND_ENTRY_WIDTH = 160  # pixels per legend entry: a swatch and a class name such as "traffic light"
-LEGEND_ROW_HEIGHT = 20
-LEGEND_SWATCH = 12
+FLOW_SCALE = "printed on each flow tile"  # the flow key's full-colour length: each pair has its own scale
 
 
 def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
@@ -80,9 +79,16 @@ def _tile(image: np.ndarray, nearest: bool = False) -> np.ndarray:
 
 
 def _flow_pair_colors(flows: list[np.ndarray]) -> list[np.ndarray]:
-    """Colour flows on one magnitude scale, so that both directions of a pair compare."""
+    """Colour flows on one magnitude scale, so that both directions of a pair compare; each tile says the length
+    drawn in full colour."""
     max_flow = max(float(np.linalg.norm(f, axis=-1).max()) for f in flows) or 1.0
-    return [_tile(flow_to_color(f, max_flow=max_flow)) for f in flows]
+    tiles = [_tile(flow_to_color(f, max_flow=max_flow)) for f in flows]
+    for tile in tiles:
+        text = f"full colour: {max_flow:.1f} px"
+        (text_w, text_h), _ = cv2.getTextSize(text, FONT, 0.4, 1)
+        cv2.rectangle(tile, (0, 0), (text_w + 6, text_h + 8), (255, 255, 255), thickness=-1)
+        cv2.putText(tile, text, (3, text_h + 4), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return tiles
 
 
 def spread_indices(count: int, rows: int) -> list[int]:
@@ -108,30 +114,33 @@ def sheet_samples(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> list[di
     return samples
 
 
-def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.ndarray]], object]:
-    """Column titles, rows of tiles, and the protocol whose colours the labels use (None: no labels)."""
+def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.ndarray]], object, list, bool]:
+    """Column titles, rows of tiles, the protocol whose colours the labels use (None: no labels), the label maps
+    shown (for the legend) and whether flows are shown (for the flow key)."""
     if kind == TARGET_KIND:
         tiles = [
             [_tile(s["frame0"]), _tile(s["frame1"]), *_flow_pair_colors([s["flow01"], s["flow10"]])]
             for s in sheet_samples(store, rows)
         ]
-        return ["I0 (frame f-1)", "I1 (frame f)", "flow 0->1", "flow 1->0"], tiles, None
+        return ["I0 (frame f-1)", "I1 (frame f)", "flow 0->1", "flow 1->0"], tiles, None, [], True
     if kind == SOURCE_KIND:
         samples = sheet_samples(store, rows)
         protocol = get_protocol(open_store(store).protocol or samples[0]["meta"]["protocol"])
         tiles = [[_tile(s["image"]), _tile(colorize(s["label"], protocol), nearest=True)] for s in samples]
-        return ["image", f"label ({protocol.name})"], tiles, protocol
+        return ["image", f"label ({protocol.name})"], tiles, protocol, [s["label"] for s in samples], False
     protocol = get_protocol(VAL_SHEET_PROTOCOL)
     with ValStore(store) as val:
-        tiles = []
+        tiles, labels = [], []
         keys = val.keys()
         for index in spread_indices(len(keys), rows):
             s = val.sample(keys[index])
-            row = [_tile(s["image"]), _tile(colorize(s["labels"][VAL_SHEET_PROTOCOL], protocol), nearest=True)]
+            labels.append(s["labels"][VAL_SHEET_PROTOCOL])
+            row = [_tile(s["image"]), _tile(colorize(labels[-1], protocol), nearest=True)]
             if len(s["clip_flows"]):  # the flow leaving the annotated frame (entering it, if it ends the clip)
                 row += _flow_pair_colors([s["clip_flows"][min(s["annotated_index"], len(s["clip_flows"]) - 1)]])
             tiles.append(row)
-    return ["annotated frame", f"label ({VAL_SHEET_PROTOCOL})", "flow leaving it"], tiles, protocol
+    flows = any(len(row) > 2 for row in tiles)
+    return ["annotated frame", f"label ({VAL_SHEET_PROTOCOL})", "flow leaving it"], tiles, protocol, labels, flows
 
 
 def _text_strip(height: int, width: int) -> np.ndarray:
@@ -148,35 +157,15 @@ def _titles(titles: list[str], columns: int) -> np.ndarray:
     return strip
 
 
-def _legend(protocol, width: int) -> np.ndarray:
-    """A white strip: the colour square and the name of each class of `protocol`, wrapped into rows."""
-    per_row = max(1, width // LEGEND_ENTRY_WIDTH)
-    strip = _text_strip(-(-protocol.num_classes // per_row) * LEGEND_ROW_HEIGHT, width)
-    for i, name in enumerate(protocol.class_names[: protocol.num_classes]):
-        x = 4 + (i % per_row) * LEGEND_ENTRY_WIDTH
-        y = (i // per_row) * LEGEND_ROW_HEIGHT + (LEGEND_ROW_HEIGHT - LEGEND_SWATCH) // 2
-        cv2.rectangle(
-            strip,
-            (x, y),
-            (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1),
-            tuple(int(v) for v in protocol.palette[i]),
-            thickness=-1,
-        )
-        cv2.putText(
-            strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA
-        )
-    return strip
-
-
 def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndarray:
     """(H, W, 3) uint8 RGB sheet of `rows` samples spread over the store, under column titles: target frames + flows
-    in colour, source image + coloured label, val frame + coloured label + its forward flow; where labels are
-    drawn, the class legend below."""
+    in colour, source image + coloured label, val frame + coloured label + its forward flow; below, where labels are
+    drawn, the legend of the classes they show, and where flows are drawn, the key of the flow colours."""
     store = Path(store)
     kind = open_store(store).kind
     if kind not in (TARGET_KIND, SOURCE_KIND, VAL_KIND):
         raise InputError(f"{store}: unknown store kind {kind!r}")
-    titles, tiles, protocol = _rows(store, kind, rows)
+    titles, tiles, protocol, labels, flows = _rows(store, kind, rows)
     if not tiles:
         raise InputError(f"{store}: the store holds no samples to show")
     columns = max(len(r) for r in tiles)
@@ -193,7 +182,9 @@ def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndar
         )
         lines.append(np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))))
     if protocol is not None:
-        lines.append(_legend(protocol, width))
+        lines.append(class_legend(protocol, width, legend_classes(protocol, *labels)))
+    if flows:
+        lines.append(flow_key(width, FLOW_SCALE))
     return np.concatenate(lines, axis=0)
 
 

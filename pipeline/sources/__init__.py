@@ -2,7 +2,8 @@
 
 The face for the trainer: the class protocols (`get_protocol`, `Protocol`, `colorize`, `IGNORE_ID`, the one home of
 the ignore label 255), the image helpers it shares with prep (`resize_rgb`, `resize_label`, `read_palette_png`) and
-the gtFine layout (`label_files`, `label_key`, `read_cityscapes_label`), so no trainer module parses a dataset path.
+the gtFine layout (`label_files`, `label_key`, `read_cityscapes_label`), so no trainer module parses a dataset path,
+and the class legend every picture draws (`class_legend`, `legend_classes`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pipeline.sources import cityscapes, synthia, viper
 from pipeline.sources.cityscapes import label_files, label_key
 from pipeline.sources.cityscapes import read_label as read_cityscapes_label
 from pipeline.sources.images import read_palette_png, resize_label, resize_rgb
+from pipeline.sources.legend import class_legend, legend_classes
 from pipeline.sources.protocols import (
     IGNORE_ID,
     PROTOCOL_NAMES,
@@ -34,11 +36,13 @@ __all__ = [
     "SOURCE_NAMES",
     "Protocol",
     "SourceRecord",
+    "class_legend",
     "colorize",
     "default_protocol",
     "get_protocol",
     "label_files",
     "label_key",
+    "legend_classes",
     "list_source",
     "read_cityscapes_label",
     "read_palette_png",

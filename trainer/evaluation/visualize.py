@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.sources import IGNORE_ID, Protocol, colorize, resize_label, resize_rgb
+from pipeline.sources import IGNORE_ID, Protocol, class_legend, colorize, legend_classes, resize_label, resize_rgb
 
 DEFAULT_ALPHA = 0.5  # weight of the class colour over the frame in an overlay
 GRID_PAD = 4  # white pixels between tiles of a figure grid
@@ -25,9 +25,7 @@ MP4_BLOCK = 2  # mp4v, H.264 and VP9 frames need even sides; odd frames are padd
 VIDEO_CODECS = {"h264": ("avc1", ".mp4"), "vp9": ("VP90", ".webm"), "mp4v": (MP4_FOURCC, ".mp4")}
 BROWSER_CODECS = ("h264", "vp9")
 OFFLINE_PLAYERS = "VLC, mpv or ffplay"  # what plays an mp4v file (browsers do not)
-LEGEND_SWATCH = 14  # side of a class colour square in a legend, pixels
-LEGEND_ENTRY_WIDTH = 118  # pixels per legend entry: swatch, gap, class name
-LEGEND_ROW_HEIGHT = 20
+LEGEND_WIDTH_PER_SCALE = 1024  # a picture this wide gets the legend at scale 1, one twice as wide at scale 2
 
 
 def overlay(rgb: np.ndarray, label: np.ndarray, protocol: Protocol, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
@@ -65,11 +63,14 @@ def _title_strip(title: str, width: int) -> np.ndarray:
     return strip
 
 
-def figure_grid(rows, titles=None, tile_hw=None, pad: int = GRID_PAD, legend: Protocol | None = None) -> np.ndarray:
+def figure_grid(
+    rows, titles=None, tile_hw=None, pad: int = GRID_PAD, legend: Protocol | None = None, legend_ids=None
+) -> np.ndarray:
     """(H, W, 3) uint8 figure: `rows` of equally many images, `titles` one per column above the first row.
 
     Every tile is resized to `tile_hw` (default: the first image's size); grey images are shown as RGB. With
-    `legend`, the protocol's class colours and names are drawn below the grid (`class_legend`).
+    `legend`, the class colours and names of `legend_ids` (default: the protocol's trained classes) are drawn below
+    the grid (`pipeline.sources.class_legend`).
     """
     rows = [list(row) for row in rows]
     if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
@@ -93,24 +94,16 @@ def figure_grid(rows, titles=None, tile_hw=None, pad: int = GRID_PAD, legend: Pr
             x = pad + c * (tile_w + pad)
             canvas[y : y + tile_h, x : x + tile_w] = resize_rgb(_as_rgb(image), (tile_w, tile_h))
     if legend is not None:
-        canvas = np.concatenate([canvas, class_legend(legend, width)], axis=0)
+        canvas = np.concatenate([canvas, class_legend(legend, width, legend_ids)], axis=0)
     return canvas
 
 
-def class_legend(protocol: Protocol, width: int) -> np.ndarray:
-    """(H, width, 3) uint8 white strip: a colour square and the name of each trained class, wrapped into rows."""
-    per_row = max(1, (width - GRID_PAD) // LEGEND_ENTRY_WIDTH)
-    rows = -(-protocol.num_classes // per_row)  # ceil
-    strip = np.full((rows * LEGEND_ROW_HEIGHT + GRID_PAD, width, 3), WHITE, dtype=np.uint8)
-    for i, name in enumerate(protocol.class_names[: protocol.num_classes]):
-        x = GRID_PAD + (i % per_row) * LEGEND_ENTRY_WIDTH
-        y = (i // per_row) * LEGEND_ROW_HEIGHT + (LEGEND_ROW_HEIGHT - LEGEND_SWATCH) // 2
-        color = tuple(int(c) for c in protocol.palette[i])
-        cv2.rectangle(strip, (x, y), (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1), color, thickness=-1)
-        cv2.putText(
-            strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), TITLE_FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA
-        )
-    return strip
+def with_legend(picture: np.ndarray, protocol: Protocol, *label_maps: np.ndarray) -> np.ndarray:
+    """`picture` with the legend of the classes `label_maps` show below it, scaled to its width."""
+    width = picture.shape[1]
+    scale = max(1.0, width / LEGEND_WIDTH_PER_SCALE)
+    strip = class_legend(protocol, width, legend_classes(protocol, *label_maps), scale)
+    return np.concatenate([_as_rgb(picture), strip], axis=0)
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
@@ -215,14 +208,16 @@ def save_prediction_pngs(
     label: np.ndarray | None,
     protocol: Protocol,
 ) -> list[Path]:
-    """Write `<key>_pred.png` (train ids), `_pred_color.png`, `_overlay.png` (and `_gt_color.png`) at the label size."""
+    """Write `<key>_pred.png` (train ids), `_pred_color.png`, `_overlay.png` (and `_gt_color.png`) at the label size;
+    the overlay carries the legend of the classes the prediction and the ground truth show."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     h, w = pred.shape
+    shown = [] if label is None else [label]
     pictures = {
         "_pred.png": pred,  # grey train ids, readable back by `i2vda-eval --pred-dir`
         "_pred_color.png": colorize(pred, protocol),
-        "_overlay.png": overlay(resize_rgb(rgb, (w, h)), pred, protocol),
+        "_overlay.png": with_legend(overlay(resize_rgb(rgb, (w, h)), pred, protocol), protocol, pred, *shown),
     }
     if label is not None:
         pictures["_gt_color.png"] = colorize(label, protocol)

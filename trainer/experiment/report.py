@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.shards import ValStore
-from pipeline.sources import colorize, get_protocol
+from pipeline.sources import colorize, get_protocol, legend_classes
 from trainer.evaluation.predict import load_segmenter, predict_labels
 from trainer.evaluation.visualize import figure_grid, write_png
 from trainer.experiment.outputs import Paths
@@ -178,6 +178,7 @@ def write_figure(
         titles=[FRAME_TITLE, LABEL_TITLE, *(title for title, _ in columns)],
         tile_hw=frames.shape[1:3],
         legend=protocol,
+        legend_ids=legend_classes(protocol, *labels, *preds),  # the classes shown, not the protocol's whole list
     )
     write_png(path, picture)
     return Path(path)
