@@ -10,13 +10,12 @@ the settings, checks every store and file the run needs and reports every proble
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 
 import click
 from click.core import ParameterSource
 
-from pipeline.errors import EXIT_BAD_INPUT, InputError, one_line_errors
+from pipeline.errors import InputError, one_line_errors
 from trainer.models import SEGMENTERS
 from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
 from trainer.training.config import (
@@ -32,7 +31,7 @@ from trainer.training.config import (
     read_config_file,
 )
 from trainer.training.loop import train
-from trainer.training.preflight import check_run
+from trainer.training.preflight import check_run, report
 
 # Every flag's default is the TrainConfig field's (the paper's where it gives one).
 D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -333,7 +332,7 @@ def cli(
             values[field] = None if value.lower() == NONE_WORD else hw_from_wh(value, flag)
     where = f"--config {config_file}" if config_file else "flags"
     if check:
-        sys.exit(_check(values, where, problems))
+        sys.exit(report(*check_run(values, where, problems)))
     result = train(TrainConfig.from_dict(values, where=where))
     if result["checkpoint"] is not None:  # rank 0 (the others save nothing)
         click.echo(f"{result['iterations']} iterations done; last checkpoint {result['checkpoint']}")
@@ -344,22 +343,6 @@ def _number(flag: str, text: str) -> float:
         return float(text)
     except ValueError:
         raise InputError(f"{flag} {text}: expected a number in [0, 1] or random") from None
-
-
-def _check(values: dict, where: str, problems: list[str]) -> int:
-    """`--check`: the resolved settings on stdout (as YAML: a valid --config), each problem as an `error:` line
-    and each warning as a `warning:` line on stderr; the exit status (0: none, 2: problems)."""
-    config, found = check_run(values, where, problems)
-    click.echo("# i2vda-train --check: the resolved settings (the stores fill what they decide)")
-    for name, value in config.to_dict().items():
-        click.echo(f"{name}: {json.dumps(value)}")
-    for message in found.warnings:
-        click.echo(f"warning: {message}", err=True)
-    for message in found.problems:
-        click.echo(f"error: {message}", err=True)
-    verdict = f"{len(found.problems)} problem(s)" if found.problems else "no problem found"
-    click.echo(f"# --check: {verdict}; nothing was trained or written")
-    return EXIT_BAD_INPUT if found.problems else 0
 
 
 main = one_line_errors(cli)

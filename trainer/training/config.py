@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +19,7 @@ from pipeline.errors import InputError
 from pipeline.sources import get_protocol
 from trainer.losses import LAMBDA_ADV, POLY_POWER
 from trainer.temporal import ALPHA, DELTA, ETA_PX, OCCLUSION_GRIDS, PL_PORTION, PL_SELECTIONS
+from trainer.training.value_types import typed_values
 
 METHODS = ("i2vda", "source_only", "adv_only")  # adv_only = Table 3's baseline: L_seg + 0.01 L_adv on P0
 ONLINE_FLOWS = ("estimator", "linear")  # F_1->t = F(I1, It) online (Eq. 5), or (1 - t) F_1->0
@@ -258,62 +258,10 @@ def setting_problems(c: TrainConfig) -> list[tuple[str, str]]:
     return problems
 
 
-def _expected(hint) -> tuple[str, bool]:
-    """(what a field's type hint asks for, in words; whether None is allowed)."""
-    args = typing.get_args(hint)
-    optional = isinstance(hint, types.UnionType) and type(None) in args
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    if typing.get_origin(base) is tuple:
-        inner = typing.get_args(base)[0]
-        return f"a list of {len(typing.get_args(base))} {'integers' if inner is int else 'numbers'}", optional
-    words = {int: "an integer", float: "a number", bool: "true or false", str: "text (a name or a path)"}
-    return words[base], optional
-
-
-def _typed(hint, value):
-    """`value` in the type of `hint`, or raise ValueError. Numbers may be text in YAML's spellings ('1e-2', which
-    PyYAML reads as a string); an integer field takes a whole number however it is written ('5e4', 50000.0)."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) and type(None) in args:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-    if typing.get_origin(hint) is tuple:
-        inner = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(inner):
-            raise ValueError
-        return tuple(_typed(t, v) for t, v in zip(inner, value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError
-    number = float(value.strip()) if isinstance(value, str) else value  # ValueError for text that is no number
-    if hint is int:
-        if isinstance(number, float) and not number.is_integer():
-            raise ValueError
-        return int(number)
-    return float(number)
-
-
 def coerce_settings(values: dict, where: str) -> tuple[dict, list[tuple[str, str]]]:
     """Settings in their TrainConfig field types -> (the typed settings, (key, one-line message) for each value of
     another type, left out of the typed ones). Every message names `where`, the key and the type expected."""
-    hints = typing.get_type_hints(TrainConfig)
-    typed, problems = {}, []
-    for key, value in values.items():
-        try:
-            typed[key] = _typed(hints[key], value)
-        except (ValueError, TypeError):
-            expected, optional = _expected(hints[key])
-            also = " or null" if optional else ""
-            problems.append((key, f"{where}: {key}: expected {expected}{also}, got {value!r}"))
-    return typed, problems
+    return typed_values(values, typing.get_type_hints(TrainConfig), where)
 
 
 def _check_known(values: dict, where: str) -> set[str]:

@@ -11,13 +11,15 @@ A setting found bad is replaced by its default for the checks after it, so one b
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import torch
 
-from pipeline.errors import InputError
+from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.flow import load_estimator
 from pipeline.shards import SOURCE_KIND, TARGET_KIND, StoreInfo, ValStore, open_store
 from pipeline.sources import get_protocol
@@ -184,3 +186,18 @@ def check_run(values: dict, where: str, problems: list[str] | None = None) -> tu
     _run_folder(config, stores, found)
     _device(config, found)
     return config, found
+
+
+def report(config: TrainConfig, found: Findings) -> int:
+    """Print the resolved settings on stdout (as YAML: a valid --config), each warning as a `warning:` line and each
+    problem as an `error:` line on stderr; -> the exit status (0: no problem, 2: problems)."""
+    click.echo("# i2vda-train --check: the resolved settings (the stores fill what they decide)")
+    for name, value in config.to_dict().items():
+        click.echo(f"{name}: {json.dumps(value)}")
+    for message in found.warnings:
+        click.echo(f"warning: {message}", err=True)
+    for message in found.problems:
+        click.echo(f"error: {message}", err=True)
+    verdict = f"{len(found.problems)} problem(s)" if found.problems else "no problem found"
+    click.echo(f"# --check: {verdict}; nothing was trained or written")
+    return EXIT_BAD_INPUT if found.problems else 0
