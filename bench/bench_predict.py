@@ -15,12 +15,14 @@ trainer.evaluation.predict_cli` process (the command a user types), `--repeats` 
 interleaved within each repeat: `before` is the code of commit `--before` (extracted with `git archive`), the others
 the working tree. Per run: seconds per frame around the network (predict.json's seconds_per_frame minus
 network_seconds_per_frame: decoding, resizing, the files and the video), the bytes under --out over the clip's
-bytes, the video's frame count (OpenCV's CAP_PROP_FRAME_COUNT and every frame decoded), and whether every train-id
-PNG has the clip's resolution. Medians over the repeats.
+bytes, the video's frame count (OpenCV's CAP_PROP_FRAME_COUNT and every frame decoded), whether every train-id
+PNG has the clip's resolution, and whether the train ids are the same bytes in every configuration, before and after
+(the same predictions). Medians over the repeats.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -130,6 +132,7 @@ def run_once(code_root: Path, ckpt: Path, clip: Path, out: Path, flags: list[str
     summary = json.loads((out / "predict.json").read_text())
     ids = sorted((out / "pred").glob("*_pred.png")) if (out / "pred").is_dir() else []
     shapes = {cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape for p in ids}
+    ids_sha256 = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in ids)).hexdigest() if ids else None
     count, decoded = video_frames(summary.get("video"))
     frames = summary["frames"]
     return {
@@ -143,6 +146,7 @@ def run_once(code_root: Path, ckpt: Path, clip: Path, out: Path, flags: list[str
         "video_frames_decoded": decoded,
         "ids_pngs": len(ids),
         "ids_at_input_size": shapes == {(CLIP_WH[1], CLIP_WH[0])},
+        "ids_sha256": ids_sha256,
         "warnings": [line for line in done.stderr.splitlines() if line.startswith("warning:")],
     }
 
@@ -161,6 +165,7 @@ def summarise(runs: list[dict], clip_bytes: int) -> dict:
         "runs": len(runs),
         **{k: last[k] for k in ("frames", "video_codec", "video_frame_count", "video_frames_decoded", "ids_pngs")},
         "ids_at_input_size": last["ids_at_input_size"],
+        "ids_sha256": last["ids_sha256"],
         "warnings": last["warnings"],
     }
 
@@ -193,11 +198,14 @@ def main(ckpt: Path | None, before: str, repeats: int, out: Path) -> None:
     print(f"\n{'configuration':28} s/frame  network  around  bytes out  x clip  video frames (count/decoded)  ids")
     for name, r in result.items():
         ids = f"{r['ids_pngs']} at input size" if r["ids_at_input_size"] else f"{r['ids_pngs']} NOT at input size"
+        ids = ids if r["ids_pngs"] else "none"
         print(
             f"{name:28} {r['seconds_per_frame']:7.3f} {r['network_seconds_per_frame']:8.3f} "
             f"{r['around_network_seconds_per_frame']:7.3f} {r['bytes_out']:10.0f} {r['bytes_ratio']:7.1f}  "
             f"{r['video_codec'] or '-':5} {r['video_frame_count']}/{r['video_frames_decoded']}  {ids}"
         )
+    same = len({r["ids_sha256"] for r in result.values() if r["ids_sha256"]}) == 1
+    print(f"train ids: {'the same bytes in every configuration' if same else 'DIFFER between configurations'}")
     print(f"wrote {out}")
 
 

@@ -153,26 +153,26 @@ def autocast_dtype(amp: str, device: torch.device):
     "--ids/--no-ids",
     default=True,
     show_default=True,
-    help="pred/<name>_pred.png: train ids, 8-bit grey, for i2vda-eval --pred-dir (about 1 ms and a few KB per "
-    "768x576 frame).",
+    help="pred/<name>_pred.png: train ids, 8-bit grey, for i2vda-eval --pred-dir (on a 768x576 clip about 2 ms "
+    "and 13 KB a frame; costs measured by bench/bench_predict.py on 2 busy CPU cores).",
 )
 @click.option(
     "--color",
     is_flag=True,
-    help="Also pred/<name>_pred_color.png: the ids in Cityscapes colours (about 10 ms and 10-20 KB per 768x576 frame).",
+    help="Also pred/<name>_pred_color.png: the ids in Cityscapes colours (about 25 ms and 25 KB a 768x576 frame).",
 )
 @click.option(
     "--overlay",
     is_flag=True,
-    help="Also pred/<name>_overlay.png: the colours over the frame with a class legend (the costliest output: "
-    "about 40 ms and 0.6 MB per 768x576 frame).",
+    help="Also pred/<name>_overlay.png: the colours over the frame with a class legend (the heaviest output: "
+    "about 30-60 ms and 0.5 MB a 768x576 frame, 30 times the input's bytes).",
 )
 @click.option(
     "--video/--no-video",
     default=True,
     show_default=True,
-    help="For a video or frame sequence, a video of input | overlay with the legend (about 15 ms and 20-40 KB per "
-    "768x576 frame with mp4v).",
+    help="For a video or frame sequence, a video of input | overlay with the legend (with mp4v about 40 ms and "
+    "40 KB a 768x576 frame).",
 )
 @click.option(
     "--video-codec",
@@ -180,7 +180,7 @@ def autocast_dtype(amp: str, device: torch.device):
     default="auto",
     show_default=True,
     help="auto: H.264 (.mp4) where this OpenCV build writes it, else mp4v (.mp4: VLC, mpv, ffplay), both fast. "
-    "vp9 (.webm) plays in browsers but encodes about 25x slower (0.35 s per 768x576 frame on one core).",
+    "vp9 (.webm) plays in browsers but encodes about 20 times slower than mp4v (about 1 s a 768x576 frame).",
 )
 @click.option(
     "--tc/--no-tc",

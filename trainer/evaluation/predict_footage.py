@@ -25,8 +25,8 @@ from trainer.evaluation.visualize import VideoSink, figure_grid, overlay, with_l
 VIDEO_TILE_MAX_WIDTH = 960  # each half of a video frame is shrunk to this width at most (a 1080p input stays light)
 VIDEO_TILE_MIN_WIDTH = 320  # and enlarged to this width at least, so titles and the legend stay readable
 INPUT_TITLE = "input"
-# --video-codec auto: the first this OpenCV build writes (visualize.py). Both encode a 1536x576 frame in about 10 ms
-# on one core; VP9 (browsers play it) takes about 0.35 s (bench/bench_predict.py), so it is asked for by name.
+# --video-codec auto: the first this OpenCV build writes (visualize.py). mp4v writes a frame of a 768x576 input in
+# about 40 ms; VP9 (browsers play it) takes about 20 times longer (bench/bench_predict.py), so it is asked for by name.
 AUTO_CODECS = ("h264", "mp4v")
 ASPECT_TOLERANCE = 0.02  # relative difference of width/height ratios below which nobody sees a stretch
 SIZE_MULTIPLE = 8  # a suggested --size keeps the network's height and rounds the width to DeepLab's output stride
