@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -121,13 +122,15 @@ def davsn_flow_bytes(flow: np.ndarray) -> int:
 
 
 def member_bytes(store: Path) -> dict[str, int]:
-    """Total bytes per member field ("frame0.png", "flow01.zflow", ...) over a store's shards."""
+    """Total bytes per kind of member over a store's shards: "frames.png" (a pair's frame0/frame1, a run's
+    frame000000...), "flow01.zflow", "flow10.zflow", and "meta.json" (pairs) or "run.json" (runs)."""
     totals: dict[str, int] = {}
     for shard in store_shards(store):
         for sample in raw_samples(shard):
             for field, data in sample.items():
                 if not field.startswith("__"):
-                    totals[field] = totals.get(field, 0) + len(data)
+                    kind = re.sub(r"_\d+", "", re.sub(r"^frame\d+", "frames", field))
+                    totals[kind] = totals.get(kind, 0) + len(data)
     return totals
 
 

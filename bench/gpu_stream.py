@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.build import Builder
 from pipeline.plan import PrepConfig, store_manifest
 from pipeline.shards import (
+    PAIR_LAYOUT,
     SOURCE_KIND,
     TARGET_KIND,
     encode_source_sample,
@@ -87,6 +88,7 @@ def write_stores(
         size_wh=(target_hw[1], target_hw[0]),
         flow="dis",
         samples_per_shard=per_shard,
+        layout=PAIR_LAYOUT,  # independent synthetic pairs: no frame to share, one sample per pair
     )
     source = PrepConfig(
         kind=SOURCE_KIND,

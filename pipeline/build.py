@@ -14,8 +14,10 @@ from pipeline.errors import InputError
 from pipeline.flow.estimators import load_estimator
 from pipeline.plan import PrepConfig, ShardTask
 from pipeline.shards import (
+    RUN_LAYOUT,
     SOURCE_KIND,
     TARGET_KIND,
+    RunEncoder,
     encode_source_sample,
     encode_target_sample,
     encode_val_item,
@@ -112,7 +114,9 @@ class Builder:
         flows = self.estimator(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0]))
         return flows[: len(frames0)], flows[len(frames0) :]
 
-    def _target_samples(self, records, skipped: list) -> Iterator[dict]:
+    def _target_pairs(self, records, skipped: list) -> Iterator[tuple]:
+        """(record, frame0, frame1, flow01, flow10, meta) of each good pair, in record order; flows estimated
+        `batch_size` pairs at a time."""
         batch = self.config.batch_size
         for start in range(0, len(records), batch):
             pairs = [p for p in (self._guarded(self._pair, r, skipped) for r in records[start : start + batch]) if p]
@@ -130,7 +134,29 @@ class Builder:
                     "source_size_wh": native_wh,
                     **self.flow_meta,
                 }
-                yield encode_target_sample(record.key, frame0, frame1, flow01, flow10, meta, self.config.frames)
+                yield record, frame0, frame1, flow01, flow10, meta
+
+    def _target_samples(self, records, skipped: list, counted: list) -> Iterator[dict]:
+        """The shard's samples: one per pair (layout 2), or runs of pairs that share a frame (layout 3, the next
+        pair's I0 is this pair's I1 file); `counted` gets one entry per pair written."""
+        frames = self.config.frames
+        if self.config.layout != RUN_LAYOUT:
+            for record, frame0, frame1, flow01, flow10, meta in self._target_pairs(records, skipped):
+                counted.append(record.key)
+                yield encode_target_sample(record.key, frame0, frame1, flow01, flow10, meta, frames)
+            return
+        run, last_path = None, None
+        for record, frame0, frame1, flow01, flow10, meta in self._target_pairs(records, skipped):
+            if run is not None and record.path0 != last_path:
+                yield run.sample()
+                run = None
+            if run is None:
+                run = RunEncoder(frame0, frames)
+            run.add(record.key, frame1, flow01, flow10, meta)
+            counted.append(record.key)
+            last_path = record.path1
+        if run is not None:
+            yield run.sample()
 
     def _source_sample(self, record) -> dict:
         protocol = get_protocol(self.config.protocol)
@@ -162,11 +188,11 @@ class Builder:
         """Write shard `task.name` into the store folder; -> its manifest entry (with `skipped` samples)."""
         skipped: list = []
         if self.config.kind == TARGET_KIND:
-            samples = self._target_samples(task.records, skipped)
-        else:
-            made = (self._guarded(self._source_sample, r, skipped) for r in task.records)
-            samples = (s for s in made if s is not None)
-        info = write_shard(self.config.store_dir / task.name, samples)
+            pairs: list = []
+            info = write_shard(self.config.store_dir / task.name, self._target_samples(task.records, skipped, pairs))
+            return {**info, "pairs": len(pairs), "skipped": skipped}
+        made = (self._guarded(self._source_sample, r, skipped) for r in task.records)
+        info = write_shard(self.config.store_dir / task.name, (s for s in made if s is not None))
         return {**info, "skipped": skipped}
 
     def _val_item(self, record: AnnotatedFrame) -> dict:

@@ -19,7 +19,7 @@ from pipeline.shards import (
     decode_sample,
     file_sha256,
     open_store,
-    raw_samples,
+    raw_items,
 )
 from pipeline.sources.legend import class_legend, legend_classes
 from pipeline.sources.protocols import colorize, get_protocol
@@ -37,11 +37,12 @@ FLOW_SCALE = "printed on each flow tile"  # the flow key's full-colour length: e
 def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
     """Lines describing a store from its manifest; `verify` re-hashes every file against the manifest."""
     info = open_store(store)
-    count = info.num_samples
+    count = info.num_samples if info.num_pairs is None else info.num_pairs
     lines = [
         f"store      {info.name} ({info.kind}), {'complete' if info.complete else 'INCOMPLETE'}, "
         f"tool {info.tool_version}",
-        f"samples    {count} of {info.num_planned} planned, {info.num_skipped} skipped, in {len(info.shards)} file(s)",
+        f"samples    {count} of {info.num_planned} planned, {info.num_skipped} skipped, in {len(info.shards)} file(s)"
+        + (f", shard layout {info.layout}" if info.layout is not None else ""),
         f"bytes      {info.bytes / 2**20:.1f} MiB"
         + (f", {info.bytes / count / 2**20:.3f} MiB per sample" if count else ""),
         f"size       {'x'.join(str(v) for v in info.size_wh or [])} (W x H)",
@@ -102,14 +103,14 @@ def sheet_samples(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> list[di
     """The decoded samples the sheet of a shard store shows (`spread_indices`); only the shards holding them are
     read, each up to its last chosen sample."""
     entries = open_store(store).sample_entries()
-    wanted = spread_indices(sum(e.samples for e in entries), rows)
+    wanted = spread_indices(sum(e.items for e in entries), rows)
     samples, first = [], 0
     for entry in entries:
-        local = [i - first for i in wanted if first <= i < first + entry.samples]
-        first += entry.samples
+        local = [i - first for i in wanted if first <= i < first + entry.items]
+        first += entry.items
         if local:
             samples += [
-                decode_sample(raw) for i, raw in enumerate(islice(raw_samples(entry.path), local[-1] + 1)) if i in local
+                decode_sample(raw) for i, raw in enumerate(islice(raw_items(entry.path), local[-1] + 1)) if i in local
             ]
     return samples
 

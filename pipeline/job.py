@@ -204,6 +204,12 @@ def run_shards(config: PrepConfig) -> dict:
         return _build_shards(config, tasks, digest)
 
 
+def _units(entry: dict) -> int:
+    """What a shard entry holds in the progress bar's units: pairs of a target store (its tar samples may be runs
+    of several pairs), else samples."""
+    return entry.get("pairs", entry["samples"])
+
+
 def _build_shards(config: PrepConfig, tasks: list[ShardTask], digest: str) -> dict:
     done = finished_shards(config.store_dir, previous_manifest(config, digest), tasks)
     remove_partials(config.store_dir)
@@ -212,19 +218,19 @@ def _build_shards(config: PrepConfig, tasks: list[ShardTask], digest: str) -> di
     def record(entry: dict) -> int:
         done[entry["name"]] = entry
         write_manifest(config.store_dir, store_manifest(config, digest, planned, done, complete=False))
-        return entry["samples"] + len(entry["skipped"])
+        return _units(entry) + len(entry["skipped"])
 
     start = time.perf_counter()
     todo = [t for t in tasks if t.name not in done]
     resumed = len(done)
     write_manifest(config.store_dir, store_manifest(config, digest, planned, done, complete=False))
-    initial = sum(e["samples"] + len(e["skipped"]) for e in done.values())
+    initial = sum(_units(e) + len(e["skipped"]) for e in done.values())
     try:
         with _progress(config, planned, initial) as progress:
             ready_at = _run_pool(config, "shard", todo, record, progress, ordered=False)
     finally:
         remove_partials(config.store_dir)
-    done_now = sum(done[t.name]["samples"] for t in todo)
+    done_now = sum(_units(done[t.name]) for t in todo)
     manifest = store_manifest(config, digest, planned, done, complete=True, timing=_timing(start, ready_at, done_now))
     return {**write_manifest(config.store_dir, manifest), "resumed_shards": resumed}
 
@@ -285,8 +291,9 @@ def summary_lines(manifest: dict) -> Iterable[str]:
     unit = UNIT[manifest["kind"]]
     timing = manifest.get("timing") or {}
     rate = timing.get("samples_per_s")
+    count = manifest.get("num_pairs", manifest["num_samples"])  # a target store's runs hold several pairs
     yield (
-        f"{manifest['name']}: {manifest['num_samples']} {unit}s of {manifest['num_planned']} in "
+        f"{manifest['name']}: {count} {unit}s of {manifest['num_planned']} in "
         f"{len(manifest['shards'])} file(s) ({manifest.get('resumed_shards', 0)} verified from a previous run), "
         f"{manifest['num_skipped']} skipped, {manifest['bytes'] / 2**20:.1f} MiB, "
         f"{timing.get('elapsed_s', 0):.1f} s"

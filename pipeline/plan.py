@@ -18,8 +18,10 @@ from pipeline.shards import (
     FRAME_MODES,
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
+    RUN_LAYOUT,
     SOURCE_KIND,
     TARGET_KIND,
+    TARGET_LAYOUTS,
     VAL_KIND,
     file_sha256,
     read_manifest,
@@ -69,6 +71,7 @@ class PrepConfig:
     on_error: str = "fail"
     tc_window: int = DEFAULT_TC_WINDOW
     frames: str = "stored"  # frame PNGs: "stored" (fast to decode) or "compressed" (about half the bytes)
+    layout: int = RUN_LAYOUT  # target shards: runs of consecutive frames (3) or one pair per sample (2, the old one)
     checkpoint_sha256: str | None = field(default=None, compare=False)  # filled by `resolve`
 
     @property
@@ -96,6 +99,7 @@ class PrepConfig:
             "samples_per_shard": self.samples_per_shard if self.kind != VAL_KIND else None,
             "tc_window": self.tc_window if self.kind == VAL_KIND else None,
             "frames": self.frames,
+            **({"layout": self.layout} if self.kind == TARGET_KIND else {}),
         }
 
 
@@ -106,6 +110,8 @@ def resolve(config: PrepConfig) -> PrepConfig:
         raise InputError(f"--on-error: expected one of {', '.join(ON_ERROR)}, got {config.on_error!r}")
     if config.frames not in FRAME_MODES:
         raise InputError(f"--frames: expected one of {', '.join(FRAME_MODES)}, got {config.frames!r}")
+    if config.layout not in TARGET_LAYOUTS:
+        raise InputError(f"shard layout {config.layout}: expected one of {', '.join(map(str, TARGET_LAYOUTS))}")
     for flag, value in (
         ("--samples-per-shard", config.samples_per_shard),
         ("--batch-size", config.batch_size),
@@ -252,6 +258,11 @@ def store_manifest(
         "complete": complete,
         "num_planned": planned,
         "num_samples": sum(e["samples"] for e in entries),
+        **(
+            {"layout": config.layout, "num_pairs": sum(e.get("pairs", e["samples"]) for e in entries)}
+            if config.kind == TARGET_KIND
+            else {}
+        ),
         "num_skipped": len(skipped),
         "bytes": sum(e["bytes"] for e in entries),
         "shards": entries,

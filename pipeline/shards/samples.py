@@ -64,6 +64,11 @@ def check_key(key: str) -> str:
     return key
 
 
+def target_meta(meta: Mapping, size_hw: tuple[int, int]) -> dict:
+    """A target pair's `meta.json` content: the builder's fields, the flow codec and the stored size (W, H)."""
+    return {**meta, "codec": FLOW_CODEC, "size_wh": [size_hw[1], size_hw[0]]}
+
+
 def encode_target_sample(
     key: str,
     frame0: np.ndarray,
@@ -77,7 +82,7 @@ def encode_target_sample(
     size_hw = frame0.shape[:2]
     if frame1.shape != frame0.shape or flow01.shape != (*size_hw, 2) or flow10.shape != (*size_hw, 2):
         raise ValueError(f"{key}: frames {frame0.shape} {frame1.shape} and flows {flow01.shape} {flow10.shape} differ")
-    meta = {**meta, "codec": FLOW_CODEC, "size_wh": [size_hw[1], size_hw[0]]}
+    meta = target_meta(meta, size_hw)
     return {
         "__key__": check_key(key),
         "frame0.png": png_bytes(frame0, frames),

@@ -18,11 +18,14 @@ from types import MappingProxyType
 from pipeline import __version__
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import InputError
+from pipeline.shards.remote import NotFound, RemotePath, read_remote, store_location
+from pipeline.shards.runs import PAIR_LAYOUT, TARGET_LAYOUTS, raw_items
 from pipeline.shards.samples import decode_sample
-from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size, raw_samples
+from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists one line per shard: far below this even for millions of samples
 TARGET_KIND = "target_pairs"
 SOURCE_KIND = "source"
 VAL_KIND = "val"
@@ -36,15 +39,27 @@ def write_manifest(store_dir: str | os.PathLike, manifest: Mapping) -> dict:
     return body
 
 
-def read_manifest(store: str | os.PathLike) -> dict:
-    """The manifest of a store folder (or the manifest.json path itself); a one-line InputError if absent or bad."""
-    path = Path(store)
+def _manifest_text(path: Path | RemotePath) -> tuple[Path | RemotePath, str | bytes]:
+    """(the manifest's path, its text) for a store folder or its manifest.json, local or at a URL."""
+    if isinstance(path, RemotePath):
+        path = path if path.name == MANIFEST_NAME else path / MANIFEST_NAME
+        try:
+            return path, read_remote(path, MAX_MANIFEST_BYTES)
+        except NotFound as exc:
+            raise InputError(f"{exc}: no store manifest at this URL; upload the whole store folder there") from None
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise InputError(f"{path}: no store manifest here; run `i2vda-prep` to build the store first")
+    return path, path.read_bytes()
+
+
+def read_manifest(store: str | os.PathLike | RemotePath) -> dict:
+    """The manifest of a store folder (or the manifest.json path itself), local or at a URL (`store_location`); a
+    one-line InputError if absent or bad."""
+    path, text = _manifest_text(store_location(store))
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not a valid manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -90,17 +105,23 @@ def check_manifest(manifest: Mapping | str | os.PathLike, **expected) -> dict:
 class ShardEntry:
     """One file of a store as its manifest lists it."""
 
-    path: Path
-    samples: int
+    path: Path | RemotePath
+    samples: int  # WebDataset samples in the tar (runs, in a target store of layout 3)
     bytes: int
     sha256: str | None
+    pairs: int | None = None  # target pairs in it (None: a source store, or one sample per pair)
+
+    @property
+    def items(self) -> int:
+        """What a reader gets from the shard: its pairs (runs expanded) or its samples."""
+        return self.samples if self.pairs is None else self.pairs
 
 
 @dataclass(frozen=True)
 class StoreInfo:
     """What a store's manifest says, typed (`open_store`). Sizes are (W, H) as on the command line."""
 
-    path: Path  # the store folder
+    path: Path | RemotePath  # the store folder, local or at a URL
     name: str | None
     kind: str | None  # TARGET_KIND, SOURCE_KIND or VAL_KIND
     complete: bool
@@ -112,7 +133,9 @@ class StoreInfo:
     checkpoint_sha256: str | None  # of the estimator's weights (None for DIS)
     codec: str | None
     frames: str | None  # how RGB PNGs were written ("stored" or "compressed")
-    num_samples: int
+    num_samples: int  # WebDataset samples over all shards (runs, in a target store of layout 3)
+    num_pairs: int | None  # target pairs over all shards; None for source and val stores
+    layout: int | None  # shard layout of a target store (pipeline.shards.runs): 2 = a pair per sample, 3 = runs
     num_planned: int
     num_skipped: int
     bytes: int
@@ -134,11 +157,12 @@ class StoreInfo:
 
     def sample_entries(self) -> tuple[ShardEntry, ...]:
         """The shards that hold samples, each checked to exist with the manifest's size (one stat per shard, so a
-        truncated or replaced shard is refused before training starts); else a one-line InputError naming it."""
-        entries = tuple(s for s in self.shards if s.samples > 0)
+        truncated or replaced shard is refused before training starts; a store at a URL is checked as it is read);
+        else a one-line InputError naming it."""
+        entries = tuple(s for s in self.shards if s.items > 0)
         if not entries:
             raise InputError(f"{self.path}: the store holds no samples")
-        for entry in entries:
+        for entry in entries if isinstance(self.path, Path) else ():
             if not entry.path.is_file():
                 raise InputError(f"{entry.path}: shard listed in the manifest is missing")
             check_shard_size(entry.path, entry)
@@ -171,12 +195,21 @@ class StoreInfo:
         }
 
 
-def open_store(path: str | os.PathLike) -> StoreInfo:
-    """The StoreInfo of a store folder (or its manifest.json); a missing or foreign manifest: one-line InputError."""
-    folder = Path(path)
+def open_store(path: str | os.PathLike | RemotePath) -> StoreInfo:
+    """The StoreInfo of a store folder (or its manifest.json), local or at a URL (`store_location`); a missing or
+    foreign manifest: one-line InputError."""
+    folder = store_location(path)
     folder = folder.parent if folder.name == MANIFEST_NAME else folder
     m = read_manifest(folder)
     size_wh = _field(m, "size_wh")
+    layout = _field(m, "layout")
+    if m.get("kind") == TARGET_KIND:
+        layout = PAIR_LAYOUT if layout is None else layout  # stores written before layouts were recorded
+        if layout not in TARGET_LAYOUTS:
+            raise InputError(
+                f"{folder}: shard layout {layout!r}, this i2vda reads {', '.join(map(str, TARGET_LAYOUTS))}; "
+                f"rebuild the store with this version's i2vda-prep flows"
+            )
     protocol = _field(m, "protocol")
     options = MappingProxyType(dict(_field(m, "estimator_options") or {}))
     return StoreInfo(
@@ -193,11 +226,19 @@ def open_store(path: str | os.PathLike) -> StoreInfo:
         codec=_field(m, "codec"),
         frames=_field(m, "frames"),
         num_samples=int(m.get("num_samples", 0)),
+        num_pairs=int(m.get("num_pairs", m.get("num_samples", 0))) if m.get("kind") == TARGET_KIND else None,
+        layout=layout,
         num_planned=int(m.get("num_planned", 0)),
         num_skipped=int(m.get("num_skipped", 0)),
         bytes=int(m.get("bytes", 0)),
         shards=tuple(
-            ShardEntry(folder / s["name"], int(s.get("samples", 0)), int(s.get("bytes", 0)), s.get("sha256"))
+            ShardEntry(
+                folder / s["name"],
+                int(s.get("samples", 0)),
+                int(s.get("bytes", 0)),
+                s.get("sha256"),
+                int(s["pairs"]) if "pairs" in s else None,
+            )
             for s in m.get("shards", [])
         ),
         skipped=tuple(m.get("skipped", [])),
@@ -216,8 +257,9 @@ def store_shards(store: str | os.PathLike) -> list[str]:
 
 
 def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[dict]:
-    """Decoded samples of a store folder, one shard, or a list of shards, in shard order (`decode_sample`); a store
-    folder's shards are checked against its manifest as they are read (`raw_samples`)."""
+    """Decoded samples of a store folder, one shard, or a list of shards, in shard order (`decode_sample`): source
+    images, or target pairs (runs of layout 3 expanded into their pairs); a store folder's shards are checked
+    against its manifest as they are read (`raw_items`)."""
     entries: dict[str, ShardEntry] = {}  # a store folder's manifest entries: its shards are checked against them
     if isinstance(path, (str, os.PathLike)):
         if not Path(path).exists():
@@ -232,5 +274,5 @@ def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Itera
     for shard in shards:
         if not Path(shard).is_file():
             raise InputError(f"{shard}: shard missing")
-        for sample in raw_samples(shard, entries.get(shard)):
+        for sample in raw_items(shard, entries.get(shard)):
             yield decode_sample(sample)

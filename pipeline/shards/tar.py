@@ -21,6 +21,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from pipeline.atomic import HASH_CHUNK_BYTES, atomic_path, file_sha256
 from pipeline.errors import InputError
+from pipeline.shards.remote import is_remote, open_file
 from pipeline.shards.samples import check_key
 
 SHARD_SUFFIX = ".tar"
@@ -77,7 +78,8 @@ class _HashingReader:
             pass
 
 
-def _damaged(shard: str, what: str) -> InputError:
+def damaged_shard(shard: str, what: str) -> InputError:
+    """The one-line error for a shard that differs from its manifest entry."""
     return InputError(f"{shard}: {what}; the shard is damaged or was replaced, rebuild the store with i2vda-prep")
 
 
@@ -85,15 +87,17 @@ def check_shard_size(shard: str | os.PathLike, expected) -> None:
     """Refuse a shard whose file size is not the manifest's `expected.bytes` (a cheap check: one stat)."""
     size = os.stat(shard).st_size
     if expected.bytes and size != expected.bytes:
-        raise _damaged(str(shard), f"{size} bytes, the manifest says {expected.bytes}")
+        raise damaged_shard(str(shard), f"{size} bytes, the manifest says {expected.bytes}")
 
 
 def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
-    """The undecoded samples of one tar, in tar order: {"__key__", "__url__", "<field>.<ext>": bytes}.
+    """The undecoded samples of one tar, a local file or a URL (`pipeline.shards.remote`), in tar order:
+    {"__key__", "__url__", "<field>.<ext>": bytes}.
 
     A missing, unreadable or truncated tar raises a one-line InputError naming it. `expected` (the manifest's
-    `ShardEntry`: samples, bytes, sha256) adds the checks of the module docstring; the count and the sha256 are
-    checked only when the caller reads the shard to its end."""
+    `ShardEntry`: samples, bytes, sha256) adds the checks of the module docstring (a URL's size is checked when the
+    server sends it, and always on the bytes read); the count, the bytes read and the sha256 are checked only when
+    the caller reads the shard to its end."""
     shard = str(shard)
 
     def fail(exc: BaseException) -> bool:  # WebDataset's handler hook: turn any member error into our one line
@@ -105,9 +109,12 @@ def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
 
     count = 0
     try:
-        if expected is not None:
+        if expected is not None and not is_remote(shard):
             check_shard_size(shard, expected)
-        with open(shard, "rb") as raw:
+        with open_file(shard) as raw:
+            served = getattr(raw, "size", None)  # a URL's size, when the server says it
+            if expected is not None and expected.bytes and served is not None and served != expected.bytes:
+                raise damaged_shard(shard, f"{served} bytes, the manifest says {expected.bytes}")
             stream = _HashingReader(raw)
             for sample in group_by_keys(members(stream), handler=fail):
                 count += 1
@@ -117,7 +124,9 @@ def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
         raise _bad_shard(shard, exc) from None
     if expected is None:
         return
+    if expected.bytes and stream.bytes_read != expected.bytes:
+        raise damaged_shard(shard, f"{stream.bytes_read} bytes read, the manifest says {expected.bytes}")
     if count != expected.samples:
-        raise _damaged(shard, f"holds {count} samples, the manifest says {expected.samples}")
+        raise damaged_shard(shard, f"holds {count} samples, the manifest says {expected.samples}")
     if expected.sha256 and stream.digest.hexdigest() != expected.sha256:
-        raise _damaged(shard, "its sha256 differs from the manifest's")
+        raise damaged_shard(shard, "its sha256 differs from the manifest's")

@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.errors import InputError
 from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow
+from pipeline.shards.remote import is_remote
 from pipeline.shards.samples import png_bytes, png_pixels
 from pipeline.shards.store import MANIFEST_NAME, StoreInfo, open_store
 
@@ -120,6 +121,11 @@ class ValStore:
     """Read access to a val store folder (or its val.h5): keys, labels per protocol, TC clips and their flows."""
 
     def __init__(self, path: str | os.PathLike):
+        if is_remote(str(path)):  # HDF5 reads at random offsets: a stream does not serve it
+            raise InputError(
+                f"{path}: the val store is one HDF5 file read at random places, not a stream; copy its folder "
+                f"(val.h5 and manifest.json) to a local disk and pass that"
+            )
         path = Path(path)
         folder, self.path = (path, path / VAL_FILE) if path.is_dir() else (path.parent, path)
         if not self.path.is_file():

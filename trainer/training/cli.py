@@ -46,7 +46,13 @@ def _choice(values) -> click.Choice:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.option("--out", required=True, help="Run folder RUN/: config.json, log.jsonl, checkpoints/, tensorboard/.")
-@click.option("--shards", default=D["shards"], show_default=True, help="Folder holding the stores.")
+@click.option(
+    "--shards",
+    default=D["shards"],
+    show_default=True,
+    help="Folder holding the stores, or its URL, streamed: http(s)://HOST/stores/ or 'pipe:COMMAND {}' writing the "
+    "file at {} to stdout, e.g. 'pipe:aws s3 cp s3://BUCKET/stores/{} -' (docs/CLUSTER.md).",
+)
 @click.option("--source", default=D["source"], show_default=True, help="Source store name (SHARDS/SOURCE/).")
 @click.option("--target", default=D["target"], show_default=True, help="Target pair store name (SHARDS/TARGET/).")
 @click.option("--config", "config_file", default=None, help="JSON/YAML file of settings; flags given here win.")

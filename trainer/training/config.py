@@ -57,7 +57,7 @@ class TrainConfig:
     """One training run of Algorithm 1 (or a baseline); see `i2vda-train --help` for each field's flag."""
 
     out: str  # the run folder RUN/
-    shards: str = "stores"  # folder holding the stores
+    shards: str = "stores"  # folder holding the stores, or its URL (http(s)://, pipe:; pipeline.shards.remote)
     source: str = "viper"  # source store name: stores/<source>/
     target: str = "cityscapes_seq"  # target pair store name: stores/<target>/
     method: str = "i2vda"

@@ -3,14 +3,18 @@
 The batch of iteration i on rank r is a pure function of (seed, r, i): iterations are grouped in blocks of
 `block_iters`; block b of a store is the sample sequence of a generator seeded with (seed, store, r, b) that draws
 shards with replacement from the rank's share of the store (WebDataset's "resampled" mode, split by node) and passes
-their samples through a shuffle buffer; iteration i takes samples [(i mod K) B, (i mod K + 1) B) of block i // K.
+their samples through a shuffle buffer (target pairs: a shard of layout 3 holds runs of consecutive frames, expanded
+into the same pairs in the same order as a layout-2 shard of the same plan, before the buffer, so the buffer mixes
+pairs, not runs); iteration i takes samples [(i mod K) B, (i mod K + 1) B) of block i // K.
 A resumed run opens block i // K and skips (i mod K) B raw samples without decoding them, so it sees exactly the
 data the uninterrupted run saw. DataLoader workers split the decoding, not the shards: worker w of n produces
 iterations start + w, start + w + n, ... (the DataLoader hands their batches back round-robin, in order) and skips
 the others' samples undecoded; the stream is therefore the same for any number of workers.
 
-Every shard is checked against its manifest entry: its size when the stores are opened, its sample count and sha256
-whenever the stream reads it to the end (`pipeline.shards.raw_samples`). A bad shard in a DataLoader worker comes
+`--shards` is a folder or a URL (http://, https://, pipe:COMMAND; `pipeline.shards.remote`): the manifests are read
+first, then every shard is streamed as it is drawn, with no local copy. Every shard is checked against its manifest
+entry: its size when the stores are opened (a URL's when the server sends it), its size read, sample count and
+sha256 whenever the stream reads it to the end (`pipeline.shards.raw_items`). A bad shard in a DataLoader worker comes
 back to the training process as the worker's one-line error, not as its flattened traceback.
 
 Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow01`, `flow10`
@@ -31,7 +35,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import InputError
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, ShardEntry, StoreInfo, decode_sample, open_store, raw_samples
+from pipeline.shards import (
+    SOURCE_KIND,
+    TARGET_KIND,
+    ShardEntry,
+    StoreInfo,
+    decode_sample,
+    open_store,
+    raw_items,
+    store_location,
+)
 from trainer.training.config import TrainConfig
 
 # Seed words that keep the source and target streams of one rank independent.
@@ -51,8 +64,9 @@ class StorePlan:
 
 
 def _store(config: TrainConfig, name: str, flag: str, command: str) -> StoreInfo:
-    path = Path(config.shards) / name
-    if not path.is_dir():
+    """The store `name` in the --shards folder, local or at a URL (its manifest is fetched first)."""
+    path = store_location(config.shards) / name
+    if isinstance(path, Path) and not path.is_dir():
         raise InputError(f"{flag} {name}: no store at {path}; build it with `{command}` (or pass --shards)")
     return open_store(path)
 
@@ -111,7 +125,7 @@ def block_samples(shards: tuple[ShardEntry, ...], seed_words: tuple[int, ...], b
     def resampled() -> Iterator[dict]:
         while True:
             entry = shards[int(rng.integers(len(shards)))]
-            yield from raw_samples(entry.path, entry)
+            yield from raw_items(entry.path, entry)
 
     return _shuffled(resampled(), buffer_size, rng)
 
