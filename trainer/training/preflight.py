@@ -21,7 +21,7 @@ import torch
 
 from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.flow import load_estimator
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, StoreInfo, ValStore, open_store
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, StoreInfo, ValStore, open_store, store_location
 from pipeline.sources import get_protocol
 from trainer.models import build_segmenter, load_segmenter_weights
 from trainer.training.checkpoint import check_resumable, latest_checkpoint, read_checkpoint, resolve_resume
@@ -65,9 +65,12 @@ def settle(values: dict, where: str, found: Findings) -> TrainConfig:
 
 
 def _store(config: TrainConfig, name: str, flag: str, kind: str, found: Findings, **expected) -> StoreInfo | None:
-    """Open SHARDS/NAME and check its manifest field by field and every shard's size; None if it cannot be read."""
-    path = Path(config.shards) / name
-    if not path.is_dir():
+    """Open SHARDS/NAME (a folder or a URL) and check its manifest field by field and every shard's size (a local
+    store's: a store at a URL is checked as it is read); None if it cannot be opened."""
+    path = found.collect(lambda: store_location(config.shards) / name)
+    if path is None:
+        return None
+    if isinstance(path, Path) and not path.is_dir():
         found.add(f"{flag} {name}: no store at {path}; build it with i2vda-prep (or pass --shards)")
         return None
     store = found.collect(lambda: open_store(path))
@@ -75,7 +78,7 @@ def _store(config: TrainConfig, name: str, flag: str, kind: str, found: Findings
         return None
     for field, want in {"kind": kind, **expected}.items():
         found.collect(lambda field=field, want=want: store.check(**{field: want}))
-    entries = [entry for entry in store.shards if entry.samples > 0]
+    entries = [entry for entry in store.shards if entry.items > 0]
     if not entries:
         found.add(f"{store.path}: the store holds no samples")
     for entry in entries:  # one shard at a time, so that each missing or resized shard is named
