@@ -32,10 +32,11 @@ from ray.util import ActorPool
 
 from pipeline.build import Builder, pin_threads
 from pipeline.job import PrepActor, run_shards
-from pipeline.plan import PrepConfig, parse_size, plan_shards
+from pipeline.plan import PrepConfig, plan_shards
 from pipeline.shards import TARGET_KIND, raw_samples, read_samples, store_shards
+from pipeline.sources import parse_size_wh
 from pipeline.sources.cityscapes import list_pairs
-from pipeline.world.world import WorldConfig, write_world
+from pipeline.world import WorldConfig, write_world
 
 SIZE_WH = (1024, 512)  # the paper's Cityscapes training size
 SAMPLES_PER_SHARD = 2  # small shards, so two workers share the work evenly
@@ -115,7 +116,8 @@ def time_ray(config: PrepConfig, tasks, workers: int) -> tuple[float, float, flo
 
 
 def davsn_flow_bytes(flow: np.ndarray) -> int:
-    """Bytes of one flow as DA-VSN stores it: np.save of np.int16(flow * 10), shape (H, W, 2)."""
+    """Bytes of one flow as DA-VSN stores it: np.save of np.int16(flow * 10) (its (H, W, 2) and our (2, H, W) take
+    the same bytes)."""
     npy = io.BytesIO()
     np.save(npy, np.trunc(flow * 10).astype(DAVSN_FLOW_DTYPE))
     return npy.tell()
@@ -148,7 +150,7 @@ def main(pairs: int, repeats: int, native: str, out: str) -> None:
     """Run the benchmark and write its JSON."""
     pin_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_prep_"))
-    native_wh = parse_size(native, "--native")
+    native_wh = parse_size_wh(native, "--native")
     root = demo_world_root(work / "world", pairs, native_wh)
     config = config_for(root, work / "stores")
     config.store_dir.mkdir(parents=True)

@@ -38,7 +38,7 @@ from bench_prep import config_for, demo_world_root
 from pipeline.build import Builder, pin_threads
 from pipeline.flow.codec import decode_flow, encode_flow, encode_legacy_png16
 from pipeline.flow.dis import DISEstimator
-from pipeline.plan import DEFAULT_SAMPLES_PER_SHARD, parse_size, plan_sha256, plan_shards, store_manifest
+from pipeline.plan import DEFAULT_SAMPLES_PER_SHARD, plan_sha256, plan_shards, store_manifest
 from pipeline.shards import (
     FRAME_PNG_PARAMS,
     PAIR_LAYOUT,
@@ -53,6 +53,7 @@ from pipeline.shards import (
     store_shards,
     write_manifest,
 )
+from pipeline.sources import parse_size_wh
 from pipeline.sources.cityscapes import list_pairs
 
 
@@ -181,7 +182,7 @@ def main(pairs: int, size: str, samples_per_shard: int, repeats: int, out: str) 
     """Run the benchmark and write its JSON."""
     pin_threads(1)
     load_before = os.getloadavg()[0]
-    size_wh = parse_size(size)
+    size_wh = parse_size_wh(size)
     work = Path(tempfile.mkdtemp(prefix="bench_read_"))
     root = demo_world_root(work / "world", pairs, native_wh=size_wh)
     records = list_pairs(root, "train")[:pairs]
@@ -215,7 +216,9 @@ def main(pairs: int, size: str, samples_per_shard: int, repeats: int, out: str) 
     frames0, frames1 = sample["frame0"][None], sample["frame1"][None]
     estimate_s = _median_call(lambda: builder.flows_both_ways(frames0, frames1), repeats)
     fine = DISEstimator("fine")  # for context: the slower, finer DIS preset
-    fine_s = _median_call(lambda: fine(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0])), repeats)
+    fine_s = _median_call(
+        lambda: fine.flows(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0])), repeats
+    )
     raw_frame_bytes = size_wh[0] * size_wh[1] * 3
     layouts = {name: STORES[name][0] for name in stores}
     store_bytes = {name: sum(Path(p).stat().st_size for p in store_shards(store)) for name, store in stores.items()}

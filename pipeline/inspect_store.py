@@ -21,17 +21,22 @@ from pipeline.shards import (
     open_store,
     raw_items,
 )
-from pipeline.sources.legend import class_legend, legend_classes
-from pipeline.sources.protocols import colorize, get_protocol
+from pipeline.sources import (
+    class_legend,
+    colorize,
+    get_protocol,
+    legend_classes,
+    stack_rows,
+    tile,
+    title_strip,
+    write_png,
+)
 
 TILE_WIDTH = 320  # pixels per sheet column: four columns make a sheet that fits a screen
 DEFAULT_ROWS = 4
 VAL_SHEET_PROTOCOL = "viper15"  # the val store holds every protocol; the sheet shows one
-# Column titles (as trainer/evaluation/visualize.py's figures, which the pipeline may not import).
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-TITLE_HEIGHT = 24
-TITLE_SCALE = 0.5
 FLOW_SCALE = "printed on each flow tile"  # the flow key's full-colour length: each pair has its own scale
+SCALE_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
@@ -74,21 +79,19 @@ def mismatched_files(store: str | os.PathLike) -> list[str]:
 
 
 def _tile(image: np.ndarray, nearest: bool = False) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 picture to TILE_WIDTH columns, keeping its aspect ratio."""
-    height = max(1, round(image.shape[0] * TILE_WIDTH / image.shape[1]))
-    return cv2.resize(image, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+    return tile(image, width=TILE_WIDTH, nearest=nearest)
 
 
 def _flow_pair_colors(flows: list[np.ndarray]) -> list[np.ndarray]:
     """Colour flows on one magnitude scale, so that both directions of a pair compare; each tile says the length
     drawn in full colour."""
-    max_flow = max(float(np.linalg.norm(f, axis=-1).max()) for f in flows) or 1.0
+    max_flow = max(float(np.linalg.norm(f, axis=0).max()) for f in flows) or 1.0  # (2, H, W) flows
     tiles = [_tile(flow_to_color(f, max_flow=max_flow)) for f in flows]
-    for tile in tiles:
+    for picture in tiles:
         text = f"full colour: {max_flow:.1f} px"
-        (text_w, text_h), _ = cv2.getTextSize(text, FONT, 0.4, 1)
-        cv2.rectangle(tile, (0, 0), (text_w + 6, text_h + 8), (255, 255, 255), thickness=-1)
-        cv2.putText(tile, text, (3, text_h + 4), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        (text_w, text_h), _ = cv2.getTextSize(text, SCALE_FONT, 0.4, 1)
+        cv2.rectangle(picture, (0, 0), (text_w + 6, text_h + 8), (255, 255, 255), thickness=-1)
+        cv2.putText(picture, text, (3, text_h + 4), SCALE_FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return tiles
 
 
@@ -144,20 +147,6 @@ def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.nd
     return ["annotated frame", f"label ({VAL_SHEET_PROTOCOL})", "flow leaving it"], tiles, protocol, labels, flows
 
 
-def _text_strip(height: int, width: int) -> np.ndarray:
-    return np.full((height, width, 3), 255, dtype=np.uint8)
-
-
-def _titles(titles: list[str], columns: int) -> np.ndarray:
-    """A white strip with each column's title centred over its TILE_WIDTH columns."""
-    strip = _text_strip(TITLE_HEIGHT, columns * TILE_WIDTH)
-    for c, title in enumerate(titles[:columns]):
-        (text_w, text_h), _ = cv2.getTextSize(title, FONT, TITLE_SCALE, 1)
-        origin = (c * TILE_WIDTH + max((TILE_WIDTH - text_w) // 2, 0), (TITLE_HEIGHT + text_h) // 2)
-        cv2.putText(strip, title, origin, FONT, TITLE_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
-    return strip
-
-
 def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndarray:
     """(H, W, 3) uint8 RGB sheet of `rows` samples spread over the store, under column titles: target frames + flows
     in colour, source image + coloured label, val frame + coloured label + its forward flow; below, where labels are
@@ -170,23 +159,19 @@ def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndar
     if not tiles:
         raise InputError(f"{store}: the store holds no samples to show")
     columns = max(len(r) for r in tiles)
-    width = columns * TILE_WIDTH
-    lines = [_titles(titles, columns)]
+    lines = [np.concatenate([title_strip(title, TILE_WIDTH) for title in titles[:columns]], axis=1)]
     for row in tiles:
         height = row[0].shape[0]  # tiles of other aspect ratios are fitted to the row's first
-        line = np.concatenate(
-            [
-                cv2.resize(t, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST) if t.shape[0] != height else t
-                for t in row
-            ],
-            axis=1,
-        )
-        lines.append(np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))))
+        fitted = [
+            cv2.resize(t, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST) if t.shape[0] != height else t
+            for t in row
+        ]
+        lines.append(np.concatenate(fitted, axis=1))
     if protocol is not None:
-        lines.append(class_legend(protocol, width, legend_classes(protocol, *labels)))
+        lines.append(class_legend(protocol, columns * TILE_WIDTH, legend_classes(protocol, *labels)))
     if flows:
-        lines.append(flow_key(width, FLOW_SCALE))
-    return np.concatenate(lines, axis=0)
+        lines.append(flow_key(columns * TILE_WIDTH, FLOW_SCALE))
+    return stack_rows(lines)
 
 
 def default_sheet_path(store: str | os.PathLike) -> Path:
@@ -203,8 +188,4 @@ def write_sheet(store: str | os.PathLike, out: str | os.PathLike | None = None, 
             f"--sheet {out}: inside the store {store}; write the sheet elsewhere "
             f"(default ./{default_sheet_path(store)})"
         )
-    sheet = contact_sheet(store, rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), np.ascontiguousarray(sheet[..., ::-1])):
-        raise InputError(f"--sheet {out}: cannot write a PNG there")
-    return out
+    return write_png(out, contact_sheet(store, rows))

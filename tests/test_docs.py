@@ -46,6 +46,10 @@ def test_a_wrong_path_flag_command_or_name_is_reported(docs_check, tmp_path):
         "python bench/bench_predict.py --repeats 3 --warmup 1\n"
         "make test && make docs-chek\n"
         "```\n"
+        "<!-- docs-check: skip -->\n"
+        "A recipe: `i2vda-prep flows --flow mine --mine-iters 3` and `docs/MINE.md`, skipped.\n"
+        "\n"
+        "But not this one: `--mine-iters`.\n"
     )
     problems = docs_check.static_problems(docs=[doc])
     expected = [
@@ -58,6 +62,7 @@ def test_a_wrong_path_flag_command_or_name_is_reported(docs_check, tmp_path):
         "doc.md:6: `i2vda-train --max-iters`: i2vda-train has no --max-iters",
         "doc.md:8: `bench/bench_predict.py --warmup`: bench/bench_predict.py has no --warmup",
         "doc.md:9: `make docs-chek`: no such command",
+        "doc.md:14: `--mine-iters`: no command has this flag",
     ]
     assert len(problems) == len(expected), problems
     for line in expected:

@@ -1,15 +1,14 @@
-"""The class legend (pipeline/sources/legend.py) and the pictures that carry it: figure grids, eval overlays, the
-world's contact sheet (trainer/evaluation/visualize.py, pipeline/world/summary.py); videos a browser can play where
-OpenCV allows."""
+"""The class legend and figure grids with it (pipeline/sources/figures.py), the pictures that carry it (eval overlays,
+the world's contact sheet), and videos a browser can play where OpenCV allows (trainer/evaluation/visualize.py)."""
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.sources import class_legend, get_protocol, legend_classes
-from pipeline.sources.legend import ROW_HEIGHT, entry_width
+from pipeline.sources import LEGEND_ROW_HEIGHT, class_legend, figure_grid, get_protocol, legend_classes
+from pipeline.sources import legend_entry_width as entry_width
 from pipeline.world.summary import world_class_ids
-from trainer.evaluation.visualize import VIDEO_CODECS, VideoSink, figure_grid, save_prediction_pngs, write_mp4
+from trainer.evaluation.visualize import VIDEO_CODECS, VideoSink, save_prediction_pngs, write_mp4
 
 VIPER15 = get_protocol("viper15")
 SYNTHIA11 = get_protocol("synthia11")
@@ -35,7 +34,7 @@ def test_the_legend_shows_every_class_colour_and_wraps_to_its_width(width):
     assert strip.shape[1] == width and strip.dtype == np.uint8
     assert palette_of(VIPER15, range(VIPER15.num_classes)) <= colours_in(strip)
     narrow, wide = class_legend(VIPER15, entry_width(VIPER15) + 10), class_legend(VIPER15, 640)
-    assert narrow.shape[0] > wide.shape[0] and narrow.shape[0] >= 15 * ROW_HEIGHT  # one entry per row: 15 rows
+    assert narrow.shape[0] > wide.shape[0] and narrow.shape[0] >= 15 * LEGEND_ROW_HEIGHT  # one entry per row: 15 rows
 
 
 def test_the_legend_lists_only_the_classes_asked_for_and_car_truck_bus_are_large():

@@ -101,7 +101,7 @@ def _without_url(sample: dict) -> dict:
 def test_a_run_expands_into_the_members_layout_2_stores_for_each_pair():
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(4, H, W, 3), dtype=np.uint8)
-    flows = rng.uniform(-20, 20, size=(3, 2, H, W, 2)).astype(np.float32)
+    flows = rng.uniform(-20, 20, size=(3, 2, 2, H, W)).astype(np.float32)  # per pair: F_0->1, F_1->0
     # Fields shared by every pair, fields that vary, and one only the middle pair has.
     metas = [{"estimator": "dis", "frame1": i + 1, "source_paths": [f"f{i}.png", f"f{i + 1}.png"]} for i in range(3)]
     metas[1]["note"] = "only here"
@@ -120,7 +120,7 @@ def test_a_run_expands_into_the_members_layout_2_stores_for_each_pair():
 def test_a_run_that_disagrees_with_its_description_is_one_line():
     rng = np.random.default_rng(1)
     run = RunEncoder(rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8))
-    flow = np.zeros((H, W, 2), np.float32)
+    flow = np.zeros((2, H, W), np.float32)
     for i in range(2):
         run.add(f"c_000000_{i:06d}", rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8), flow, flow, {})
     sample = {**run.sample(), "__url__": "s-000000.tar"}
@@ -208,7 +208,7 @@ def test_both_layouts_stream_the_same_batches_to_every_rank_and_resume(stores, t
         pairs, runs = batches(PAIR_LAYOUT, rank, start, 7), batches(RUN_LAYOUT, rank, start, 7)
         for a, b in zip(pairs, runs):
             assert a["keys"] == b["keys"]
-            assert all(torch.equal(a[f], b[f]) for f in ("frame0", "frame1", "flow01", "flow10"))
+            assert all(torch.equal(a[f], b[f]) for f in ("frame0", "frame1", "flow_01", "flow_10"))
 
 
 @pytest.mark.usefixtures("one_thread")

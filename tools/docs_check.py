@@ -11,8 +11,10 @@ Static checks, over README.md, docs/*.md and stores/README.md (`DOC_GLOBS`):
   not paths of the repository and are skipped;
 - a dotted name of ours in backquotes (`trainer.models.caffe_normalize`) imports;
 - every command of ours in a code block or in backquotes (`i2vda-*` and its subcommand, `torchrun ... -m MODULE`,
-  `python -m MODULE`, `python bench/SCRIPT.py`, `make TARGET`) exists, and every `--flag` given to it appears in its
-  `--help`; a flag in backquotes on its own (`--flow-ckpt`) must be a flag of one of the commands.
+  `python -m MODULE`, `python bench/SCRIPT.py`, `python tools/SCRIPT.py`, `make TARGET`) exists, and every `--flag`
+  given to it appears in its `--help`; a flag in backquotes on its own (`--flow-ckpt`) must be a flag of one of them;
+- a paragraph or code block under the line `<!-- docs-check: skip -->` is not checked (a recipe's hypothetical
+  module or flag).
 
 Examples: a fenced block right after the line `<!-- docs-check: run, scratch /tmp/DIR -->` is run command by
 command (`i2vda-*` and `python` resolve to this checkout's `.venv`, the scratch folder is replaced by a fresh
@@ -58,6 +60,7 @@ SEPARATORS = {";", "&&", "||", "|", "&", "do", "done", "then", "fi", "(", ")", "
 PYTHONS = ("python", "python3", ".venv/bin/python", "$(PY)")
 # Flags of other tools (docker, apptainer, ray, pip) that the docs name on their own, outside a command line.
 FOREIGN_FLAGS = {"--nv", "--user", "--build-arg", "--working-dir", "--platform", "--gpus"}
+SKIP_MARKER = "<!-- docs-check: skip -->"  # the next paragraph or code block names hypothetical files and flags
 RUN_MARKER = re.compile(r"<!--\s*docs-check:\s*run(?:,\s*scratch\s+(\S+))?\s*-->")
 PICTURE_MARKER = re.compile(r"<!--\s*docs-check:\s*picture\s+(\S+)\s+from\s+(?:frame\s+(\d+)\s+of\s+)?(\S+)\s*-->")
 # Durations vary from run to run: a number followed by one of these units is not compared.
@@ -98,6 +101,23 @@ class Command:
 
 def doc_files(root: Path = ROOT) -> list[Path]:
     return sorted({p for pattern in DOC_GLOBS for p in root.glob(pattern) if p.is_file()})
+
+
+def _unskipped(text: str) -> str:
+    """`text` with each paragraph or code block under a SKIP_MARKER line blanked (line numbers kept)."""
+    lines, skipping, fenced = text.splitlines(), False, False
+    for i, line in enumerate(lines):
+        if line.strip() == SKIP_MARKER:
+            skipping, fenced = True, False
+            continue
+        if skipping:
+            if line.lstrip().startswith("```"):
+                fenced = not fenced
+                skipping = fenced  # a skipped block ends at its closing fence
+            elif not line.strip() and not fenced:
+                skipping = False
+            lines[i] = ""
+    return "\n".join(lines)
 
 
 def fenced_blocks(text: str) -> list[Block]:
@@ -257,7 +277,8 @@ class Helps:
         for name in self.entry_points:
             texts.append(self.entry_point(name))
             texts += [self.entry_point(name, sub) for sub in self.subcommands(name)]
-        texts += [self.script(str(p.relative_to(self.root))) for p in sorted((self.root / "bench").glob("*.py"))]
+        for folder in ("bench", "tools"):
+            texts += [self.script(str(p.relative_to(self.root))) for p in sorted((self.root / folder).glob("*.py"))]
         texts.append(self.module("trainer.experiment"))
         return {flag for text in texts if text for flag in _help_flags(text)}
 
@@ -308,7 +329,7 @@ def invocations(text: str, helps: Helps) -> Iterator[tuple[str, str | None, list
                 if module.startswith(("trainer", "pipeline")):
                     what = "i2vda-train" if module == "trainer.training.cli" else f"python -m {module}"
                     yield what, helps.module(module), _flags(args[args.index("-m") + 2 :])
-            elif token in PYTHONS and args and re.fullmatch(r"bench/\w+\.py", args[0]):
+            elif token in PYTHONS and args and re.fullmatch(r"(?:bench|tools)/\w+\.py", args[0]):
                 exists = (helps.root / args[0]).is_file()
                 yield args[0], helps.script(args[0]) if exists else None, _flags(args[1:])
         elif token == "make" and args and not args[0].startswith("-"):
@@ -374,7 +395,7 @@ def check_doc(
 ) -> list[str]:
     """Every problem of one Markdown file, as `FILE:LINE: message` lines."""
     tally = tally if tally is not None else Tally()
-    text = doc.read_text()
+    text = _unskipped(doc.read_text())
     name = _name(doc, root)
     problems = []
     for number, span in inline_spans(text):
@@ -390,7 +411,7 @@ def check_doc(
         for what, help_text, flags in listed:
             tally.commands, tally.flags = tally.commands + 1, tally.flags + len(flags)
             found += check_invocation(what, help_text, flags)
-        if not listed and span.startswith("--") and all_flags is not None:
+        if not listed and span.startswith("--") and ": " not in span and all_flags is not None:  # not a message
             bare = [flag for flag in _flags(span.split()) if flag not in FOREIGN_FLAGS]
             tally.flags += len(bare)
             found += [f"`{flag}`: no command has this flag" for flag in bare if flag not in all_flags]

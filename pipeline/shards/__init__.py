@@ -54,6 +54,7 @@ from pipeline.shards.store import (
     read_samples,
     store_shards,
     write_manifest,
+    write_store,
 )
 from pipeline.shards.tar import SHARD_SUFFIX, raw_samples, shard_name, write_shard
 from pipeline.shards.valstore import VAL_FILE, ValStore, ValWriter, encode_val_item, tc_clip_bounds
@@ -106,5 +107,6 @@ __all__ = [
     "write_bytes_atomic",
     "write_manifest",
     "write_shard",
+    "write_store",
     "write_text_atomic",
 ]

@@ -65,16 +65,16 @@ class RunEncoder:
         """Pairs added so far."""
         return len(self.keys)
 
-    def add(self, key: str, frame1: np.ndarray, flow01: np.ndarray, flow10: np.ndarray, meta: Mapping) -> None:
-        """Append the pair (last frame -> frame1): frame1 (H, W, 3) uint8 RGB, flows (H, W, 2) float32 px (x, y)."""
+    def add(self, key: str, frame1: np.ndarray, flow_01: np.ndarray, flow_10: np.ndarray, meta: Mapping) -> None:
+        """Append the pair (last frame -> frame1): frame1 (H, W, 3) uint8 RGB, flows (2, H, W) float32 px (x, y)."""
         i = len(self.keys)
         size_hw = self.size_hw
-        if frame1.shape != (*size_hw, 3) or flow01.shape != (*size_hw, 2) or flow10.shape != (*size_hw, 2):
-            raise ValueError(f"{key}: frame {frame1.shape}, flows {flow01.shape} {flow10.shape}; run size {size_hw}")
+        if frame1.shape != (*size_hw, 3) or flow_01.shape != (2, *size_hw) or flow_10.shape != (2, *size_hw):
+            raise ValueError(f"{key}: frame {frame1.shape}, flows {flow_01.shape} {flow_10.shape}; run size {size_hw}")
         self.keys.append(check_key(key))
         self.members[_frame(i + 1)] = png_bytes(frame1, self.frames)
-        self.members[_flow("01", i)] = encode_flow(np.asarray(flow01, np.float32))
-        self.members[_flow("10", i)] = encode_flow(np.asarray(flow10, np.float32))
+        self.members[_flow("01", i)] = encode_flow(np.asarray(flow_01, np.float32))
+        self.members[_flow("10", i)] = encode_flow(np.asarray(flow_10, np.float32))
         self.metas.append(target_meta(meta, size_hw))
 
     def sample(self) -> dict:
@@ -91,6 +91,7 @@ class RunEncoder:
 
 
 def _description(raw: Mapping, where: str) -> tuple[list, dict, list]:
+    """(keys, shared, pairs) of a run's run.json, checked for shape: a damaged one is refused in one line."""
     try:
         run = json.loads(raw[RUN_META])
         keys, shared, pairs = run["keys"], run["shared"], run["pairs"]

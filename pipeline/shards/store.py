@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
 
@@ -21,7 +22,7 @@ from pipeline.errors import InputError
 from pipeline.shards.remote import NotFound, RemotePath, read_remote, store_location
 from pipeline.shards.runs import PAIR_LAYOUT, TARGET_LAYOUTS, raw_items
 from pipeline.shards.samples import decode_sample
-from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size
+from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size, shard_name, write_shard
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
@@ -78,6 +79,7 @@ def _as_json(value):
 
 
 def _check(manifest: Mapping, where: str, expected: dict) -> None:
+    """Refuse an incomplete store, or one whose fields differ from `expected` (None = anything), in one line."""
     if "size_hw" in expected:
         size_hw = expected.pop("size_hw")
         expected["size_wh"] = None if size_hw is None else (size_hw[1], size_hw[0])
@@ -276,3 +278,32 @@ def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Itera
             raise InputError(f"{shard}: shard missing")
         for sample in raw_items(shard, entries.get(shard)):
             yield decode_sample(sample)
+
+
+def write_store(
+    folder: str | os.PathLike, kind: str, samples: Iterable[dict], samples_per_shard: int, **fields
+) -> dict:
+    """A complete store of encoded `samples` (`encode_target_sample`, `encode_source_sample`) in `folder`, as
+    `i2vda-prep` leaves one: shards of `samples_per_shard` samples, then a manifest naming them, with `fields`
+    (`size_wh`, `protocol`, `estimator`, `estimator_options`, ...) at its top level. For stores made without a
+    dataset (tests, benchmarks); samples are written as they come. -> the manifest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries, stream = [], iter(samples)
+    while chunk := list(islice(stream, samples_per_shard)):
+        entries.append({**write_shard(folder / shard_name(folder.name, len(entries)), chunk), "skipped": []})
+    count = sum(entry["samples"] for entry in entries)
+    manifest = {
+        "name": folder.name,
+        "kind": kind,
+        "complete": True,
+        "num_planned": count,
+        "num_samples": count,
+        "num_skipped": 0,
+        "bytes": sum(entry["bytes"] for entry in entries),
+        "shards": entries,
+        "skipped": [],
+        "timing": {},
+        **fields,
+    }
+    return write_manifest(folder, manifest)

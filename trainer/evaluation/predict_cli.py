@@ -17,37 +17,19 @@ import click
 import torch
 
 from pipeline.errors import InputError, one_line_errors
-from pipeline.flow import ESTIMATOR_NAMES, load_estimator
-from pipeline.sources import PROTOCOL_NAMES, Protocol, get_protocol
+from pipeline.flow import ESTIMATORS, load_estimator
+from pipeline.sources import Protocol, class_legend, get_protocol, parse_size_wh, protocol_names, write_png
 from trainer.evaluation.evaluate import TC_PROTOCOLS
 from trainer.evaluation.footage import open_footage
-from trainer.evaluation.predict import DEFAULT_BATCH_SIZE, last_checkpoint, load_segmenter, resolve_device
-from trainer.evaluation.predict_footage import (
-    AUTO_CODECS,
-    Outputs,
-    TemporalConsistency,
-    aspect_warning,
-    predict_footage,
-)
-from trainer.evaluation.visualize import BROWSER_CODECS, OFFLINE_PLAYERS, VIDEO_CODECS, class_legend, write_png
+from trainer.evaluation.predict import DEFAULT_BATCH_SIZE, last_checkpoint, resolve_device
+from trainer.evaluation.predict_footage import AUTO_CODECS, Outputs, TcMeter, aspect_warning, predict_footage
+from trainer.evaluation.visualize import BROWSER_CODECS, OFFLINE_PLAYERS, VIDEO_CODECS
+from trainer.training.checkpoint import load_segmenter
+from trainer.training.config import AMP_DTYPES, TrainConfig
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SUMMARY_NAME = "predict.json"
 LEGEND_NAME = "legend.png"
 LEGEND_WIDTH = 640
-
-
-def parse_size_hw(value: str | None, flag: str = "--size") -> tuple[int, int] | None:
-    """'1024x512' (width x height, as every flag of the project) -> (H, W)."""
-    if value is None:
-        return None
-    try:
-        w, h = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise InputError(f"{flag} {value}: expected WIDTHxHEIGHT, e.g. 1024x512") from None
-    if w < 1 or h < 1:
-        raise InputError(f"{flag} {value}: width and height must be positive")
-    return h, w
 
 
 def refuse_file_as_out(path: Path) -> None:
@@ -65,15 +47,15 @@ def create_output_folder(path: Path, with_pred: bool) -> Path:
     return path
 
 
-def checkpoint_protocol(name: str | None, config: dict, path: Path) -> Protocol:
+def checkpoint_protocol(name: str | None, config: TrainConfig, path: Path) -> Protocol:
     """The checkpoint's class protocol; `--protocol` only asserts it (another protocol is refused)."""
-    trained = str(config["protocol"])
+    trained = config.protocol
     if name is not None and name != trained:
         raise InputError(
             f"--protocol {name}: {path} was trained with protocol {trained}; pass --protocol {trained} "
             f"or a checkpoint of {name}"
         )
-    if trained not in PROTOCOL_NAMES:
+    if trained not in protocol_names():
         raise InputError(f"--ckpt {path}: unknown class protocol {trained!r} in its config")
     return get_protocol(trained)
 
@@ -102,7 +84,7 @@ def autocast_dtype(amp: str, device: torch.device):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (created when missing).")
 @click.option(
     "--protocol",
-    type=click.Choice(PROTOCOL_NAMES),
+    type=click.Choice(protocol_names()),
     help="Refuse a checkpoint trained with another class protocol [default: accept the checkpoint's].",
 )
 @click.option(
@@ -197,12 +179,19 @@ def autocast_dtype(amp: str, device: torch.device):
 )
 @click.option(
     "--flow",
-    type=click.Choice(ESTIMATOR_NAMES),
+    metavar="[" + "|".join(ESTIMATORS.names()) + "]",
     default="dis",
     show_default=True,
-    help="Flow estimator for --tc: OpenCV DIS (CPU, no weights) or FlowNet2 (needs --flow-ckpt).",
+    help="Flow estimator for --tc: "
+    + "; ".join(f"{e.name}: {e.summary}" + (", needs --flow-ckpt" if e.weights else "") for e in ESTIMATORS.entries())
+    + ".",
 )
-@click.option("--flow-ckpt", type=click.Path(path_type=Path), help="FlowNet2_checkpoint.pth.tar for --flow flownet2.")
+@click.option(
+    "--flow-ckpt",
+    type=click.Path(path_type=Path),
+    help="The weights file of --flow: "
+    + ", ".join(f"{e.weights} ({e.name})" for e in ESTIMATORS.entries() if e.weights),
+)
 def cli(ckpt, input_path, out, protocol, size, batch_size, device, amp, fps, **options):
     """Segment a video, a folder of frames or an image with a trained i2vda checkpoint.
 
@@ -210,25 +199,24 @@ def cli(ckpt, input_path, out, protocol, size, batch_size, device, amp, fps, **o
     overlay (mp4v where OpenCV has no H.264 encoder); --color and --overlay add PNGs, --video-codec vp9 a video
     browsers play, each at the cost its help gives. Outputs are at the input's resolution.
     """
-    net_size_hw = parse_size_hw(size)
+    net_size_hw = parse_size_wh(size)[::-1] if size is not None else None
     refuse_file_as_out(out)
     footage = open_footage(input_path, fps).select(options["start"], options["every"], options["max_frames"])
-    tc = options["tc"]
+    tc, flow, flow_ckpt = options["tc"], options["flow"], options["flow_ckpt"]
     if tc and not footage.is_sequence:
         raise InputError(f"--tc: {input_path} is a single frame; TC needs a video or a folder of frames")
+    if tc:  # a bad --flow or a missing weights file is refused before the network is loaded
+        ESTIMATORS.get(flow).check_weights(flow_ckpt)
     device = resolve_device(device)
     amp_dtype = autocast_dtype(amp, device)
     ckpt_path = last_checkpoint(ckpt)
     model, config, iteration = load_segmenter(ckpt_path, device)
     chosen = checkpoint_protocol(protocol, config, ckpt_path)
-    net_size_hw = net_size_hw or tuple(int(v) for v in config["target_size_hw"])
+    net_size_hw = net_size_hw or tuple(config.target_size_hw)
     meter = None
     if tc:
-        flow, flow_ckpt = options["flow"], options["flow_ckpt"]
-        if flow == "flownet2" and flow_ckpt is None:
-            raise InputError("--flow flownet2 needs --flow-ckpt FlowNet2_checkpoint.pth.tar")
-        estimator_options = {"checkpoint": str(flow_ckpt), "device": str(device)} if flow == "flownet2" else {}
-        meter = TemporalConsistency(load_estimator(flow, **estimator_options), chosen, options["tc_protocol"])
+        estimator = load_estimator(flow, checkpoint=flow_ckpt, device=str(device))
+        meter = TcMeter(estimator, chosen, options["tc_protocol"])
     codec = options["video_codec"]
     outputs = Outputs(
         ids=options["ids"],

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.sources import Protocol, class_legend, colorize
+from pipeline.sources import Protocol, class_legend, colorize, figure_grid, with_legend, write_png
 from trainer.evaluation.evaluate import tc_confusion, tc_score
 from trainer.evaluation.footage import Footage
 from trainer.evaluation.predict import predict_at_sizes, resize_frames
-from trainer.evaluation.visualize import VideoSink, figure_grid, overlay, with_legend, write_png
+from trainer.evaluation.visualize import VideoSink, overlay
 
 VIDEO_TILE_MAX_WIDTH = 960  # each half of a video frame is shrunk to this width at most (a 1080p input stays light)
 VIDEO_TILE_MIN_WIDTH = 320  # and enlarged to this width at least, so titles and the legend stay readable
@@ -63,7 +63,7 @@ def aspect_warning(frames_hw: tuple[int, int], net_hw: tuple[int, int]) -> str |
     )
 
 
-class TemporalConsistency:
+class TcMeter:
     """TC of a prediction sequence, as `i2vda-eval` measures it: pair counts of (P_t, W(P_t+1, F(t->t+1))) summed."""
 
     def __init__(self, estimator, protocol: Protocol, tc_protocol: str):
@@ -79,8 +79,7 @@ class TemporalConsistency:
             frames_bhw3 = np.concatenate([self._last[0][None], frames_bhw3])
             preds_bhw = np.concatenate([self._last[1][None], preds_bhw])
         if len(frames_bhw3) > 1:
-            flows = self.estimator(frames_bhw3[:-1], frames_bhw3[1:])  # F(t->t+1) on frame t's grid, pixels
-            flows = np.asarray(flows, dtype=np.float32)
+            flows = self.estimator.flows(frames_bhw3[:-1], frames_bhw3[1:])  # (B-1, 2, H, W): F(t->t+1) on t's grid
             self.cm += tc_confusion(preds_bhw, flows, self.protocol.num_classes, self.tc_protocol)
             self.pairs += len(frames_bhw3) - 1
         self._last = (frames_bhw3[-1], preds_bhw[-1])
@@ -125,7 +124,7 @@ def predict_footage(
     device,
     batch_size: int,
     amp_dtype=None,
-    tc: TemporalConsistency | None = None,
+    tc: TcMeter | None = None,
     outputs: Outputs = Outputs(),
     title: str = "prediction",
 ) -> dict:

@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from pipeline.errors import InputError, one_line_errors
+from pipeline.sources import parse_size_wh
 from trainer.models import SEGMENTERS
 from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
 from trainer.training.config import (
@@ -27,7 +28,6 @@ from trainer.training.config import (
     ONLINE_FLOWS,
     PROXY_BN_MODES,
     TrainConfig,
-    hw_from_wh,
     read_config_file,
 )
 from trainer.training.loop import train
@@ -335,7 +335,7 @@ def cli(
         ("source_size_hw", source_size, "--source-size"),
     ):
         if value is not None:
-            values[field] = None if value.lower() == NONE_WORD else hw_from_wh(value, flag)
+            values[field] = None if value.lower() == NONE_WORD else parse_size_wh(value, flag)[::-1]  # (H, W)
     where = f"--config {config_file}" if config_file else "flags"
     if check:
         sys.exit(report(*check_run(values, where, problems)))

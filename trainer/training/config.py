@@ -15,15 +15,19 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
+
 from pipeline.errors import InputError
-from pipeline.sources import get_protocol
+from pipeline.sources import get_protocol, parse_size_wh
 from trainer.losses import LAMBDA_ADV, POLY_POWER
 from trainer.temporal import ALPHA, DELTA, ETA_PX, OCCLUSION_GRIDS, PL_PORTION, PL_SELECTIONS
 from trainer.training.value_types import typed_values
 
 METHODS = ("i2vda", "source_only", "adv_only")  # adv_only = Table 3's baseline: L_seg + 0.01 L_adv on P0
 ONLINE_FLOWS = ("estimator", "linear")  # F_1->t = F(I1, It) online (Eq. 5), or (1 - t) F_1->0
-AMP_MODES = ("off", "bf16", "fp16")  # autocast on CUDA only
+# --amp: the autocast dtype of each mode (CUDA only; "off" runs in float32).
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_MODES = tuple(AMP_DTYPES)
 DEVICES = ("auto", "cpu", "cuda")
 # BN statistics of M' (docs/TRAINING.md): M's running ones in eval mode (the paper), its own I1 batch's, or running
 # ones re-estimated on target frames after each copy.
@@ -290,17 +294,6 @@ def _number_problem(name: str, value, low: float, strict: bool) -> str | None:
 WH_SIZE_KEYS = {"target_size": "target_size_hw", "source_size": "source_size_hw"}
 
 
-def hw_from_wh(value: str, where: str) -> tuple[int, int]:
-    """A 'WIDTHxHEIGHT' size ('1024x512', as flags and config files write it) -> (H, W) = (512, 1024)."""
-    try:
-        w, h = (int(v) for v in str(value).lower().split("x"))
-    except ValueError:
-        raise InputError(f"{where} {value}: expected WIDTHxHEIGHT, e.g. 1024x512") from None
-    if w < 1 or h < 1:
-        raise InputError(f"{where} {value}: expected a positive WIDTHxHEIGHT in pixels, e.g. 1024x512")
-    return h, w
-
-
 def read_config_file(path: str | Path, problems: list[str] | None = None) -> dict:
     """Settings from a JSON or YAML file (`--config`): a mapping of TrainConfig field names to values, each checked
     against its field's type (YAML's `1e-2`, text to PyYAML, is read as the number); sizes may be written as the flags
@@ -336,7 +329,7 @@ def read_config_file(path: str | Path, problems: list[str] | None = None) -> dic
             values.pop(field)
             continue
         try:
-            values[field] = None if value is None else list(hw_from_wh(value, f"{where}: {key}"))
+            values[field] = None if value is None else list(parse_size_wh(value, f"{where}: {key}")[::-1])
         except InputError as exc:
             found.append(str(exc))
     known = {f.name for f in fields(TrainConfig)}

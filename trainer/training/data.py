@@ -17,9 +17,9 @@ entry: its size when the stores are opened (a URL's when the server sends it), i
 sha256 whenever the stream reads it to the end (`pipeline.shards.raw_items`). A bad shard in a DataLoader worker comes
 back to the training process as the worker's one-line error, not as its flattened traceback.
 
-Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow01`, `flow10`
-float32 (B, 2, H, W) pixels (x, y) on the first frame's grid; source `image` float RGB 0..255 (B, 3, H, W),
-`label` long (B, H, W) train ids, 255 = ignore; `keys` the sample keys.
+Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow_01`, `flow_10`
+float32 (B, 2, H, W) pixels (x, y) on the first frame's grid (the shards' members `flow01`, `flow10`); source
+`image` float RGB 0..255 (B, 3, H, W), `label` long (B, H, W) train ids, 255 = ignore; `keys` the sample keys.
 """
 
 from __future__ import annotations
@@ -157,27 +157,37 @@ def _image_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 
 def _flow_tensor(flows: list[np.ndarray]) -> torch.Tensor:
-    """(H, W, 2) float32 pixel flows -> (B, 2, H, W)."""
-    return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).float().contiguous()
+    """(2, H, W) float32 pixel flows -> (B, 2, H, W)."""
+    return torch.from_numpy(np.stack(flows)).float()
+
+
+# Members whose pixels are (2, H, W) (flows), not (H, W, ...) (pictures and labels).
+FLOW_MEMBERS = ("flow01", "flow10")
 
 
 def _decoded(raw: dict, fields: tuple[str, ...], size_hw: tuple[int, int]) -> dict:
+    """decode_sample(raw), refused in one line if a field is missing or not of the size the manifest says."""
     sample = decode_sample(raw)
     where = f"{raw.get('__url__', 'shard')}: {raw.get('__key__', '?')}"
     for field in fields:
         if field not in sample:
             raise InputError(f"{where}: sample lacks {field}")
-        if tuple(sample[field].shape[:2]) != tuple(size_hw):
-            raise InputError(f"{where}.{field}: size {sample[field].shape[:2]}, the manifest says {size_hw} (H, W)")
+        found_hw = sample[field].shape[1:] if field in FLOW_MEMBERS else sample[field].shape[:2]
+        if tuple(found_hw) != tuple(size_hw):
+            raise InputError(f"{where}.{field}: size {tuple(found_hw)}, the manifest says {size_hw} (H, W)")
     return sample
 
 
 def collate_target(raws: list[dict], size_hw: tuple[int, int]) -> dict:
-    """Raw target pairs -> {frame0, frame1 (B, 3, H, W) float 0..255; flow01, flow10 (B, 2, H, W) px; keys}."""
-    samples = [_decoded(r, ("frame0", "frame1", "flow01", "flow10"), size_hw) for r in raws]
-    batch = {f: _image_tensor([s[f] for s in samples]) for f in ("frame0", "frame1")}
-    batch |= {f: _flow_tensor([s[f] for s in samples]) for f in ("flow01", "flow10")}
-    return batch | {"keys": [s["__key__"] for s in samples]}
+    """Raw target pairs -> {frame0, frame1 (B, 3, H, W) float 0..255; flow_01, flow_10 (B, 2, H, W) px; keys}."""
+    samples = [_decoded(r, ("frame0", "frame1", *FLOW_MEMBERS), size_hw) for r in raws]
+    return {
+        "frame0": _image_tensor([s["frame0"] for s in samples]),
+        "frame1": _image_tensor([s["frame1"] for s in samples]),
+        "flow_01": _flow_tensor([s["flow01"] for s in samples]),
+        "flow_10": _flow_tensor([s["flow10"] for s in samples]),
+        "keys": [s["__key__"] for s in samples],
+    }
 
 
 def collate_source(raws: list[dict], size_hw: tuple[int, int]) -> dict:

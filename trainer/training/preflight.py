@@ -23,8 +23,14 @@ from pipeline.errors import EXIT_BAD_INPUT, InputError
 from pipeline.flow import load_estimator
 from pipeline.shards import SOURCE_KIND, TARGET_KIND, StoreInfo, ValStore, open_store, store_location
 from pipeline.sources import get_protocol
-from trainer.models import build_segmenter, load_segmenter_weights
-from trainer.training.checkpoint import check_resumable, latest_checkpoint, read_checkpoint, resolve_resume
+from trainer.models import build_segmenter
+from trainer.training.checkpoint import (
+    check_resumable,
+    latest_checkpoint,
+    load_segmenter_weights,
+    read_checkpoint,
+    resolve_resume,
+)
 from trainer.training.config import SettingsError, TrainConfig
 from trainer.training.networks import INIT_LOADERS
 
