@@ -13,6 +13,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipeline.flow.flo import components_first
+
 # (ramp length, start colour, end colour): each ramp goes from its start to (just before) the next ramp's start.
 _RAMPS = (
     (15, (255, 0, 0), (255, 255, 0)),  # red -> yellow
@@ -37,10 +39,9 @@ def color_wheel() -> np.ndarray:
 
 
 def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray:
-    """(2, H, W) flow in pixels -> (H, W, 3) uint8 RGB in the Middlebury coding; `flow` is not modified."""
-    flow = np.asarray(flow, dtype=np.float64)
-    if flow.ndim != 3 or flow.shape[0] != 2:
-        raise ValueError(f"flow must be (2, H, W), got {flow.shape}")
+    """Flow in pixels, (2, H, W) or (H, W, 2) as `est()` returns it -> (H, W, 3) uint8 RGB in the Middlebury coding;
+    `flow` is not modified."""
+    flow = components_first(np.asarray(flow, dtype=np.float64))
     known = np.isfinite(flow).all(axis=0)
     u = np.where(known, flow[0], 0.0)
     v = np.where(known, flow[1], 0.0)
