@@ -76,9 +76,9 @@ def test_every_setting_can_be_overridden_and_an_optional_one_cleared(stores, tmp
         ["--config", str(path), "--out", str(tmp_path / "b"), *base, *flags, "--lr", "0.1", "--target-size", "none"],
         capsys,
     )
-    assert code == 0, err  # ... and cleared: nothing left to refuse
+    assert code == 0, err  # ... and cleared (init: random weights on purpose): nothing left to refuse
     settings = _resolved(out)
-    assert settings["init"] is None and settings["flow_ckpt"] is None and settings["no_tc"] is False
+    assert settings["init"] == "none" and settings["flow_ckpt"] is None and settings["no_tc"] is False
     assert settings["t"] is None and settings["channels_last"] is False and settings["lr"] == 0.1
     assert settings["target_size_hw"] == list(SIZE_HW)  # cleared, then filled from the store
     assert "no problem found" in out and not (tmp_path / "b").exists()  # nothing written
