@@ -3,7 +3,8 @@
 Three layers, each usable without the one above it and without Ray:
 - `samples.py`: one sample's WebDataset members, encoded and decoded;
 - `tar.py`: one shard tar, written atomically (`write_shard`) and read raw (`raw_samples`, the one tar reader);
-- `store.py`: a store folder and its manifest (`read_manifest`, the one manifest reader; `open_store` -> `StoreInfo`);
+- `store.py`: a store folder and its manifest (`read_manifest`, the one manifest reader, checking `schema.py`'s
+  MANIFEST_SCHEMA; `open_store` -> `StoreInfo`);
 and `valstore.py`, the Cityscapes-val HDF5 store for mIoU and TC. Import from here, not from the modules.
 See stores/README.md for the layout on disk.
 """
@@ -27,12 +28,9 @@ from pipeline.shards.samples import (
     png_bytes,
     png_pixels,
 )
+from pipeline.shards.schema import MANIFEST_FORMAT, SOURCE_KIND, TARGET_KIND, VAL_KIND
 from pipeline.shards.store import (
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
-    SOURCE_KIND,
-    TARGET_KIND,
-    VAL_KIND,
     ShardEntry,
     StoreInfo,
     check_manifest,

@@ -1,8 +1,9 @@
 """A store: a folder of shards (or the val store's HDF5 file) and the `manifest.json` that describes it.
 
-`read_manifest` is the one reader of manifest.json; `open_store` turns it into a frozen, typed `StoreInfo`, which
-is what the trainer, the demo driver, the val store and the tools ask about a store (kind, size, protocol,
-estimator, counts, shards, plan hash). `write_manifest` is its one writer.
+`read_manifest` is the one reader of manifest.json: it checks the file against the schema of `schema.py` (types,
+ranges, nesting, shard names inside the store folder) before anyone reads a field. `open_store` turns it into a
+frozen, typed `StoreInfo`, which is what the trainer, the demo driver, the val store and the tools ask about a store
+(kind, size, protocol, estimator, counts, shards, plan hash). `write_manifest` is its one writer.
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ from pipeline import __version__
 from pipeline.atomic import write_text_atomic
 from pipeline.errors import InputError
 from pipeline.shards.samples import decode_sample
+from pipeline.shards.schema import MANIFEST_FORMAT, MAX_MANIFEST_BYTES, parse_manifest
 from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size, raw_samples
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
-TARGET_KIND = "target_pairs"
-SOURCE_KIND = "source"
-VAL_KIND = "val"
 
 
 def write_manifest(store_dir: str | os.PathLike, manifest: Mapping) -> dict:
@@ -43,13 +41,9 @@ def read_manifest(store: str | os.PathLike) -> dict:
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise InputError(f"{path}: no store manifest here; run `i2vda-prep` to build the store first")
-    try:
-        manifest = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a valid manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise InputError(f"{path}: not an i2vda store manifest (expected format {MANIFEST_FORMAT})")
-    return manifest
+    with open(path, "rb") as f:  # at most one byte past the limit is read: a huge file is refused, not loaded
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    return parse_manifest(data, str(path))
 
 
 def _field(manifest: Mapping, name: str):
@@ -88,12 +82,13 @@ def check_manifest(manifest: Mapping | str | os.PathLike, **expected) -> dict:
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One file of a store as its manifest lists it."""
+    """One file of a store as its manifest lists it, and the store's picture size its members must declare."""
 
     path: Path
     samples: int
     bytes: int
     sha256: str | None
+    size_hw: tuple[int, int] | None = None  # (H, W) of every frame, label and flow in it (the store's size_wh)
 
 
 @dataclass(frozen=True)
@@ -175,16 +170,17 @@ def open_store(path: str | os.PathLike) -> StoreInfo:
     """The StoreInfo of a store folder (or its manifest.json); a missing or foreign manifest: one-line InputError."""
     folder = Path(path)
     folder = folder.parent if folder.name == MANIFEST_NAME else folder
-    m = read_manifest(folder)
+    m = read_manifest(folder)  # checked against the schema: every field below has its type
     size_wh = _field(m, "size_wh")
+    size_hw = None if size_wh is None else (size_wh[1], size_wh[0])
     protocol = _field(m, "protocol")
     options = MappingProxyType(dict(_field(m, "estimator_options") or {}))
     return StoreInfo(
         path=folder,
         name=m.get("name"),
         kind=m.get("kind"),
-        complete=bool(m.get("complete", False)),
-        size_wh=(int(size_wh[0]), int(size_wh[1])) if size_wh and len(size_wh) == 2 else None,
+        complete=m.get("complete", False),
+        size_wh=None if size_wh is None else (size_wh[0], size_wh[1]),
         protocol=protocol,
         protocols=tuple(m.get("protocols") or ([protocol] if protocol else [])),
         estimator=_field(m, "estimator"),
@@ -192,12 +188,12 @@ def open_store(path: str | os.PathLike) -> StoreInfo:
         checkpoint_sha256=_field(m, "checkpoint_sha256"),
         codec=_field(m, "codec"),
         frames=_field(m, "frames"),
-        num_samples=int(m.get("num_samples", 0)),
-        num_planned=int(m.get("num_planned", 0)),
-        num_skipped=int(m.get("num_skipped", 0)),
-        bytes=int(m.get("bytes", 0)),
+        num_samples=m.get("num_samples", 0),
+        num_planned=m.get("num_planned", 0),
+        num_skipped=m.get("num_skipped", 0),
+        bytes=m.get("bytes", 0),
         shards=tuple(
-            ShardEntry(folder / s["name"], int(s.get("samples", 0)), int(s.get("bytes", 0)), s.get("sha256"))
+            ShardEntry(folder / s["name"], s.get("samples", 0), s.get("bytes", 0), s.get("sha256"), size_hw)
             for s in m.get("shards", [])
         ),
         skipped=tuple(m.get("skipped", [])),
@@ -216,21 +212,25 @@ def store_shards(store: str | os.PathLike) -> list[str]:
 
 
 def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[dict]:
-    """Decoded samples of a store folder, one shard, or a list of shards, in shard order (`decode_sample`); a store
-    folder's shards are checked against its manifest as they are read (`raw_samples`)."""
-    entries: dict[str, ShardEntry] = {}  # a store folder's manifest entries: its shards are checked against them
+    """Decoded samples of a store folder, one shard, or a list of shards, in shard order (`decode_sample`). A shard
+    that the manifest of its folder lists is checked against that entry as it is read (`raw_samples`: size, sample
+    count, sha256, and the store's size for every member); one outside a store is read with the limits of
+    `pipeline.limits.MAX_SIDE_PX`."""
     if isinstance(path, (str, os.PathLike)):
         if not Path(path).exists():
             raise InputError(f"{path}: no such store or shard")
-        if Path(path).is_dir() and (Path(path) / MANIFEST_NAME).is_file():
-            entries = {str(s.path): s for s in open_store(path).shards}
         shards = store_shards(path) if Path(path).is_dir() else [str(path)]
     else:
         shards = [str(p) for p in path]
     if not shards:
         raise InputError(f"{path}: no shards found")
+    entries: dict[str, ShardEntry] = {}  # the manifest entries of the folders the shards lie in
+    for folder in {Path(shard).parent for shard in shards}:
+        if (folder / MANIFEST_NAME).is_file():
+            entries |= {str(s.path): s for s in open_store(folder).shards}
     for shard in shards:
         if not Path(shard).is_file():
             raise InputError(f"{shard}: shard missing")
-        for sample in raw_samples(shard, entries.get(shard)):
-            yield decode_sample(sample)
+        entry = entries.get(str(shard))
+        for sample in raw_samples(shard, entry):
+            yield decode_sample(sample, None if entry is None else entry.size_hw)
