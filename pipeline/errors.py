@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 
 # Exit status for bad input (a missing root, a wrong layout, a corrupt file, a mismatched checkpoint or store).
 EXIT_BAD_INPUT = 2
+# OpenCV and the FFmpeg inside it print their own "[ERROR:0@0.1] ..." and "[mov,mp4 @ 0x...]" lines on stderr before
+# our one line says what failed; the commands turn them off unless the user set these variables (-8: AV_LOG_QUIET).
+QUIET_NATIVE_LOGS = {"OPENCV_LOG_LEVEL": "OFF", "OPENCV_FFMPEG_LOGLEVEL": "-8"}
 
 
 class InputError(Exception):
@@ -25,12 +29,25 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {cause}" + (f" ({name})" if name else "")
 
 
+def quiet_native_logs() -> None:
+    """Silence OpenCV's and FFmpeg's own stderr lines (QUIET_NATIVE_LOGS), where the user did not set them: through
+    the environment for a later import and for FFmpeg (read when it first opens a video), and through OpenCV's logger
+    when it is loaded already."""
+    for name, value in QUIET_NATIVE_LOGS.items():
+        os.environ.setdefault(name, value)
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None and os.environ["OPENCV_LOG_LEVEL"] == QUIET_NATIVE_LOGS["OPENCV_LOG_LEVEL"]:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
 def one_line_errors(main):
     """Wrap a CLI entry point so that an InputError prints `error: <message>`, and an OSError of the environment
-    `error: <path>: <cause> (<ERRNO>)`, and exits with EXIT_BAD_INPUT."""
+    `error: <path>: <cause> (<ERRNO>)`, and exits with EXIT_BAD_INPUT; OpenCV's own log lines are off
+    (`quiet_native_logs`)."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        quiet_native_logs()
         try:
             return main(*args, **kwargs)
         except (InputError, OSError) as exc:

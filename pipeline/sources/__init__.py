@@ -1,8 +1,9 @@
 """Dataset readers (Cityscapes-Seq, VIPER, SYNTHIA-SEQS) and the class protocols that map their labels.
 
-The face for the trainer: the class protocols (`get_protocol`, `Protocol`, `colorize`, `IGNORE_ID`, the one home of
-the ignore label 255), the image helpers it shares with prep (`resize_rgb`, `resize_label`, `read_palette_png`) and
-the gtFine layout (`label_files`, `label_key`, `read_cityscapes_label`), so no trainer module parses a dataset path.
+The face for the trainer: the class protocols (`get_protocol`, `Protocol`, `colorize`, `id_outside`, `IGNORE_ID`, the
+one home of the ignore label 255), the image helpers it shares with prep (`resize_rgb`, `resize_label`,
+`read_palette_png`) and the gtFine layout (`label_files`, `label_key`, `read_cityscapes_label`), so no trainer
+module parses a dataset path.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipeline.sources.protocols import (
     colorize,
     default_protocol,
     get_protocol,
+    id_outside,
 )
 from pipeline.sources.records import SourceRecord
 
@@ -37,6 +39,7 @@ __all__ = [
     "colorize",
     "default_protocol",
     "get_protocol",
+    "id_outside",
     "label_files",
     "label_key",
     "list_source",

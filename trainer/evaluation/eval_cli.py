@@ -38,6 +38,7 @@ from trainer.evaluation.evaluate import (
 from trainer.evaluation.predict import DEFAULT_BATCH_SIZE, load_segmenter, predict_labels, resolve_device
 from trainer.evaluation.visualize import save_prediction_pngs, snippet_frames, write_mp4
 from trainer.training.checkpoint import checkpoint_files
+from trainer.training.monitor import on_terminal
 
 PRED_SUFFIX = "_pred.png"  # a prediction is named like its gtFine file with _gtFine_labelIds -> _pred
 VAL_SPLIT = "val"
@@ -120,7 +121,8 @@ def score_checkpoints(
         model, config, iteration = load(paths[-1])
     protocol = _protocol_for(protocol_name, config, paths[-1])
     _check_store(store, protocol, config, val)
-    options = {"tc_protocol": tc_protocol, "batch_size": batch_size, "progress": True}
+    # A bar on a terminal only: off one (a batch job's log) its carriage-return redraws would fill the file.
+    options = {"tc_protocol": tc_protocol, "batch_size": batch_size, "progress": on_terminal()}
     last = evaluate(model, store, protocol, device, with_tc=with_tc, **options)
     report = {
         "mode": "checkpoint",

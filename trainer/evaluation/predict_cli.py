@@ -41,6 +41,7 @@ from trainer.evaluation.visualize import (
     overlay,
     write_png,
 )
+from trainer.training.monitor import on_terminal
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 VIDEO_TILE_MAX_WIDTH = 960  # each half of a video frame is shrunk to this width at most (a 1080p input stays light)
@@ -152,7 +153,7 @@ def predict_footage(
     frames_done, network_s = 0, 0.0
     started = time.perf_counter()
     try:
-        with tqdm(total=footage.count, unit="frame", desc="predict") as bar:
+        with tqdm(total=footage.count, unit="frame", desc="predict", disable=not on_terminal()) as bar:
             for names, frames in footage.batches(batch_size):
                 net_frames = resize_frames(frames, net_size_hw)
                 tick = time.perf_counter()

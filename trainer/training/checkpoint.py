@@ -2,8 +2,11 @@
 
 Files are `RUN/checkpoints/iter_NNNNNNN.pt` (NNNNNNN = iterations done, written with 7 digits), written under a
 temporary name and renamed (`pipeline.shards.atomic_path`), so a crash never leaves a half file under the final
-name. Everything inside is a tensor, a number, a string, a list, a tuple or a dict: `load_torch_file`, the one
-`torch.load` of the trainer, reads it (and the ImageNet inits) with `weights_only=True`, so no pickled code runs.
+name; a write that fails (a full disk, a quota) is one line naming the checkpoint and the cause, and leaves the earlier
+checkpoints as they were. `prune_checkpoints` keeps the newest `--keep-checkpoints` (and the best by `--val`).
+Everything inside is a tensor, a number, a string, a list, a tuple or a dict: `load_torch_file`, the one
+`torch.load` of the trainer, reads it (and the ImageNet inits) with `weights_only=True`, so no pickled code runs; a
+file that pickles anything else is refused, and nothing in it runs.
 Resume (`read_checkpoint`), eval and predict (`trainer.evaluation.predict.load_segmenter`), `--init-format segmenter`
 and `--proxy-ckpt` (`trainer.models.load_segmenter_weights`) and the demo all read through here. The dict is
 `training_state`'s (docs/DEVELOPING.md, "Checkpoint files").
@@ -11,6 +14,7 @@ and `--proxy-ckpt` (`trainer.models.load_segmenter_weights`) and the demo all re
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -34,8 +38,10 @@ MODEL_KEYS = ("model", "config")  # what rebuilding M for eval needs
 # What a checkpoint's config must name to rebuild M (`trainer.evaluation.predict.load_segmenter`).
 MODEL_CONFIG_FIELDS = ("arch", "num_classes", "protocol", "target_size_hw")
 BN_COUNTER = "num_batches_tracked"  # BatchNorm fills it in when a file (e.g. a caffe-converted one) lacks it
-# What torch.load(weights_only=True) says when a file pickles a class or function (not merely corrupt bytes).
-WEIGHTS_ONLY_REFUSAL = "Unsupported global"
+# What torch.load(weights_only=True) says when a file pickles a class or function (not merely corrupt bytes): torch
+# writes "Unsupported global: GLOBAL os.system ..." or "unsupported GLOBAL posix.system ..." depending on the version,
+# so it is matched without case; the name that follows is the global it refused.
+WEIGHTS_ONLY_REFUSAL = re.compile(r"unsupported global:?\s*(?:global\s+)?([\w.]+)?", re.IGNORECASE)
 # Parts of a training state that must be finite to be written or read: the networks and the optimiser states.
 NONFINITE_CHECKED = ("model", "proxy", "disc", "opt_seg", "opt_disc")
 KEYS_SHOWN = 3  # offending keys named in a refusal: enough to recognise the file, short enough for one line
@@ -113,9 +119,51 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     if bad is not None:
         raise ValueError(f"{path}: not written, {bad} holds NaN or inf")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as partial:
-        torch.save(state, partial)
+    try:
+        with atomic_path(path) as partial, open(partial, "wb") as raw:
+            writer = _WriteErrors(raw)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: torch's writer failed on its own (inline_container.cc)
+        raise InputError(f"{path}: checkpoint not written ({_cause(exc)}); {_newest_left(path)}") from None
     return path
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{exc.strerror or exc}" + (f", {errno.errorcode[exc.errno]}" if exc.errno in errno.errorcode else "")
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _newest_left(path: Path) -> str:
+    """What a failed save leaves: the checkpoints before it, untouched."""
+    earlier = [p for p in checkpoints_in(path.parent) if p != path]
+    return f"the newest checkpoint is still {earlier[-1]}" if earlier else "no earlier checkpoint exists"
+
+
+class _WriteErrors:
+    """A file torch.save writes through: torch turns the OSError of a failed write (ENOSPC, EDQUOT, EFBIG) into a
+    RuntimeError that names no cause, so the first one is kept here and raised instead."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def write(self, data) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def __getattr__(self, name):  # tell, seek, fileno: the file's own
+        return getattr(self.raw, name)
 
 
 def load_torch_file(path: str | Path, what: str, where: str | None = None) -> object:
@@ -127,11 +175,15 @@ def load_torch_file(path: str | Path, what: str, where: str | None = None) -> ob
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is bad input, whatever the reason
-        if WEIGHTS_ONLY_REFUSAL in str(exc):
-            reason = "it holds pickled objects beyond tensors, refused rather than run"
-        else:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            reason = f"unreadable as a torch file ({type(exc).__name__}{': ' + first[:200] if first else ''})"
+        refused = WEIGHTS_ONLY_REFUSAL.search(str(exc))
+        if refused is not None:
+            named = f" ({refused[1]})" if refused[1] else ""
+            raise InputError(
+                f"{where}: refused: the file pickles Python objects beyond tensors{named}; it was not loaded and "
+                f"nothing in it was run (checkpoints are read with torch.load(weights_only=True))"
+            ) from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        reason = f"unreadable as a torch file ({type(exc).__name__}{': ' + first[:200] if first else ''})"
         raise InputError(f"{where}: not a weights-only torch checkpoint: {reason}") from None
 
 
@@ -235,8 +287,17 @@ def training_state(
     }
 
 
-def restore_training_state(nets, state: dict, rank: int) -> int:
-    """Load a training_state() into the networks, optimisers and this rank's RNGs; -> iterations done."""
+def restore_training_state(nets, state: dict, rank: int, where: str | Path = "--resume") -> int:
+    """Load a training_state() into the networks, optimisers and this rank's RNGs; -> iterations done. Every network's
+    weights are fitted first (`check_fit`), so a checkpoint whose weights are not this config's networks (a config
+    edited by hand, another arch) is one InputError line, not a size-mismatch traceback."""
+    where = f"--resume {where}"
+    network = f"the {state['config'].get('arch')} its config names"
+    check_fit(nets.model.state_dict(), state["model"], where, "segmenter", network)
+    for name in ("proxy", "disc"):
+        target = getattr(nets, name)
+        if target is not None and state.get(name) is not None:
+            check_fit(target.state_dict(), state[name], where, name, network if name == "proxy" else "this run's D")
     nets.model.load_state_dict(state["model"])
     # Each of M's groups carries its lr factor (the config's, which a resume may not change); checkpoints written before
     # the groups carried it hold no such key, and loading an optimiser state replaces the groups' settings.
@@ -250,8 +311,27 @@ def restore_training_state(nets, state: dict, rank: int) -> int:
         ("scaler_disc", nets.scaler_disc),
     ):
         if target is not None and state.get(name) is not None:
-            target.load_state_dict(state[name])
+            try:
+                target.load_state_dict(state[name])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # an optimiser state of other groups
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(f"{where}: its {name} state does not fit this run ({first})") from None
     for group, lr_mult in zip(nets.opt_seg.param_groups, lr_mults):
         group["lr_mult"] = lr_mult
-    restore_rng(state["rng"][rank])
+    rng = state["rng"]
+    if not isinstance(rng, list) or not 0 <= rank < len(rng):
+        raise InputError(f"{where}: it holds no random state for rank {rank}")
+    restore_rng(rng[rank])
     return int(state["iteration"])
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int, protect: int | None = None) -> list[Path]:
+    """With keep > 0, delete all but the newest `keep` checkpoints of the run, never the newest and never the one
+    after `protect` iterations (the best by --val); keep = 0 keeps every one; -> the files deleted."""
+    if keep <= 0:
+        return []
+    found = checkpoints_in(Path(run_dir) / CHECKPOINT_DIR)
+    removed = [p for p in found[:-keep] if int(CHECKPOINT_NAME.match(p.name)[1]) != protect]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

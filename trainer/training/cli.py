@@ -1,12 +1,20 @@
 """`i2vda-train`: train M by Algorithm 1 (or a baseline) on the stores; see docs/TRAINING.md.
 
-Settings come from the TrainConfig defaults (the paper's), then `--config FILE` (JSON or YAML, field names as in
-RUN/config.json), then the flags given on the command line. Under `torchrun --nproc_per_node N` it trains with DDP.
+Settings come from the TrainConfig defaults (the paper's), then, when `--resume` continues a run that has a
+checkpoint, that run's own RUN/config.json, then `--config FILE` (JSON or YAML, field names as in RUN/config.json),
+then the flags given on the command line: `i2vda-train --out RUN --resume latest` alone continues RUN as it was
+started. A flag given explicitly wins; one that a resume may not change (outside RESUMABLE_FIELDS) and that differs
+from the checkpoint's is refused with one line. Under `torchrun --nproc_per_node N` it trains with DDP.
+
+Exit status: 0 done, 2 bad input (one `error:` line), 75 stopped by SIGTERM or SIGUSR1 after writing a checkpoint,
+130 interrupted by Ctrl-C (`trainer/training/preemption.py`); each stop prints the line to resume with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -14,6 +22,7 @@ from click.core import ParameterSource
 from pipeline.errors import one_line_errors
 from trainer.models import SEGMENTERS
 from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
+from trainer.training.checkpoint import latest_checkpoint, resolve_resume
 from trainer.training.config import (
     AMP_MODES,
     BN_STATS_MODES,
@@ -26,7 +35,8 @@ from trainer.training.config import (
     hw_from_wh,
     read_config_file,
 )
-from trainer.training.loop import train
+from trainer.training.loop import CONFIG_NAME, train
+from trainer.training.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted, resume_command
 
 # Every flag's default is the TrainConfig field's (the paper's where it gives one).
 D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -200,6 +210,14 @@ def _choice(values) -> click.Choice:
     help="Iterations between checkpoints.",
 )
 @click.option(
+    "--keep-checkpoints",
+    type=int,
+    default=D["keep_checkpoints"],
+    show_default=True,
+    help="Keep only the newest N checkpoints (and always the best by --val); 0 = keep every one, which "
+    "i2vda-eval --ckpt RUN scores to report the best.",
+)
+@click.option(
     "--log-interval", type=int, default=D["log_interval"], show_default=True, help="Iterations between log.jsonl lines."
 )
 @click.option(
@@ -257,7 +275,8 @@ def _choice(values) -> click.Choice:
     is_flag=False,
     flag_value="latest",
     default=None,
-    help="Continue RUN from its newest checkpoint (bare --resume) or from the given checkpoint file.",
+    help="Continue RUN from its newest checkpoint (bare --resume or latest) or from the given checkpoint file, with "
+    "RUN/config.json's settings (flags given here override those a resume may change).",
 )
 @click.option(
     "--resume-other-stores",
@@ -268,7 +287,8 @@ def _choice(values) -> click.Choice:
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, target_size: str | None, source_size: str | None, **options):
     """Train a segmenter on source images and target video pairs: I2VDA (ECCV 2022) Algorithm 1 or a baseline."""
-    values = read_config_file(config_file) if config_file else {}
+    values = _run_settings(options["out"], options["resume"])
+    values |= read_config_file(config_file) if config_file else {}
     for name, value in options.items():
         if name not in values or ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
             values[name] = value
@@ -278,9 +298,31 @@ def cli(ctx: click.Context, config_file: str | None, target_size: str | None, so
     ):
         if value is not None:
             values[field] = hw_from_wh(value, flag)
-    result = train(TrainConfig.from_dict(values, where=config_file or "flags"))
+    config = TrainConfig.from_dict(values, where=config_file or "flags")
+    try:
+        result = train(config)
+    except Preempted as stop:
+        if stop.checkpoint is not None:  # rank 0
+            click.echo(stop.line(), err=True)
+        raise SystemExit(EXIT_PREEMPTED) from None
+    except KeyboardInterrupt:  # Ctrl-C: click would print a bare "Aborted!"
+        if os.environ.get("RANK", "0") == "0":
+            newest = latest_checkpoint(config.out)
+            last = f"the newest checkpoint is {newest}" if newest else "no checkpoint was written yet"
+            click.echo(f"interrupted; {last}; resume with: {resume_command(config.out)}", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     if result["checkpoint"] is not None:  # rank 0 (the others save nothing)
         click.echo(f"{result['iterations']} iterations done; last checkpoint {result['checkpoint']}")
+
+
+def _run_settings(out: str, resume: str | None) -> dict:
+    """The settings of RUN/config.json when `--resume` continues a run that has a checkpoint; else none."""
+    saved = Path(out) / CONFIG_NAME
+    if resume is None or resolve_resume(resume, out) is None or not saved.is_file():
+        return {}
+    values = read_config_file(saved)
+    values.pop("num_classes", None)  # derived from the protocol, not a setting
+    return values
 
 
 main = one_line_errors(cli)

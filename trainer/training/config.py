@@ -46,8 +46,11 @@ RESUMABLE_FIELDS = (
     "resume_other_stores",
     "val",
     "val_interval",
+    "keep_checkpoints",
 )
 _SIZE_FIELDS = ("target_size_hw", "source_size_hw")
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range (numpy's generators take any non-negative integer)
+FLOAT32_MAX = 3.4028234663852886e38  # learning rates and loss weights become float32 tensors: larger ones overflow
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class TrainConfig:
     init_format: str = "deeplab"
     seed: int = 1234  # DA-VSN's RANDOM_SEED
     checkpoint_interval: int = 1000  # DA-VSN's SAVE_PRED_EVERY
+    # Checkpoints kept (the newest N, plus the best by --val); 0 keeps all: i2vda-eval --ckpt RUN scores every one to
+    # report the best (DA-VSN's protocol), and a cluster's scratch space is the user's to size (docs/TRAINING.md).
+    keep_checkpoints: int = 0
     log_interval: int = 10
     image_interval: int = 500
     val: str | None = None  # a val store (`i2vda-prep val`): M scored on it every val_interval iterations, at the end
@@ -140,8 +146,10 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise InputError(f"{_flag(name)}: expected a positive integer, got {getattr(self, name)}")
-        if self.iter_launch < 0 or self.num_workers < 0:
-            raise InputError("--iter-launch and --num-workers must be >= 0")
+        if self.iter_launch < 0 or self.num_workers < 0 or self.keep_checkpoints < 0:
+            raise InputError("--iter-launch, --num-workers and --keep-checkpoints must be >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"--seed: expected an integer in 0..{MAX_SEED} (2**64 - 1), got {self.seed}")
         if self.val_interval < 0 or (self.val_interval and self.val is None):
             raise InputError(
                 f"--val-interval {self.val_interval}: expected iterations >= 0 between scorings on "
@@ -157,6 +165,11 @@ class TrainConfig:
             ("classifier_lr_mult", 0.0, False),
         ):
             _check_number(name, getattr(self, name), low, strict)
+        if self.lr * self.classifier_lr_mult > FLOAT32_MAX:
+            raise InputError(
+                f"--lr {self.lr} x --classifier-lr-mult {self.classifier_lr_mult}: the classifier's learning rate "
+                f"exceeds float32's {FLOAT32_MAX:.4g}"
+            )
         _check_unit(("momentum",), (self.momentum,))
         if len(self.betas_d) != 2:
             raise InputError(f"--betas-d: expected two numbers, got {len(self.betas_d)}")
@@ -240,11 +253,14 @@ def _flag(name: str) -> str:
 
 
 def _check_number(name: str, value, low: float, strict: bool) -> None:
-    """A finite number above `low` (`strict`) or at least `low`; else a one-line InputError naming the flag."""
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
-    if not ok:
+    """A number above `low` (`strict`) or at least `low`, finite in float32; else a one-line InputError naming the
+    flag."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and (value > low if strict else value >= low) and abs(value) <= FLOAT32_MAX):
         bound = f"{'>' if strict else '>='} {low:g}"
-        raise InputError(f"{_flag(name)}: expected a finite number {bound}, got {value}")
+        raise InputError(
+            f"{_flag(name)}: expected a number {bound} and at most {FLOAT32_MAX:.4g} (float32), got {value}"
+        )
 
 
 def _check_unit(names: tuple[str, ...], values) -> None:

@@ -9,9 +9,12 @@ data the uninterrupted run saw. DataLoader workers split the decoding, not the s
 iterations start + w, start + w + n, ... (the DataLoader hands their batches back round-robin, in order) and skips
 the others' samples undecoded; the stream is therefore the same for any number of workers.
 
-Every shard is checked against its manifest entry: its size when the stores are opened, its sample count and sha256
-whenever the stream reads it to the end (`pipeline.shards.raw_samples`). A bad shard in a DataLoader worker comes
-back to the training process as the worker's one-line error, not as its flattened traceback.
+Every shard is checked against its manifest entry: its size when the stores are opened, every member's declared size
+before it is read or decoded (the store's size bounds them), its sample count and sha256 whenever the stream reads it
+to the end (`pipeline.shards.raw_samples`); a source label's ids must be train ids of the protocol (or 255). A bad
+shard in a DataLoader worker comes back to the training process as the worker's one-line error, not as its flattened
+traceback. Workers ignore SIGTERM and SIGUSR1: the training process handles them (`trainer/training/preemption.py`)
+and stops its workers itself.
 
 Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow01`, `flow10`
 float32 (B, 2, H, W) pixels (x, y) on the first frame's grid; source `image` float RGB 0..255 (B, 3, H, W),
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import InputError
 from pipeline.shards import SOURCE_KIND, TARGET_KIND, ShardEntry, StoreInfo, decode_sample, open_store, raw_samples
+from pipeline.sources import IGNORE_ID, id_outside
 from trainer.training.config import TrainConfig
 
 # Seed words that keep the source and target streams of one rank independent.
@@ -148,7 +153,7 @@ def _flow_tensor(flows: list[np.ndarray]) -> torch.Tensor:
 
 
 def _decoded(raw: dict, fields: tuple[str, ...], size_hw: tuple[int, int]) -> dict:
-    sample = decode_sample(raw)
+    sample = decode_sample(raw, size_hw)
     where = f"{raw.get('__url__', 'shard')}: {raw.get('__key__', '?')}"
     for field in fields:
         if field not in sample:
@@ -166,9 +171,22 @@ def collate_target(raws: list[dict], size_hw: tuple[int, int]) -> dict:
     return batch | {"keys": [s["__key__"] for s in samples]}
 
 
-def collate_source(raws: list[dict], size_hw: tuple[int, int]) -> dict:
+def check_label_ids(label: np.ndarray, num_classes: int, where: str) -> None:
+    """Refuse a label holding an id that is neither a train id 0..num_classes-1 nor IGNORE_ID (`id_outside`: one
+    vectorised max in the loader, so the loss never meets it on the GPU)."""
+    bad = id_outside(label, num_classes)
+    if bad is not None:
+        raise InputError(
+            f"{where}.label.png: holds label id {bad}, outside the protocol's train ids 0..{num_classes - 1} "
+            f"({IGNORE_ID} = ignore); the store's labels are of another protocol or damaged"
+        )
+
+
+def collate_source(raws: list[dict], size_hw: tuple[int, int], num_classes: int) -> dict:
     """Raw source samples -> {image (B, 3, H, W) float 0..255; label (B, H, W) long train ids; keys}."""
     samples = [_decoded(r, ("image", "label"), size_hw) for r in raws]
+    for raw, sample in zip(raws, samples):
+        check_label_ids(sample["label"], num_classes, f"{raw.get('__url__', 'shard')}: {sample['__key__']}")
     label = torch.from_numpy(np.stack([s["label"] for s in samples])).long()
     return {
         "image": _image_tensor([s["image"] for s in samples]),
@@ -205,7 +223,7 @@ class IterationBatches(IterableDataset):
             try:
                 yield {
                     "iteration": iteration,
-                    "source": collate_source(cursors["source"].batch(iteration), c.source_size_hw),
+                    "source": collate_source(cursors["source"].batch(iteration), c.source_size_hw, c.num_classes),
                     "target": collate_target(cursors["target"].batch(iteration), c.target_size_hw),
                 }
             except InputError as exc:
@@ -215,6 +233,27 @@ class IterationBatches(IterableDataset):
                 # hand the one line over as data instead (`_raise_worker_errors`).
                 yield {"iteration": iteration, "error": str(exc)}
                 return
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader worker's start: SIGTERM and SIGUSR1 (a batch system's stop, sent to every process of the job)
+    are the training process's to handle; a worker killed by them would abort the checkpoint it is writing."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+WORKER_DIED = "DataLoader worker"  # how PyTorch's RuntimeError starts when a worker process died (OOM kill, signal)
+
+
+def worker_death_line(exc: BaseException) -> str | None:
+    """The one line for a DataLoader worker that died without a Python error (e.g. killed for memory), or None."""
+    if not isinstance(exc, RuntimeError) or WORKER_DIED not in str(exc):
+        return None
+    reason = next((line for line in str(exc).splitlines() if WORKER_DIED in line), "").strip()
+    return (
+        f"a data-loading worker process died ({reason}); the node may be out of memory: lower --num-workers or "
+        f"--shuffle-buffer, or rerun with --num-workers 0 to see the error in the training process"
+    )
 
 
 def _raise_worker_errors(batches: Iterator[dict]) -> Iterator[dict]:
@@ -233,7 +272,12 @@ def iteration_batches(
     if config.num_workers == 0:
         return iter(dataset)
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=config.num_workers, pin_memory=pin_memory, prefetch_factor=PREFETCH_FACTOR
+        dataset,
+        batch_size=None,
+        num_workers=config.num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=PREFETCH_FACTOR,
+        worker_init_fn=ignore_stop_signals,
     )
     return _raise_worker_errors(iter(loader))
 
