@@ -134,7 +134,7 @@ def with_member(stores: Path, store: str, field: str, data: bytes | None, sample
     for name, blob in read_members(shard_path(stores, store)):
         key, member = name.split(".", 1)
         keys += [key] if key not in keys else []
-        if key == keys[sample] and member == field and len(keys) == sample + 1:
+        if len(keys) == sample + 1 and member == field:  # a member of the `sample`-th key
             if data is None:
                 continue
             blob = data
@@ -223,6 +223,15 @@ def val_store(folder: Path, size_hw=SIZE_HW, seed: int = 0, flow: bytes | None =
     manifest = {"name": "cityscapes_val", "kind": "val", "complete": True, "size_wh": [size_hw[1], size_hw[0]]}
     write_manifest(folder, {**manifest, "protocols": ["viper15"], "num_samples": len(VAL_KEYS), "shards": [entry]})
     return folder
+
+
+def update_val_manifest(folder: Path) -> None:
+    """Make the val store's manifest entry match val.h5 as it now is (bytes, sha256)."""
+    path = folder / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    data = (folder / VAL_FILE).read_bytes()
+    manifest["shards"][0] |= {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    path.write_text(json.dumps(manifest))
 
 
 def segmenter_checkpoint(path: Path, size_hw=SIZE_HW) -> Path:
@@ -314,3 +323,116 @@ def run_limited(
 def tool(module: str, *args: str) -> list[str]:
     """argv of one of our entry points run as `python -m module`."""
     return [sys.executable, "-m", module, *args]
+
+
+# Running an entry point in a forked child: no import cost, the same limits.
+
+
+def _vm_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def warm_up() -> None:
+    """Import in this process what a training run imports lazily (TensorBoard, the optimiser's torch._dynamo, the
+    evaluation code), so that forked children start in a fraction of a second instead of seconds."""
+    import torch.utils.tensorboard  # noqa: F401
+
+    import trainer.evaluation.evaluate  # noqa: F401
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+@dataclasses.dataclass
+class _Child:
+    pid: int
+    folder: Path
+    deadline: float
+
+
+def _child(main: Callable, args: list[str], folder: Path, headroom_bytes: int, setup: Callable | None) -> None:
+    """The forked child: `setup()`, limit, reset the memory high-water mark, run `main(args)` with stdout and stderr
+    in files, record the peak; never returns."""
+    import traceback
+
+    code = 1
+    try:
+        if setup is not None:
+            setup()
+        limit = _vm_kib("VmSize") * 1024 + headroom_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+        start_kib = _vm_kib("VmRSS")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        streams = []
+        for fd, name in ((1, "out"), (2, "err")):  # native writes (fd) and Python's (sys.stdout: pytest swaps it)
+            os.dup2(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND), fd)
+            streams.append(open(fd, "w", buffering=1, closefd=False))
+        sys.stdout, sys.stderr = streams
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        (folder / "peak").write_text(str(_vm_kib("VmHWM") - start_kib))
+    finally:
+        os._exit(code)
+
+
+def forked_many(jobs, parallel: int = 2, headroom_bytes: int = 1 << 30, timeout_s: float = 120) -> list[Outcome]:
+    """Run each job (main, args) or (main, args, setup) in a forked child, `parallel` at a time, whose address space
+    may grow by at most `headroom_bytes` over this process's (RLIMIT_AS) and which is killed after `timeout_s`; `setup`
+    runs in the child first. -> one Outcome per job, in order: exit status, stdout, stderr and the child's peak
+    resident memory above what it had at the fork (VmHWM, reset at its start). A bomb that the code under test decoded
+    would end as a MemoryError (a traceback) or a kill, never as an exhausted machine. Forked from the main thread
+    only: no other thread runs at a fork."""
+    import tempfile
+    import time
+
+    jobs = list(jobs)
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    with tempfile.TemporaryDirectory(prefix="forked_") as tmp:
+        running: dict[int, tuple[int, _Child]] = {}
+        todo = iter(enumerate(jobs))
+        while True:
+            while len(running) < parallel and (job := next(todo, None)) is not None:
+                index, (main, args, *setup) = job
+                folder = Path(tmp) / str(index)
+                folder.mkdir()
+                pid = os.fork()
+                if pid == 0:
+                    _child(main, args, folder, headroom_bytes, setup[0] if setup else None)
+                running[pid] = (index, _Child(pid, folder, time.monotonic() + timeout_s))
+            if not running:
+                return outcomes
+            finished = [(pid, status) for pid, status in (os.waitpid(pid, os.WNOHANG) for pid in list(running)) if pid]
+            if not finished:
+                for _, child in running.values():
+                    if time.monotonic() > child.deadline:
+                        os.kill(child.pid, 9)
+                time.sleep(0.01)
+                continue
+            pid, status = finished[0]
+            index, child = running.pop(pid)
+            peak = child.folder / "peak"
+            outcomes[index] = Outcome(
+                os.waitstatus_to_exitcode(status),
+                (child.folder / "out").read_text(errors="replace"),
+                (child.folder / "err").read_text(errors="replace"),
+                int(peak.read_text()) / 1024 if peak.is_file() else float("nan"),
+                time.monotonic() > child.deadline,
+            )
+
+
+def forked(
+    main: Callable, args: list[str], setup: Callable | None = None, headroom_bytes: int = 1 << 30, timeout_s=120
+) -> Outcome:
+    """`forked_many` of one job."""
+    return forked_many([(main, args, setup)], 1, headroom_bytes, timeout_s)[0]
