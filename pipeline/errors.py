@@ -6,6 +6,9 @@ import errno
 import functools
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # Exit status for bad input (a missing root, a wrong layout, a corrupt file, a mismatched checkpoint or store).
 EXIT_BAD_INPUT = 2
@@ -38,6 +41,41 @@ def quiet_native_logs() -> None:
     cv2 = sys.modules.get("cv2")
     if cv2 is not None and os.environ["OPENCV_LOG_LEVEL"] == QUIET_NATIVE_LOGS["OPENCV_LOG_LEVEL"]:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+_scratch: dict[int, int] = {}  # pid -> the descriptor of this process's scratch file for native stderr
+
+
+@contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """Hold what native code writes to file descriptor 2 inside the block (libpng prints `libpng error: ...` itself
+    before it returns a failure to OpenCV) and yield the list that receives those lines when the block ends: the
+    caller folds them into its one line, or echoes them when the call succeeded. The swap is process-wide: for code
+    that decodes in one thread per process (the training process, a DataLoader worker, i2vda-eval)."""
+    scratch = _scratch.get(os.getpid())
+    if scratch is None:  # one scratch file per process, unlinked from the start
+        with tempfile.TemporaryFile() as handle:
+            scratch = _scratch[os.getpid()] = os.dup(handle.fileno())
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(scratch, 2)
+    try:
+        yield lines
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        size = os.fstat(scratch).st_size
+        if size:
+            lines += os.pread(scratch, size, 0).decode(errors="replace").splitlines()
+            os.ftruncate(scratch, 0)
+            os.lseek(scratch, 0, os.SEEK_SET)
+
+
+def echo_native(lines: list[str]) -> None:
+    """Write on stderr what `native_stderr` held back from a call that succeeded (a decoder's warnings)."""
+    if lines:
+        print("\n".join(lines), file=sys.stderr)
 
 
 def one_line_errors(main):

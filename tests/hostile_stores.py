@@ -418,17 +418,16 @@ def forked_many(jobs, parallel: int = 2, headroom_bytes: int = 1 << 30, timeout_
                     if time.monotonic() > child.deadline:
                         os.kill(child.pid, 9)
                 time.sleep(0.01)
-                continue
-            pid, status = finished[0]
-            index, child = running.pop(pid)
-            peak = child.folder / "peak"
-            outcomes[index] = Outcome(
-                os.waitstatus_to_exitcode(status),
-                (child.folder / "out").read_text(errors="replace"),
-                (child.folder / "err").read_text(errors="replace"),
-                int(peak.read_text()) / 1024 if peak.is_file() else float("nan"),
-                time.monotonic() > child.deadline,
-            )
+            for pid, status in finished:  # every child reaped above: each is collected once
+                index, child = running.pop(pid)
+                peak = child.folder / "peak"
+                outcomes[index] = Outcome(
+                    os.waitstatus_to_exitcode(status),
+                    (child.folder / "out").read_text(errors="replace"),
+                    (child.folder / "err").read_text(errors="replace"),
+                    int(peak.read_text()) / 1024 if peak.is_file() else float("nan"),
+                    time.monotonic() > child.deadline,
+                )
 
 
 def forked(

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import zstandard
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, echo_native, native_stderr
 from pipeline.limits import PNG_GRAY, PNG_SIGNATURE, check_declared_size, read_png_header
 
 FLOW_CODEC = "zstd-dx16x64"
@@ -136,9 +136,12 @@ def _decode_legacy_png16(data, name: str, size_hw: tuple[int, int] | None) -> np
             f"{header.bit_depth}-bit colour type {header.colour_type}, {header.width}x{header.height}"
         )
     check_declared_size(name, f"{LEGACY_CODEC} PNG header", header.width, header.height // 2, size_hw)
-    planes = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    with native_stderr() as said:  # libpng's own error line goes into ours
+        planes = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if planes is None:
-        raise InputError(f"{name}: corrupt or truncated {LEGACY_CODEC} PNG ({len(data)} bytes)")
+        reason = f"; {said[-1]}" if said else ""
+        raise InputError(f"{name}: corrupt or truncated {LEGACY_CODEC} PNG ({len(data)} bytes{reason})")
+    echo_native(said)
     if planes.dtype != np.uint16 or planes.ndim != 2 or planes.shape != (header.height, header.width):
         raise InputError(
             f"{name}: expected a 16-bit grayscale PNG of even height ({LEGACY_CODEC}), got {planes.dtype} "

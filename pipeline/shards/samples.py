@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, echo_native, native_stderr
 from pipeline.flow.codec import FLOW_CODEC, FLOW_EXT, FLOW_EXTS, decode_flow, encode_flow
 from pipeline.limits import MAX_SIDE_PX, PNG_GRAY, PNG_RGB, check_declared_size, read_png_header
 
@@ -82,11 +82,13 @@ def png_pixels(data, where: str, size_hw: tuple[int, int] | None = None) -> np.n
             f"RGB (type {PNG_RGB}) or grayscale (type {PNG_GRAY}) PNGs"
         )
     check_declared_size(where, "PNG header", header.width, header.height, size_hw)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    with native_stderr() as said:  # libpng prints its own "libpng error: ..." line: it goes into ours
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     channels = 3 if header.colour_type == PNG_RGB else None
     expected = (header.height, header.width) + ((channels,) if channels else ())
     if pixels is None or pixels.dtype != np.uint8 or pixels.shape != expected:
-        raise InputError(f"{where}: not a readable PNG")
+        raise InputError(f"{where}: not a readable PNG" + (f" ({said[-1]})" if said else ""))
+    echo_native(said)
     return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 

@@ -140,13 +140,16 @@ def check_member(info: tarfile.TarInfo, shard: str, size_hw: tuple[int, int] | N
 
 def _members(tar: tarfile.TarFile, shard: str, size_hw: tuple[int, int] | None) -> Iterator[dict]:
     """The members of a tar stream as WebDataset's {"fname", "data", "__url__"}, each header checked first."""
-    key, count = None, 0
+    key, fields = None, set()
     for info in tar:
         check_member(info, shard, size_hw)
-        member_key = info.name.partition(".")[0]
-        count = count + 1 if member_key == key else 1
-        key = member_key
-        if count > MAX_SAMPLE_MEMBERS:
+        member_key, _, field = info.name.partition(".")
+        if member_key != key:
+            key, fields = member_key, set()
+        if field.lower() in fields:
+            raise InputError(f"{shard}: member {info.name[:_NAME_SHOWN]!r} appears twice in its sample")
+        fields.add(field.lower())  # WebDataset's group_by_keys lower-cases the extension
+        if len(fields) > MAX_SAMPLE_MEMBERS:
             raise InputError(f"{shard}: sample {key[:_NAME_SHOWN]!r} has more than {MAX_SAMPLE_MEMBERS} members")
         yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": shard}
         tar.members = []  # a stream's TarInfos are not needed again: keep memory flat over long shards
