@@ -224,3 +224,19 @@ def test_ddp_ranks_stop_after_the_same_iteration_when_one_is_signalled(tmp_path)
     assert stops[1] == {"iteration": 2, "checkpoint": "None", "signal": int(signal.SIGUSR1)}  # rank 1 writes nothing
     state = load(checkpoint)
     assert state["iteration"] == 2 and len(state["rng"]) == 2 and state["data"]["world_size"] == 2
+
+
+def test_the_cluster_recipes_use_the_signals_and_the_exit_status():
+    import yaml
+
+    sbatch = (REPO / "docker" / "slurm-train.sbatch").read_text()
+    assert "#SBATCH --signal=B:USR1@120" in sbatch and "#SBATCH --requeue" in sbatch
+    assert "trap 'stop USR1' USR1" in sbatch and "trap 'stop TERM' TERM" in sbatch and "scontrol requeue" in sbatch
+    launcher = (REPO / "docker" / "torchrun-multinode.sh").read_text()
+    assert '--signals-to-handle "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"' in launcher
+    doc = (REPO / "docs" / "CLUSTER.md").read_text()
+    job = yaml.safe_load(doc.split("```yaml\n", 1)[1].split("```", 1)[0])
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["onExitCodes"]["values"] == [EXIT_PREEMPTED] and rules[0]["action"] == "Ignore"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= 120 and pod["containers"][0]["command"][0] == "i2vda-train"

@@ -3,9 +3,11 @@ ranks on the CPU over a tiny store written here; only rank 0 writes, and its che
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +97,8 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
+def _launch(tmp_path: Path, max_iter: int) -> tuple[dict, list[str]]:
+    """The environment and arguments of docker/torchrun-multinode.sh for WORLD gloo ranks on the tiny stores."""
     shards = tmp_path / "stores"
     make_stores(shards)
     # Each rank starts in its own folder and is given the same relative --out: whatever a rank writes lands in
@@ -114,38 +117,15 @@ def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
         "OMP_NUM_THREADS": "1",
         "TQDM_DISABLE": "1",
     }
-    args = [
-        "--shards",
-        str(shards),
-        "--source",
-        "viper",
-        "--target",
-        "cityscapes_seq",
-        "--out",
-        "run",
-        "--method",
-        "i2vda",
-        "--arch",
-        "deeplab_tiny",
-        "--max-iter",
-        str(MAX_ITER),
-        "--iter-copy",
-        "1",
-        "--iter-launch",
-        "1",
-        "--checkpoint-interval",
-        str(MAX_ITER),
-        "--log-interval",
-        "1",
-        "--image-interval",
-        "100",
-        "--num-workers",
-        "0",
-        "--shuffle-buffer",
-        "2",
-        "--device",
-        "cpu",
-    ]
+    flags = {"--shards": shards, "--source": "viper", "--target": "cityscapes_seq", "--out": "run"}
+    flags |= {"--method": "i2vda", "--arch": "deeplab_tiny", "--max-iter": max_iter, "--iter-copy": 1}
+    flags |= {"--iter-launch": 1, "--checkpoint-interval": MAX_ITER, "--log-interval": 1, "--image-interval": 100}
+    flags |= {"--num-workers": 0, "--shuffle-buffer": 2, "--device": "cpu"}
+    return env, [str(v) for pair in flags.items() for v in pair]
+
+
+def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
+    env, args = _launch(tmp_path, MAX_ITER)
     result = subprocess.run(
         ["bash", str(LAUNCHER), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
@@ -172,3 +152,33 @@ def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
 
     logged = [json.loads(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert logged == list(range(MAX_ITER)), f"expected one log line per iteration, got {logged}"
+
+
+def test_sigusr1_to_torchrun_stops_both_ranks_after_one_checkpoint(tmp_path):
+    # Slurm's `--signal` reaches the launcher: torchrun passes SIGUSR1 on (--signals-to-handle in the script), the
+    # ranks agree on the iteration, rank 0 checkpoints it and both exit 75 (torchrun then exits 1 after its own
+    # report: a batch script tells a stop from a failure by the signal it passed on, as docker/slurm-train.sbatch does).
+    env, args = _launch(tmp_path, 100_000)
+    args[args.index("--checkpoint-interval") + 1] = "100000"
+    proc = subprocess.Popen(
+        ["bash", str(LAUNCHER), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    log = tmp_path / "rank0" / "run" / "log.jsonl"
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)  # the script exec's torchrun: this is torchrun's pid
+        _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    checkpoints = sorted((tmp_path / "rank0" / "run" / "checkpoints").iterdir())
+    assert len(checkpoints) == 1, err[-3000:]
+    done = torch.load(checkpoints[0], map_location="cpu", weights_only=True)["iteration"]
+    assert 2 <= done < 100_000 and len(torch.load(checkpoints[0], weights_only=True)["rng"]) == WORLD
+    assert f"stopped on SIGUSR1 after {done} iterations; checkpoint run/checkpoints/{checkpoints[0].name}" in err
+    assert err.count("stopped on SIGUSR1") == 1, err[-3000:]  # rank 0's line; torchrun adds its own report
+    assert proc.returncode == 1  # torchrun's status when it stopped on a signal (SignalException)
+    assert not list((tmp_path / "rank1").rglob("*.pt")), "rank 1 wrote a checkpoint"
