@@ -1,14 +1,14 @@
 """Preemption (issue 19, §2): a real SIGTERM (or SIGUSR1) to a real `i2vda-train` process makes it finish the
 iteration, write a checkpoint of the iterations done, print one line naming it and the resume command, and exit 75;
 `i2vda-train --out RUN --resume latest` alone then ends bit-identical to a run that was never stopped. DDP ranks stop
-after the same iteration when only one of them is signalled. Ctrl-C names the resume command instead of `Aborted!`."""
+after the same iteration when only one of them is signalled (tests/test_torchrun.py). Ctrl-C (SIGINT) takes the same
+path with exit 130; a second Ctrl-C stops at once and names the newest checkpoint, instead of click's `Aborted!`."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from test_train_loop import SOURCE, TARGET, load, make_stores, read_log, tiny_config
+from test_train_loop import SOURCE, TARGET, load, make_stores, read_log
 
 from pipeline.errors import EXIT_BAD_INPUT
-from trainer.training.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted
+from trainer.training.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_ITER = 16
@@ -92,10 +91,9 @@ def _signal_when_running(proc: subprocess.Popen, run: Path, signum: int, group: 
 
 
 @pytest.mark.parametrize(("workers", "group"), [(0, False), (2, True)])
-def test_a_stop_signal_checkpoints_and_the_resume_ends_bit_identical(
-    stores, straight, tmp_path, workers, signum, group
-):
+def test_sigterm_checkpoints_and_the_resume_ends_bit_identical(stores, straight, tmp_path, workers, group):
     run = tmp_path / "run"
+    signum = signal.SIGTERM  # SIGUSR1 takes the same path (tests/test_torchrun.py sends it to one rank of two)
     proc = subprocess.Popen(
         _command(stores, run, workers),
         cwd=REPO,
@@ -143,21 +141,63 @@ def test_a_stop_signal_checkpoints_and_the_resume_ends_bit_identical(
 
 
 def test_ctrl_c_names_the_newest_checkpoint_and_the_resume_command(stores, tmp_path):
+    from hostile_stores import forked, warm_up
+
+    from trainer.training.cli import main
+
+    warm_up()
     run = tmp_path / "run"
-    command = _command(stores, run, 0) + ["--checkpoint-interval", "2"]
-    proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _signal_when_running(proc, run, signal.SIGINT, group=False)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == EXIT_INTERRUPTED, err
-    newest = sorted((run / "checkpoints").glob("iter_*.pt"))[-1]
-    assert err.strip().splitlines() == [
+
+    def interrupt_when_running() -> None:  # in the child: a real SIGINT to itself once 3 iterations are logged
+        def check(*_):
+            log = run / "log.jsonl"
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                signal.setitimer(signal.ITIMER_REAL, 0.02)
+
+        signal.signal(signal.SIGALRM, check)
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+
+    outcome = forked(main, _command(stores, run, 0)[3:], interrupt_when_running)
+    assert outcome.returncode == EXIT_INTERRUPTED, outcome.stderr
+    done = len(read_log(run))  # the iteration it was in when Ctrl-C came was finished, and checkpointed
+    checkpoint = run / "checkpoints" / f"iter_{done:07d}.pt"
+    assert 3 <= done < MAX_ITER and load(checkpoint)["iteration"] == done
+    assert outcome.error_lines() == [
+        f"stopped on SIGINT after {done} iterations; checkpoint {checkpoint}; resume with: i2vda-train --out {run} "
+        f"--resume latest"
+    ]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_names_the_newest_checkpoint(stores, tmp_path):
+    from hostile_stores import forked, warm_up
+
+    from trainer.training.cli import main
+
+    warm_up()
+    run = tmp_path / "run"
+
+    def interrupt_twice() -> None:  # in the child: two real SIGINTs inside one iteration, once 3 are logged
+        import trainer.training.loop as loop
+
+        real_step = loop.segmenter_step
+
+        def step(nets, batch, config, iteration):
+            if iteration.it == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # noted: stop after this iteration
+                os.kill(os.getpid(), signal.SIGINT)  # not waiting: KeyboardInterrupt here
+            return real_step(nets, batch, config, iteration)
+
+        loop.segmenter_step = step
+
+    outcome = forked(main, _command(stores, run, 0)[3:] + ["--checkpoint-interval", "2"], interrupt_twice)
+    assert outcome.returncode == EXIT_INTERRUPTED, outcome.stderr
+    newest = run / "checkpoints" / "iter_0000002.pt"  # written after 2 iterations; the 4th never finished
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [newest.name]
+    assert outcome.error_lines() == [
         f"interrupted; the newest checkpoint is {newest}; resume with: i2vda-train --out {run} --resume latest"
     ]
-    assert "Aborted!" not in err
 
 
 def test_resume_flags_override_only_what_a_resume_may_change(stores, tmp_path, capsys):
@@ -180,50 +220,6 @@ def test_resume_flags_override_only_what_a_resume_may_change(stores, tmp_path, c
         f"error: --resume {run / 'checkpoints' / 'iter_0000003.pt'}: the checkpoint was trained with another "
         f"setting (lr: checkpoint has 0.00025, this run 0.1)"
     ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, port: int, stores: str, run: str, out: str) -> None:
-    """A torchrun-like rank; rank 1 alone receives SIGUSR1 during its iteration 1 (0-based)."""
-    import trainer.training.loop as loop
-
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
-    )
-    torch.set_num_threads(1)
-    real_step = loop.segmenter_step
-
-    def step(nets, batch, config, iteration):
-        if rank == 1 and iteration.it == 1:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real_step(nets, batch, config, iteration)
-
-    loop.segmenter_step = step
-    config = tiny_config(Path(stores), Path(run), max_iter=6, checkpoint_interval=1000, online_flow="linear")
-    try:
-        loop.train(config)
-        stopped = None
-    except Preempted as stop:
-        stopped = {"iteration": stop.iteration, "checkpoint": str(stop.checkpoint), "signal": stop.signum}
-    Path(out, f"rank{rank}.json").write_text(json.dumps(stopped))
-
-
-def test_ddp_ranks_stop_after_the_same_iteration_when_one_is_signalled(tmp_path):
-    stores = make_stores(tmp_path / "stores", shards=2, per_shard=3)
-    run, out = tmp_path / "run", tmp_path / "out"
-    out.mkdir()
-    mp.spawn(_rank_main, args=(_free_port(), str(stores), str(run), str(out)), nprocs=2, join=True)
-    stops = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    checkpoint = run / "checkpoints" / "iter_0000002.pt"
-    assert stops[0] == {"iteration": 2, "checkpoint": str(checkpoint), "signal": int(signal.SIGUSR1)}
-    assert stops[1] == {"iteration": 2, "checkpoint": "None", "signal": int(signal.SIGUSR1)}  # rank 1 writes nothing
-    state = load(checkpoint)
-    assert state["iteration"] == 2 and len(state["rng"]) == 2 and state["data"]["world_size"] == 2
 
 
 def test_the_cluster_recipes_use_the_signals_and_the_exit_status():

@@ -154,10 +154,25 @@ def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
     assert logged == list(range(MAX_ITER)), f"expected one log line per iteration, got {logged}"
 
 
-def test_sigusr1_to_torchrun_stops_both_ranks_after_one_checkpoint(tmp_path):
-    # Slurm's `--signal` reaches the launcher: torchrun passes SIGUSR1 on (--signals-to-handle in the script), the
-    # ranks agree on the iteration, rank 0 checkpoints it and both exit 75 (torchrun then exits 1 after its own
-    # report: a batch script tells a stop from a failure by the signal it passed on, as docker/slurm-train.sbatch does).
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the training process of `rank` among torchrun's children (from its RANK variable), or None."""
+    children = [
+        int(c) for task in Path(f"/proc/{launcher_pid}/task").iterdir() for c in (task / "children").read_text().split()
+    ]
+    for pid in children:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def test_sigusr1_to_one_rank_stops_both_after_the_same_iteration(tmp_path):
+    # Slurm's `--signal` may reach any process of the step first: here rank 1 alone gets SIGUSR1. The ranks agree
+    # (one all-reduce per iteration), stop after the same iteration, rank 0 writes its checkpoint, both exit 75, and
+    # torchrun reports the failed workers.
     env, args = _launch(tmp_path, 100_000)
     args[args.index("--checkpoint-interval") + 1] = "100000"
     proc = subprocess.Popen(
@@ -169,16 +184,20 @@ def test_sigusr1_to_torchrun_stops_both_ranks_after_one_checkpoint(tmp_path):
         while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGUSR1)  # the script exec's torchrun: this is torchrun's pid
+        rank1 = _rank_pid(proc.pid, 1)  # the script exec's torchrun: proc.pid is torchrun's
+        assert rank1 is not None
+        os.kill(rank1, signal.SIGUSR1)
         _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
     checkpoints = sorted((tmp_path / "rank0" / "run" / "checkpoints").iterdir())
     assert len(checkpoints) == 1, err[-3000:]
-    done = torch.load(checkpoints[0], map_location="cpu", weights_only=True)["iteration"]
-    assert 2 <= done < 100_000 and len(torch.load(checkpoints[0], weights_only=True)["rng"]) == WORLD
-    assert f"stopped on SIGUSR1 after {done} iterations; checkpoint run/checkpoints/{checkpoints[0].name}" in err
-    assert err.count("stopped on SIGUSR1") == 1, err[-3000:]  # rank 0's line; torchrun adds its own report
-    assert proc.returncode == 1  # torchrun's status when it stopped on a signal (SignalException)
+    state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    done = state["iteration"]
+    assert 2 <= done < 100_000 and len(state["rng"]) == WORLD
+    assert (
+        err.count(f"stopped on SIGUSR1 after {done} iterations; checkpoint run/checkpoints/{checkpoints[0].name}") == 1
+    )
+    assert err.count("exitcode  : 75") == WORLD, err[-3000:]  # torchrun's report: both ranks exited 75
     assert not list((tmp_path / "rank1").rglob("*.pt")), "rank 1 wrote a checkpoint"

@@ -7,7 +7,7 @@ started. A flag given explicitly wins; one that a resume may not change (outside
 from the checkpoint's is refused with one line. Under `torchrun --nproc_per_node N` it trains with DDP.
 
 Exit status: 0 done, 2 bad input (one `error:` line), 75 stopped by SIGTERM or SIGUSR1 after writing a checkpoint,
-130 interrupted by Ctrl-C (`trainer/training/preemption.py`); each stop prints the line to resume with.
+130 stopped by Ctrl-C (`trainer/training/preemption.py`); each stop prints the line to resume with.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from trainer.training.config import (
     read_config_file,
 )
 from trainer.training.loop import CONFIG_NAME, train
-from trainer.training.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preempted, resume_command
+from trainer.training.preemption import EXIT_INTERRUPTED, Preempted, resume_command
 
 # Every flag's default is the TrainConfig field's (the paper's where it gives one).
 D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -301,11 +301,11 @@ def cli(ctx: click.Context, config_file: str | None, target_size: str | None, so
     config = TrainConfig.from_dict(values, where=config_file or "flags")
     try:
         result = train(config)
-    except Preempted as stop:
+    except Preempted as stop:  # SIGTERM, SIGUSR1 or a first Ctrl-C: the checkpoint of the iteration is written
         if stop.checkpoint is not None:  # rank 0
             click.echo(stop.line(), err=True)
-        raise SystemExit(EXIT_PREEMPTED) from None
-    except KeyboardInterrupt:  # Ctrl-C: click would print a bare "Aborted!"
+        raise SystemExit(stop.exit_status) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started: click would print "Aborted!"
         if os.environ.get("RANK", "0") == "0":
             newest = latest_checkpoint(config.out)
             last = f"the newest checkpoint is {newest}" if newest else "no checkpoint was written yet"

@@ -13,8 +13,8 @@ Every shard is checked against its manifest entry: its size when the stores are 
 before it is read or decoded (the store's size bounds them), its sample count and sha256 whenever the stream reads it
 to the end (`pipeline.shards.raw_samples`); a source label's ids must be train ids of the protocol (or 255). A bad
 shard in a DataLoader worker comes back to the training process as the worker's one-line error, not as its flattened
-traceback. Workers ignore SIGTERM and SIGUSR1: the training process handles them (`trainer/training/preemption.py`)
-and stops its workers itself.
+traceback. Workers ignore SIGTERM, SIGUSR1 and SIGINT: the training process handles them
+(`trainer/training/preemption.py`) and stops its workers itself.
 
 Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow01`, `flow10`
 float32 (B, 2, H, W) pixels (x, y) on the first frame's grid; source `image` float RGB 0..255 (B, 3, H, W),
@@ -236,9 +236,10 @@ class IterationBatches(IterableDataset):
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader worker's start: SIGTERM and SIGUSR1 (a batch system's stop, sent to every process of the job)
-    are the training process's to handle; a worker killed by them would abort the checkpoint it is writing."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    """A DataLoader worker's start: SIGTERM, SIGUSR1 and SIGINT (a batch system's stop, sent to every process of the
+    job; Ctrl-C, sent to every process of the terminal's group) are the training process's to handle, which stops
+    its workers itself; a worker killed by one would abort the checkpoint being written."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
 
 

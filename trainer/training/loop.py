@@ -227,6 +227,7 @@ def _train(config: TrainConfig, rt: Runtime, stop: StopRequest) -> dict:
             signum = stop.agreed() if done < config.max_iter else 0  # the same answer on every rank
             if signum:
                 saved = saved if due else save_state(nets, config, rt, plan, done, saved)
+                stop.stopped_together()
                 raise Preempted(done, saved, signum, config.out)
     finally:  # also on a crash: flush the events, stop the DataLoader workers
         monitor.close()

@@ -1,13 +1,16 @@
-"""Stopping a run cleanly when the batch system asks: SIGTERM (Slurm, Kubernetes) and SIGUSR1 (Slurm's `--signal`).
+"""Stopping a run cleanly when asked: SIGTERM (Slurm, Kubernetes), SIGUSR1 (Slurm's `--signal`) and Ctrl-C (SIGINT).
 
 Slurm and Kubernetes send SIGTERM, then SIGKILL after a grace period. On SIGTERM or SIGUSR1 `i2vda-train` finishes the
 iteration it is in, writes a checkpoint of the iterations done, prints one line naming it and the command that
 resumes the run, and exits with EXIT_PREEMPTED (75, sysexits' EX_TEMPFAIL: "try again later"), which a batch script
-tells apart from success (0), a crash (1), bad input (2), Ctrl-C (130) and a kill (137, 143). The handlers only note
-the signal; the loop asks `StopRequest.agreed()` after every iteration. Under DDP that is one all-reduce (max) of the
-signal number over a gloo group on the CPU, so every rank learns of a signal that reached any of them after the same
-iteration, and no GPU synchronisation is added. Ctrl-C (SIGINT) stops at once, as at a terminal one expects; the line
-then names the newest checkpoint on disk and the same resume command (exit 130).
+tells apart from success (0), a crash (1), bad input (2), Ctrl-C (130) and a kill (137, 143). Ctrl-C does the same
+and exits with EXIT_INTERRUPTED (130, the shell's status for SIGINT); a second Ctrl-C stops at once, and the line then
+names the newest checkpoint on disk. The handlers only note the signal (an exception raised anywhere, say inside
+TensorBoard's writer, could leave a lock or a queue behind); the loop asks `StopRequest.agreed()` after every
+iteration. Under DDP that is one all-reduce (max) of the signal number over a gloo group on the CPU, so every rank
+learns of a signal that reached any of them after the same iteration, and no GPU synchronisation is added; after the
+checkpoint the ranks leave together, and a process that is stopping notes further stop signals instead of dying of
+them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch.distributed as dist
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: stopped on request, resume to continue
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT (Ctrl-C)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 def resume_command(run: str | Path) -> str:
@@ -36,6 +39,10 @@ class Preempted(Exception):
         self.iteration, self.checkpoint, self.signum, self.run = iteration, checkpoint, signum, run
         super().__init__(self.line())
 
+    @property
+    def exit_status(self) -> int:
+        return EXIT_INTERRUPTED if self.signum == signal.SIGINT else EXIT_PREEMPTED
+
     def line(self) -> str:
         name = signal.Signals(self.signum).name
         return (
@@ -45,8 +52,9 @@ class Preempted(Exception):
 
 
 class StopRequest:
-    """While entered (`with`), SIGTERM and SIGUSR1 are noted instead of ending the process; `agreed()` says, the
-    same on every rank, whether to stop after the current iteration."""
+    """While entered (`with`), SIGTERM, SIGUSR1 and a first SIGINT are noted instead of ending the process (a second
+    SIGINT raises KeyboardInterrupt at once); `agreed()` says, the same on every rank, whether to stop after the
+    current iteration."""
 
     def __init__(self, world: int):
         self.world, self.received = world, 0
@@ -56,6 +64,8 @@ class StopRequest:
 
     def _note(self, signum: int, frame) -> None:
         self.received = self.received or signum
+        if signum == signal.SIGINT:  # the next Ctrl-C is not a request: it stops at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # Python handles signals in the main thread only
@@ -63,10 +73,18 @@ class StopRequest:
                 self._previous[signum] = signal.signal(signum, self._note)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is Preempted:  # the process is on its way out: a later signal (torchrun passes one on when a
+            return  # rank exits) is noted too, so it cannot kill a rank before it has said its line
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()  # the gloo group ends with the default group (`trainer.training.loop.train`)
+
+    def stopped_together(self) -> None:
+        """Wait until every rank is here (after rank 0 wrote the stop's checkpoint): no rank exits earlier, so a
+        launcher that stops the others when one exits (torchrun) never interrupts the save."""
+        if self.world > 1:
+            dist.barrier(group=self._group)
 
     def agreed(self) -> int:
         """The stop signal's number if any rank has received one (0: go on); a collective under DDP."""
