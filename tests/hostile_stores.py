@@ -359,6 +359,8 @@ def _child(main: Callable, args: list[str], folder: Path, headroom_bytes: int, s
 
     code = 1
     try:
+        # One intra-op thread: the parent may have run OpenMP regions with more, whose threads do not exist here.
+        torch.set_num_threads(1)
         if setup is not None:
             setup()
         limit = _vm_kib("VmSize") * 1024 + headroom_bytes

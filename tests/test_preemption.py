@@ -43,6 +43,8 @@ FLAGS = {
 }
 PARTS = ("model", "proxy", "disc", "opt_seg", "opt_disc")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):

@@ -247,10 +247,14 @@ WORKER_DIED = "DataLoader worker"  # how PyTorch's RuntimeError starts when a wo
 
 
 def worker_death_line(exc: BaseException) -> str | None:
-    """The one line for a DataLoader worker that died without a Python error (e.g. killed for memory), or None."""
-    if not isinstance(exc, RuntimeError) or WORKER_DIED not in str(exc):
+    """The one line for a DataLoader worker that died without a Python error (e.g. killed for memory): PyTorch's
+    RuntimeError, or the ConnectionError of reading from its queue as it died; else None."""
+    if isinstance(exc, ConnectionError):
+        reason = f"its queue: {exc.strerror or type(exc).__name__}"
+    elif isinstance(exc, RuntimeError) and WORKER_DIED in str(exc):
+        reason = next((line for line in str(exc).splitlines() if WORKER_DIED in line), "").strip()
+    else:
         return None
-    reason = next((line for line in str(exc).splitlines() if WORKER_DIED in line), "").strip()
     return (
         f"a data-loading worker process died ({reason}); the node may be out of memory: lower --num-workers or "
         f"--shuffle-buffer, or rerun with --num-workers 0 to see the error in the training process"
@@ -258,8 +262,18 @@ def worker_death_line(exc: BaseException) -> str | None:
 
 
 def _raise_worker_errors(batches: Iterator[dict]) -> Iterator[dict]:
-    """Re-raise a DataLoader worker's InputError, handed over as {"error": line}, in the training process."""
-    for batch in batches:
+    """Re-raise a DataLoader worker's InputError, handed over as {"error": line}, in the training process; a worker
+    that died is one line too."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (RuntimeError, ConnectionError) as exc:
+            line = worker_death_line(exc)
+            if line is None:
+                raise
+            raise InputError(line) from None
         if "error" in batch:
             raise InputError(batch["error"])
         yield batch
