@@ -55,7 +55,10 @@ def _set(path: str, value):
 
 # (edit of the target manifest, the field and complaint the line names)
 FIELD_CASES = {
-    "shard entry without a name": (lambda m: m["shards"][0].pop("name"), "shards[0].name: expected a value"),
+    "shard entry without a name": (
+        lambda m: m["shards"][0].pop("name"),
+        "shards[0].name: expected a value, got nothing (the field is missing)",
+    ),
     "samples 10**30": (_set("shards.0.samples", 10**30), f"shards[0].samples: expected an integer in 0..{MAX_COUNT}"),
     "bytes negative": (_set("shards.0.bytes", -1), "shards[0].bytes: expected an integer"),
     "samples a float": (_set("shards.0.samples", 2.0), "shards[0].samples: expected an integer"),
@@ -70,7 +73,10 @@ FIELD_CASES = {
     "shards an object": (_set("shards", {}), "shards: expected a list"),
     "shard entry a string": (_set("shards", ["tgt-000000.tar"]), "shards[0]: expected an object"),
     "estimator_options nested": (_set("estimator_options", {"preset": [1]}), "estimator_options.preset: expected a"),
-    "skipped entry without reason": (_set("skipped", [{"key": "k", "path": "p"}]), "skipped[0].reason: expected"),
+    "skipped entry without reason": (
+        _set("skipped", [{"key": "k", "path": "p"}]),
+        "skipped[0].reason: expected a value, got nothing",
+    ),
     "config a list": (_set("config", []), "config: expected an object"),
     "config size_wh wrong": (_set("config.size_wh", [1, 2, 3]), "config.size_wh: expected [width, height]"),
     "a very long name": (_set("name", "x" * 5000), "name: expected a string of at most 4096 characters"),
@@ -92,7 +98,10 @@ TEXT_CASES = {
     "cut in the middle": (lambda text: text[: len(text) // 2], "not a valid manifest"),
     "a list": (lambda text: "[1, 2]", "not an i2vda store manifest"),
     "not UTF-8": (lambda text: b"\xff\xfe" + text.encode(), "not a valid manifest"),
-    "an int of 5000 digits": (lambda text: text.replace('"samples": 2', '"samples": ' + "9" * 5000, 1), "manifest"),
+    "an int of 5000 digits": (
+        lambda text: text.replace('"samples": 2', '"samples": ' + "9" * 5000, 1),
+        "not a valid manifest (an integer of more digits than Python reads)",
+    ),
 }
 
 

@@ -36,9 +36,13 @@ Check = Callable[[object, str], None]  # (value, where) -> None, or raise _Inval
 class _Invalid(Exception):
     """A field that does not fit its spec: where it is and what was expected."""
 
-    def __init__(self, where: str, expected: str, value: object):
-        shown = json.dumps(value)[:60] if _jsonable(value) else type(value).__name__
+    def __init__(self, where: str, expected: str, value: object = None, missing: bool = False):
+        shown = "nothing (the field is missing)" if missing else _shown(value)
         super().__init__(f"{where}: expected {expected}, got {shown}")
+
+
+def _shown(value) -> str:
+    return json.dumps(value)[:60] if _jsonable(value) else type(value).__name__
 
 
 def _jsonable(value) -> bool:
@@ -127,7 +131,7 @@ def record(fields: Mapping[str, Check], required: tuple[str, ...] = ()) -> Check
             raise _Invalid(where, "an object", value)
         for name in required:
             if name not in value:
-                raise _Invalid(f"{where}.{name}" if where else name, "a value (the field is missing)", None)
+                raise _Invalid(f"{where}.{name}" if where else name, "a value", missing=True)
         for name, spec in fields.items():
             if name in value:
                 spec(value[name], f"{where}.{name}" if where else name)
@@ -208,7 +212,11 @@ def parse_manifest(data: bytes, where: str) -> dict:
     try:
         manifest = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
+        reason = " ".join(str(exc).split())[:200]
+        if isinstance(exc, RecursionError):
+            reason = "nested too deeply"
+        elif "int_max_str_digits" in reason:  # Python refuses to read an integer of more than 4300 digits
+            reason = "an integer of more digits than Python reads"
         raise InputError(f"{where}: not a valid manifest ({reason})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise InputError(f"{where}: not an i2vda store manifest (expected format {MANIFEST_FORMAT})")
