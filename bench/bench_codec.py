@@ -7,6 +7,8 @@ smooth with motion boundaries), the same with 0.05 px estimation noise, the moto
 (u = -disparity, unknown set to 0) and DIS (medium) flow on that pair, all at 1024x512; `--demo-world DIR` adds the
 ground-truth flows of a world written by `i2vda-prep demo-world`. Candidates other than ours (`zstd-dx16x64`, the shard
 codec of `pipeline/flow/codec.py`, and `png16x64`, the one shard layout v1 used) are written here only to be measured.
+The flows here are (H, W, 2), the layout DA-VSN's `.npy` and KITTI's PNG store; ours take and give (2, H, W), the
+layout of every flow in i2vda, so their entries move the axes (a view, no copy).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import cv2
 import numpy as np
 import zstandard
 
+from pipeline.flow import read_flo
 from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow, encode_legacy_png16
 from pipeline.flow.dis import DISEstimator
-from pipeline.flow.flo import read_flo
 
 SIZE_WH = (1024, 512)
 NOISE_PX = 0.05  # standard deviation of the per-pixel noise added to the street flow (an estimator's jitter)
@@ -150,18 +152,26 @@ def _zstd_plain_decode(data: bytes, shape: tuple) -> np.ndarray:
     return np.frombuffer(zstandard.ZstdDecompressor().decompress(data), "<i2").reshape(shape).astype(np.float32) / Q64
 
 
+def _ours(encode, **options):
+    """Our codec's encode on an (H, W, 2) flow, and its decode back to (H, W, 2)."""
+    return (
+        lambda flow: encode(np.moveaxis(flow, -1, 0), **options),
+        lambda data, shape: np.moveaxis(decode_flow(data), 0, -1),
+    )
+
+
 NPY = "npy_int16x10 (DA-VSN)"
 CODECS = {  # name: (encode(flow), decode(data, shape of the flow)); the shape stands in for a header
     NPY: (_npy_encode, _npy_decode),
-    f"{FLOW_CODEC} (ours)": (encode_flow, lambda data, shape: decode_flow(data)),
-    f"{FLOW_CODEC} zstd level 1": (lambda flow: encode_flow(flow, level=1), lambda data, shape: decode_flow(data)),
-    f"{FLOW_CODEC} zstd level 9": (lambda flow: encode_flow(flow, level=9), lambda data, shape: decode_flow(data)),
+    f"{FLOW_CODEC} (ours)": _ours(encode_flow),
+    f"{FLOW_CODEC} zstd level 1": _ours(encode_flow, level=1),
+    f"{FLOW_CODEC} zstd level 9": _ours(encode_flow, level=9),
     "int16x64 zstd3, no prediction": (_zstd_plain_encode, _zstd_plain_decode),
-    "png16x64 (shard layout v1)": (encode_legacy_png16, lambda data, shape: decode_flow(data)),
-    "png16x64 opencv default": (_png_variant([]), lambda data, shape: decode_flow(data)),
+    "png16x64 (shard layout v1)": _ours(encode_legacy_png16),
+    "png16x64 opencv default": (_png_variant([]), lambda data, shape: np.moveaxis(decode_flow(data), 0, -1)),
     "png16x64 level 6": (
         _png_variant([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS, cv2.IMWRITE_PNG_COMPRESSION, 6]),
-        lambda data, shape: decode_flow(data),
+        lambda data, shape: np.moveaxis(decode_flow(data), 0, -1),
     ),
     "kitti_png16 3ch": (_kitti_encode, _kitti_decode),
     "int16x64 savez_compressed": (_npz_encode, _npz_decode),
@@ -186,7 +196,7 @@ def demo_flows(root: Path) -> list[np.ndarray]:
     paths = sorted((root / "cityscapes" / "flow_gt" / "val").glob("*/*.flo"))[:MAX_DEMO_FLOWS]
     if not paths:
         raise click.BadParameter(f"no .flo files under {root}/cityscapes/flow_gt/val", param_hint="--demo-world")
-    return [read_flo(p) for p in paths]
+    return [np.moveaxis(read_flo(p), 0, -1) for p in paths]
 
 
 @click.command()

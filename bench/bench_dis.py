@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import skimage.data
 
+from pipeline.flow import read_flo
 from pipeline.flow.dis import DIS_PRESETS, DISEstimator
-from pipeline.flow.flo import read_flo
 
 SIZE_WH = (1024, 512)  # the Cityscapes training size of the paper
 BAD_PX = 3.0  # an end-point error above this counts as a wrong pixel (KITTI's outlier threshold)
@@ -38,7 +38,7 @@ MEDIUM_VARIANTS = {
 
 
 def motorcycle(size_wh: tuple[int, int] | None):
-    """Left, right uint8 RGB, ground-truth flow (H, W, 2) and its validity mask, resized to size_wh if given."""
+    """Left, right uint8 RGB, ground-truth flow (2, H, W) and its validity mask, resized to size_wh if given."""
     left, right, disparity = skimage.data.stereo_motorcycle()
     valid = np.isfinite(disparity)
     u = np.where(valid, -disparity, 0.0).astype(np.float32)
@@ -48,7 +48,7 @@ def motorcycle(size_wh: tuple[int, int] | None):
         right = cv2.resize(right, size_wh, interpolation=cv2.INTER_AREA)
         u = cv2.resize(u, size_wh, interpolation=cv2.INTER_NEAREST) * scale_x
         valid = cv2.resize(valid.astype(np.uint8), size_wh, interpolation=cv2.INTER_NEAREST).astype(bool)
-    truth = np.stack((u, np.zeros_like(u)), axis=-1)
+    truth = np.stack((u, np.zeros_like(u)))
     return left, right, truth, valid
 
 
@@ -72,7 +72,7 @@ def demo_pairs(root: Path):
 
 def epe_stats(flow: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
     """Mean end-point error (px) and the percentage of pixels above BAD_PX, over the valid pixels."""
-    error = np.linalg.norm(flow - truth, axis=-1)[valid]
+    error = np.linalg.norm(flow - truth, axis=0)[valid]  # (2, H, W) flows
     return float(error.mean()), float(100.0 * (error > BAD_PX).mean())
 
 
@@ -85,7 +85,7 @@ def medium_variants(pair, repeats: int) -> list[dict]:
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         for setter, value in settings.items():
             getattr(dis, f"set{setter}")(value)
-        epe, bad = epe_stats(dis.calc(gray0, gray1, None), truth, valid)
+        epe, bad = epe_stats(dis.calc(gray0, gray1, None).transpose(2, 0, 1), truth, valid)  # OpenCV: (H, W, 2)
         _, cpu_ms = median_ms(lambda dis=dis: dis.calc(gray0, gray1, None), repeats)
         rows.append({"variant": name, "epe_1024x512": epe, "bad3_1024x512_pct": bad, "cpu_ms_threads1": cpu_ms})
     return rows
@@ -119,13 +119,13 @@ def main(repeats: int, demo_world: Path | None, out: Path) -> None:
         row = {"preset": preset}
         for threads in (1, default_threads):
             cv2.setNumThreads(threads)
-            wall_ms, cpu_ms = median_ms(lambda est=est: est(big[0], big[1]), repeats)
+            wall_ms, cpu_ms = median_ms(lambda est=est: est.flows(big[0], big[1]), repeats)
             row[f"wall_ms_threads{threads}"], row[f"cpu_ms_threads{threads}"] = wall_ms, cpu_ms
         cv2.setNumThreads(default_threads)
-        row["epe_native"], row["bad3_native_pct"] = epe_stats(est(native[0], native[1]), native[2], native[3])
-        row["epe_1024x512"], row["bad3_1024x512_pct"] = epe_stats(est(big[0], big[1]), big[2], big[3])
+        row["epe_native"], row["bad3_native_pct"] = epe_stats(est.flows(native[0], native[1]), native[2], native[3])
+        row["epe_1024x512"], row["bad3_1024x512_pct"] = epe_stats(est.flows(big[0], big[1]), big[2], big[3])
         if demo:
-            scores = [epe_stats(est(f0, f1), truth, np.ones(truth.shape[:2], bool)) for f0, f1, truth in demo]
+            scores = [epe_stats(est.flows(f0, f1), truth, np.ones(truth.shape[1:], bool)) for f0, f1, truth in demo]
             row["epe_demo"] = float(np.mean([s[0] for s in scores]))
             row["bad3_demo_pct"] = float(np.mean([s[1] for s in scores]))
         rows.append(row)

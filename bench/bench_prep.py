@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -31,10 +32,11 @@ from ray.util import ActorPool
 
 from pipeline.build import Builder, pin_threads
 from pipeline.job import PrepActor, run_shards
-from pipeline.plan import PrepConfig, parse_size, plan_shards
+from pipeline.plan import PrepConfig, plan_shards
 from pipeline.shards import TARGET_KIND, raw_samples, read_samples, store_shards
+from pipeline.sources import parse_size_wh
 from pipeline.sources.cityscapes import list_pairs
-from pipeline.world.world import WorldConfig, write_world
+from pipeline.world import WorldConfig, write_world
 
 SIZE_WH = (1024, 512)  # the paper's Cityscapes training size
 SAMPLES_PER_SHARD = 2  # small shards, so two workers share the work evenly
@@ -114,20 +116,23 @@ def time_ray(config: PrepConfig, tasks, workers: int) -> tuple[float, float, flo
 
 
 def davsn_flow_bytes(flow: np.ndarray) -> int:
-    """Bytes of one flow as DA-VSN stores it: np.save of np.int16(flow * 10), shape (H, W, 2)."""
+    """Bytes of one flow as DA-VSN stores it: np.save of np.int16(flow * 10) (its (H, W, 2) and our (2, H, W) take
+    the same bytes)."""
     npy = io.BytesIO()
     np.save(npy, np.trunc(flow * 10).astype(DAVSN_FLOW_DTYPE))
     return npy.tell()
 
 
 def member_bytes(store: Path) -> dict[str, int]:
-    """Total bytes per member field ("frame0.png", "flow01.zflow", ...) over a store's shards."""
+    """Total bytes per kind of member over a store's shards: "frames.png" (a pair's frame0/frame1, a run's
+    frame000000...), "flow01.zflow", "flow10.zflow", and "meta.json" (pairs) or "run.json" (runs)."""
     totals: dict[str, int] = {}
     for shard in store_shards(store):
         for sample in raw_samples(shard):
             for field, data in sample.items():
                 if not field.startswith("__"):
-                    totals[field] = totals.get(field, 0) + len(data)
+                    kind = re.sub(r"_\d+", "", re.sub(r"^frame\d+", "frames", field))
+                    totals[kind] = totals.get(kind, 0) + len(data)
     return totals
 
 
@@ -145,7 +150,7 @@ def main(pairs: int, repeats: int, native: str, out: str) -> None:
     """Run the benchmark and write its JSON."""
     pin_threads(1)
     work = Path(tempfile.mkdtemp(prefix="bench_prep_"))
-    native_wh = parse_size(native, "--native")
+    native_wh = parse_size_wh(native, "--native")
     root = demo_world_root(work / "world", pairs, native_wh)
     config = config_for(root, work / "stores")
     config.store_dir.mkdir(parents=True)

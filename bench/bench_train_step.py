@@ -33,22 +33,15 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.flow.estimators import load_estimator
-from pipeline.shards import (
-    SOURCE_KIND,
-    TARGET_KIND,
-    encode_source_sample,
-    encode_target_sample,
-    shard_name,
-    write_manifest,
-    write_shard,
-)
+from pipeline.flow import load_estimator
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, encode_source_sample, encode_target_sample, write_store
 from trainer.losses import segmentation_loss
 from trainer.models import build_segmenter, caffe_normalize
 from trainer.temporal import synthesize_intermediate
 from trainer.training.config import TrainConfig
 from trainer.training.data import iteration_batches, open_stores
 from trainer.training.loop import to_device, train
+from trainer.training.monitor import LOG_NAME
 from trainer.training.networks import build_nets, set_learning_rates
 from trainer.training.steps import Iteration, discriminator_step, segmenter_step
 
@@ -70,47 +63,31 @@ def _smooth(rng: np.random.Generator, hw, channels: int, cells=(8, 16), scale=25
 def synthetic_stores(root: Path, seed: int = 0) -> Path:
     """root/src (viper15 labels, 224x128) and root/tgt (pairs with smooth flows, 256x128)."""
     rng = np.random.default_rng(seed)
-    for name in ("src", "tgt"):
-        (root / name).mkdir(parents=True)
-    info = {"src": [], "tgt": []}
+    source, target = [], []
     for s in range(SHARDS):
-        source, target = [], []
         for j in range(SAMPLES_PER_SHARD):
             image = _smooth(rng, SOURCE_HW, 3).clip(0, 255).astype(np.uint8)
             label = (_smooth(rng, SOURCE_HW, 1, scale=NUM_CLASSES)[..., 0]).astype(np.uint8).clip(0, NUM_CLASSES - 1)
             source.append(encode_source_sample(f"s{s}_{j}", image, label, {}))
             frame0 = _smooth(rng, TARGET_HW, 3).clip(0, 255).astype(np.uint8)
-            flow01 = _smooth(rng, TARGET_HW, 2, scale=8.0) - 4.0  # within +-4 px
+            flow_01 = (_smooth(rng, TARGET_HW, 2, scale=8.0) - 4.0).transpose(2, 0, 1)  # (2, H, W), within +-4 px
             xs, ys = np.meshgrid(np.arange(TARGET_HW[1], dtype=np.float32), np.arange(TARGET_HW[0], dtype=np.float32))
             # frame 1 = W(frame 0, F_1->0) with F_1->0 ~ -F_0->1 (smooth flow)
             frame1 = cv2.remap(
-                frame0, xs - flow01[..., 0], ys - flow01[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                frame0, xs - flow_01[0], ys - flow_01[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
             )
-            target.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow01, -flow01, {}))
-        info["src"].append(write_shard(root / "src" / shard_name("src", s), source))
-        info["tgt"].append(write_shard(root / "tgt" / shard_name("tgt", s), target))
-    write_manifest(
-        root / "src",
-        {
-            "name": "src",
-            "kind": SOURCE_KIND,
-            "complete": True,
-            "protocol": "viper15",
-            "size_wh": [SOURCE_HW[1], SOURCE_HW[0]],
-            "shards": info["src"],
-        },
+            target.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow_01, -flow_01, {}))
+    write_store(
+        root / "src", SOURCE_KIND, source, SAMPLES_PER_SHARD, protocol="viper15", size_wh=[SOURCE_HW[1], SOURCE_HW[0]]
     )
-    write_manifest(
+    write_store(
         root / "tgt",
-        {
-            "name": "tgt",
-            "kind": TARGET_KIND,
-            "complete": True,
-            "estimator": "dis",
-            "estimator_options": {"preset": "medium"},
-            "size_wh": [TARGET_HW[1], TARGET_HW[0]],
-            "shards": info["tgt"],
-        },
+        TARGET_KIND,
+        target,
+        SAMPLES_PER_SHARD,
+        estimator="dis",
+        estimator_options={"preset": "medium"},
+        size_wh=[TARGET_HW[1], TARGET_HW[0]],
     )
     return root
 
@@ -143,7 +120,7 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
         shuffle_buffer=8,
     )
     train(config)
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][WARMUP_ITERS:]
+    log = [json.loads(line) for line in (run / LOG_NAME).read_text().splitlines()][WARMUP_ITERS:]
     step_s = statistics.median(1.0 / e["it_per_s"] for e in log)
     wait = statistics.median(e["data_wait_frac"] for e in log)
 
@@ -153,7 +130,7 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
     set_learning_rates(nets, config, 0)
     batch = to_device(next(iteration_batches(config, plan, 0, 1, 0)), torch.device("cpu"), 0)
     src, tgt = batch["source"], batch["target"]
-    i_t = synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"], 0.5)
+    i_t = synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow_01"], tgt["flow_10"], 0.5)
     estimator = load_estimator("dis", **plan.estimator_options)
 
     def m_forward_backward():  # the three passes of M, L_seg on the source, one backward, the SGD update
@@ -175,7 +152,7 @@ def demo_breakdown(stores: Path, run: Path, iters: int, repeats: int) -> dict:
     full = median_seconds(full_step, repeats)
     stages = {
         "synthesize_It": median_seconds(
-            lambda: synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"], 0.5), repeats
+            lambda: synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow_01"], tgt["flow_10"], 0.5), repeats
         ),
         "M_forward_backward": median_seconds(m_forward_backward, repeats),
         "M_proxy_forward": median_seconds(proxy_forward, repeats),

@@ -31,13 +31,11 @@ import torch.nn.functional as F
 
 from pipeline.flow import load_estimator, read_flo
 from pipeline.shards import ValStore
+from pipeline.sources import get_protocol, read_rgb, resize_label, resize_rgb
 from pipeline.sources.cityscapes import list_annotated
-from pipeline.sources.images import read_rgb, resize_label, resize_rgb
-from pipeline.sources.protocols import get_protocol
-from trainer.evaluation.predict import load_segmenter
-from trainer.models import build_segmenter, caffe_normalize
+from trainer.models import caffe_normalize
 from trainer.temporal import DELTA, ETA_PX, class_balanced_entropy, normalized_entropy, occlusion_mask
-from trainer.training.checkpoint import latest_checkpoint, read_checkpoint
+from trainer.training.checkpoint import checkpoints_in, latest_checkpoint, load_segmenter
 from trainer.training.networks import proxy_logits
 
 PROTOCOL = "viper15"  # the demo adapts VIPER -> Cityscapes
@@ -51,12 +49,12 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 def pseudo_label_quality(ckpt: str, store: ValStore, delta: float) -> dict:
     """Accuracy of argmax and of the entropy-filtered pseudo-labels of one checkpoint on the annotated val frames."""
     model, config, iteration = load_segmenter(ckpt, "cpu")
-    names = get_protocol(config["protocol"]).class_names
+    names = get_protocol(config.protocol).class_names
     k = len(names)
     confusion, kept = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)  # rows truth, columns prediction
     for key in store.keys():
         image = store.image(key)
-        label = resize_label(store.label(key, config["protocol"]), (image.shape[1], image.shape[0]))
+        label = resize_label(store.label(key, config.protocol), (image.shape[1], image.shape[0]))
         with torch.no_grad():
             logits = model(caffe_normalize(_tensor(image)))
             prob = F.softmax(F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=True), 1)
@@ -96,17 +94,18 @@ def flow_and_occlusion_quality(world: Path, size_wh: tuple[int, int], eta: float
         f1 = record.frame
         paths = dict(record.snippet)
         frame0, frame1 = (resize_rgb(read_rgb(paths[f]), size_wh) for f in (f1 - 1, f1))
-        est = estimator(np.stack([frame0, frame1]), np.stack([frame1, frame0]))  # F_0->1, F_1->0
+        est = estimator.flows(np.stack([frame0, frame1]), np.stack([frame1, frame0]))  # F_0->1, F_1->0: (2, H, W)
         folder = root / "flow_gt" / "val" / record.city
         true = []
         for a, b in ((f1 - 1, f1), (f1, f1 - 1)):
-            flow = read_flo(folder / f"{record.city}_{record.seq}_{a:06d}_{b:06d}.flo")
-            scale = np.array([size_wh[0] / flow.shape[1], size_wh[1] / flow.shape[0]], np.float32)
-            # Area averaging, as the frames were shrunk; pixel units scale with the size.
-            true.append(cv2.resize(flow, size_wh, interpolation=cv2.INTER_AREA) * scale)
-        o_true = occlusion_mask(_tensor(true[0]), _tensor(true[1]), eta)[0].numpy()  # on I1's grid
-        o_est = occlusion_mask(_tensor(est[0]), _tensor(est[1]), eta)[0].numpy()
-        epe.append(np.linalg.norm(est[1] - true[1], axis=-1)[o_true])
+            flow = read_flo(folder / f"{record.city}_{record.seq}_{a:06d}_{b:06d}.flo")  # (2, H, W)
+            scale = np.array([size_wh[0] / flow.shape[2], size_wh[1] / flow.shape[1]], np.float32).reshape(2, 1, 1)
+            # Area averaging, as the frames were shrunk (OpenCV resizes (H, W, C)); pixel units scale with the size.
+            resized = cv2.resize(np.ascontiguousarray(flow.transpose(1, 2, 0)), size_wh, interpolation=cv2.INTER_AREA)
+            true.append(resized.transpose(2, 0, 1) * scale)
+        o_true = occlusion_mask(*(torch.from_numpy(f)[None] for f in true), eta)[0].numpy()  # on I1's grid
+        o_est = occlusion_mask(*(torch.from_numpy(f)[None] for f in est), eta)[0].numpy()
+        epe.append(np.linalg.norm(est[1] - true[1], axis=0)[o_true])
         agree.append((o_true == o_est).mean())
         occluded_true += (~o_true).sum()
         occluded_found += (~o_true & ~o_est).sum()
@@ -125,18 +124,13 @@ def flow_and_occlusion_quality(world: Path, size_wh: tuple[int, int], eta: float
 def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
     """Pseudo-label coverage and precision of M' at each checkpoint of an I2VDA run, made in the run's own modes."""
     rows = []
-    for path in sorted((run / "checkpoints").glob("iter_*.pt")):
-        state = read_checkpoint(path)
-        config = state["config"]
-        if state.get("proxy") is None:
-            raise click.ClickException(f"{path}: holds no proxy M' (not an I2VDA run with L_tc)")
-        if state["iteration"] <= config["iter_launch"]:
+    for path in checkpoints_in(run / "checkpoints"):
+        proxy, config, iteration = load_segmenter(path, "cpu", weights="proxy")  # none: not an I2VDA run with L_tc
+        if iteration <= config.iter_launch:
             continue  # M' has not labelled anything yet (before the launch it may be the initial copy)
-        proxy = build_segmenter(config["arch"], config["num_classes"])
-        proxy.load_state_dict(state["proxy"])
-        proxy.eval().requires_grad_(False)
-        protocol = config["protocol"]
-        k = config["num_classes"]
+        proxy.requires_grad_(False)
+        protocol = config.protocol
+        k = config.num_classes
         truth_counts, kept = np.zeros(k, np.int64), np.zeros((k, k), np.int64)  # kept: rows truth, columns PL
         keys = store.keys()
         for start in range(0, len(keys) - 1, 2):  # 2-frame batches, as training's I1 batches
@@ -144,12 +138,12 @@ def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
             images = [store.image(key) for key in batch]
             x = caffe_normalize(torch.cat([_tensor(image) for image in images]))
             size = images[0].shape[:2]
-            logits = proxy_logits(proxy, x, config.get("proxy_bn", "running"))
+            logits = proxy_logits(proxy, x, config.proxy_bn)
             prob = F.softmax(F.interpolate(logits, size=size, mode="bilinear", align_corners=True), 1)
             entropy = normalized_entropy(prob)
-            if config.get("pl_select", "entropy") == "class-balanced":
-                entropy = class_balanced_entropy(prob, entropy, config["delta"], config["pl_portion"])
-            pred, confident = prob.argmax(1).numpy(), (entropy < config["delta"]).numpy()
+            if config.pl_select == "class-balanced":
+                entropy = class_balanced_entropy(prob, entropy, config.delta, config.pl_portion)
+            pred, confident = prob.argmax(1).numpy(), (entropy < config.delta).numpy()
             for i, key in enumerate(batch):
                 label = resize_label(store.label(key, protocol), (size[1], size[0]))
                 valid = label != 255
@@ -171,8 +165,8 @@ def proxy_label_quality(run: Path, store: ValStore) -> list[dict]:
         rows.append(
             {
                 "run": str(run),
-                "iteration": state["iteration"],
-                "proxy_bn": config.get("proxy_bn", "running"),
+                "iteration": iteration,
+                "proxy_bn": config.proxy_bn,
                 "bn_stats": config.get("bn_stats", "all"),
                 "pl_select": config.get("pl_select", "entropy"),
                 "coverage": kept.sum() / total,

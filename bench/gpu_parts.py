@@ -2,8 +2,8 @@
 
 Every case is a dict of its settings, completed by `timed` (median wall seconds between two synchronizations, and on
 CUDA the GPU seconds between CUDA events and the peak allocated MiB) or by the error that stopped it. Batches follow
-trainer/training/data.py's layout on the device: target `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), `flow01`,
-`flow10` (B, 2, H, W) pixels (x, y); source `image` (B, 3, H, W) and `label` long (B, H, W).
+trainer/training/data.py's layout on the device: target `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), `flow_01`,
+`flow_10` (B, 2, H, W) pixels (x, y); source `image` (B, 3, H, W) and `label` long (B, H, W).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pipeline.flow.flownet2 import FlowNet2, FlowNet2Estimator
 from trainer.losses import segmentation_loss
 from trainer.models import caffe_normalize
 from trainer.temporal import synthesize_intermediate
-from trainer.training.config import TrainConfig
+from trainer.training.config import AMP_DTYPES, TrainConfig
 from trainer.training.networks import Nets
-from trainer.training.steps import AMP_DTYPES, Iteration, autocast, discriminator_step, segmenter_step
+from trainer.training.steps import Iteration, autocast, discriminator_step, segmenter_step
 
 MIB = 2**20
 FLOW_CHUNK = 4  # FlowNet2Estimator's default batch_size, the one the loop's online flow runs with
@@ -125,17 +125,20 @@ def make_batch(target_hw, source_hw, batch: int, device: torch.device, seed: int
     def stack(arrays) -> torch.Tensor:  # (H, W, C) arrays -> (B, C, H, W) float32 on the device
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous().to(device)
 
+    def stack_flows(flows) -> torch.Tensor:  # (2, H, W) flows -> (B, 2, H, W) float32 on the device
+        return torch.from_numpy(np.stack(flows)).float().to(device)
+
     target = {
         "frame0": stack([p[0] for p in pairs]),
         "frame1": stack([p[1] for p in pairs]),
-        "flow01": stack([p[2] for p in pairs]),
-        "flow10": stack([-p[2] for p in pairs]),
+        "flow_01": stack_flows([p[2] for p in pairs]),
+        "flow_10": stack_flows([-p[2] for p in pairs]),
     }
     source = {
         "image": stack([s[0] for s in sources]),
         "label": torch.from_numpy(np.stack([s[1] for s in sources])).long().to(device),
     }
-    i_t = synthesize_intermediate(target["frame0"], target["frame1"], target["flow01"], target["flow10"], T_FIXED)
+    i_t = synthesize_intermediate(target["frame0"], target["frame1"], target["flow_01"], target["flow_10"], T_FIXED)
     return {"source": source, "target": target}, i_t
 
 

@@ -2,14 +2,13 @@
 
 Frames are smooth random pictures (bicubic upsampling of a coarse random grid: picture-like, so PNG and DIS behave
 as on photographs) and frame 1 is frame 0 moved by a smooth random flow; source labels are smooth random class
-maps. The stores are written with the pipeline's own layers (`Builder.flows_both_ways` with DIS for the flows,
-`encode_*_sample`, `write_shard`, `store_manifest`), without Ray, and read by a real `i2vda-train` process, whose
+maps. The stores are written with the pipeline's own layers (DIS for the flows, `encode_*_sample`, `write_store`),
+without Ray, and read by a real `i2vda-train` process, whose
 `RUN/log.jsonl` gives the iterations per second and the fraction of each iteration spent waiting for data.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,18 +19,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.build import Builder
-from pipeline.plan import PrepConfig, store_manifest
+from pipeline.flow import load_estimator
+from pipeline.flow.codec import FLOW_CODEC
 from pipeline.shards import (
+    PAIR_LAYOUT,
     SOURCE_KIND,
     TARGET_KIND,
     encode_source_sample,
     encode_target_sample,
-    shard_name,
-    write_manifest,
-    write_shard,
+    write_store,
 )
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import get_protocol
 from trainer.training.monitor import LOG_NAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,15 +48,13 @@ def smooth_field(rng: np.random.Generator, size_hw: tuple[int, int], channels: i
 
 
 def synthetic_pair(rng: np.random.Generator, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> frame0, frame1 (H, W, 3) uint8 RGB and F_0->1 (H, W, 2) float32 pixels: frame 1 is frame 0 moved by it."""
+    """-> frame0, frame1 (H, W, 3) uint8 RGB and F_0->1 (2, H, W) float32 pixels: frame 1 is frame 0 moved by it."""
     frame0 = smooth_field(rng, size_hw, 3, 255.0).clip(0, 255).astype(np.uint8)
-    flow01 = smooth_field(rng, size_hw, 2, MAX_FLOW_PX) - MAX_FLOW_PX / 2
+    flow_01 = (smooth_field(rng, size_hw, 2, MAX_FLOW_PX) - MAX_FLOW_PX / 2).transpose(2, 0, 1)  # (2, H, W)
     ys, xs = np.mgrid[: size_hw[0], : size_hw[1]].astype(np.float32)
     # frame1(p) = frame0(p - F(p)): backward warp with F_1->0 ~ -F_0->1, which holds for a smooth flow
-    frame1 = cv2.remap(
-        frame0, xs - flow01[..., 0], ys - flow01[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
-    return frame0, frame1, flow01
+    frame1 = cv2.remap(frame0, xs - flow_01[0], ys - flow_01[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return frame0, frame1, np.ascontiguousarray(flow_01)
 
 
 def synthetic_source(rng: np.random.Generator, size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,68 +65,56 @@ def synthetic_source(rng: np.random.Generator, size_hw: tuple[int, int]) -> tupl
     return image, label
 
 
-def _plan_digest(config: PrepConfig, seed: int) -> str:
-    return hashlib.sha256(json.dumps({"bench_gpu": seed, **config.identity()}).encode()).hexdigest()
-
-
 def write_stores(
     root: Path, target_hw: tuple[int, int], source_hw: tuple[int, int], pairs: int, per_shard: int, seed: int = 0
 ) -> dict:
     """root/cityscapes_seq (pairs with DIS flows both ways) and root/viper (viper15), `pairs` samples each."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    target = PrepConfig(
-        kind=TARGET_KIND,
-        src=TARGET_STORE,
-        root=str(root),
-        out=str(root),
-        size_wh=(target_hw[1], target_hw[0]),
-        flow="dis",
-        samples_per_shard=per_shard,
-    )
-    source = PrepConfig(
-        kind=SOURCE_KIND,
-        src=SOURCE_STORE,
-        root=str(root),
-        out=str(root),
-        protocol=PROTOCOL,
-        size_wh=(source_hw[1], source_hw[0]),
-        flow=None,
-        samples_per_shard=per_shard,
-    )
-    builder = Builder(target)  # loads DIS once, as a prep worker does
-    entries: dict[str, dict] = {TARGET_STORE: {}, SOURCE_STORE: {}}
+    estimator = load_estimator("dis")  # loaded once, as a prep worker does
     flow_s = 0.0
-    for config in (target, source):
-        config.store_dir.mkdir(parents=True, exist_ok=True)
-    for index, first in enumerate(range(0, pairs, per_shard)):
-        keys = [f"synthetic_{k:06d}" for k in range(first, min(first + per_shard, pairs))]
-        made = [synthetic_pair(rng, target_hw) for _ in keys]
-        flow_start = time.perf_counter()
-        flows01, flows10 = builder.flows_both_ways(np.stack([m[0] for m in made]), np.stack([m[1] for m in made]))
-        flow_s += time.perf_counter() - flow_start
-        samples = [
-            encode_target_sample(key, f0, f1, a, b, {"key": key, **builder.flow_meta})
-            for key, (f0, f1, _), a, b in zip(keys, made, flows01, flows10)
-        ]
-        name = shard_name(TARGET_STORE, index)
-        entries[TARGET_STORE][name] = write_shard(target.store_dir / name, samples)
-        samples = [
-            encode_source_sample(key, *synthetic_source(rng, source_hw), {"key": key, "protocol": PROTOCOL})
-            for key in keys
-        ]
-        name = shard_name(SOURCE_STORE, index)
-        entries[SOURCE_STORE][name] = write_shard(source.store_dir / name, samples)
-    for config, store in ((target, TARGET_STORE), (source, SOURCE_STORE)):
-        write_manifest(
-            config.store_dir, store_manifest(config, _plan_digest(config, seed), pairs, entries[store], complete=True)
-        )
+    keys = [f"synthetic_{k:06d}" for k in range(pairs)]
+
+    def target_samples():
+        nonlocal flow_s
+        for first in range(0, pairs, per_shard):
+            made = [synthetic_pair(rng, target_hw) for _ in keys[first : first + per_shard]]
+            frames0, frames1 = np.stack([m[0] for m in made]), np.stack([m[1] for m in made])
+            flow_start = time.perf_counter()
+            flows = estimator.flows(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0]))
+            flow_s += time.perf_counter() - flow_start
+            for i, (frame0, frame1, _) in enumerate(made):
+                key = keys[first + i]
+                yield encode_target_sample(key, frame0, frame1, flows[i], flows[len(made) + i], {"key": key})
+
+    target = write_store(
+        root / TARGET_STORE,
+        TARGET_KIND,
+        target_samples(),
+        per_shard,
+        size_wh=[target_hw[1], target_hw[0]],
+        estimator=estimator.name,
+        estimator_options=estimator.options,
+        codec=FLOW_CODEC,
+        layout=PAIR_LAYOUT,  # independent synthetic pairs: no frame to share, one sample per pair
+    )
+    source_samples = (
+        encode_source_sample(key, *synthetic_source(rng, source_hw), {"key": key, "protocol": PROTOCOL}) for key in keys
+    )
+    source = write_store(
+        root / SOURCE_STORE,
+        SOURCE_KIND,
+        source_samples,
+        per_shard,
+        size_wh=[source_hw[1], source_hw[0]],
+        protocol=PROTOCOL,
+    )
     return {
         "pairs": pairs,
         "samples_per_shard": per_shard,
         "seconds": time.perf_counter() - start,
         "dis_flow_seconds": flow_s,
-        "bytes": {s: sum(e["bytes"] for e in entries[s].values()) for s in entries},
+        "bytes": {TARGET_STORE: target["bytes"], SOURCE_STORE: source["bytes"]},
     }
 
 

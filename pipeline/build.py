@@ -14,18 +14,19 @@ from pipeline.errors import InputError
 from pipeline.flow.estimators import load_estimator
 from pipeline.plan import PrepConfig, ShardTask
 from pipeline.shards import (
+    RUN_LAYOUT,
     SOURCE_KIND,
     TARGET_KIND,
+    RunEncoder,
     encode_source_sample,
     encode_target_sample,
     encode_val_item,
     tc_clip_bounds,
     write_shard,
 )
-from pipeline.sources import read_source_label
+from pipeline.sources import get_protocol, protocol_names, read_source_label
 from pipeline.sources.cityscapes import AnnotatedFrame, read_label
 from pipeline.sources.images import read_rgb, resize_label, resize_rgb
-from pipeline.sources.protocols import PROTOCOL_NAMES, get_protocol
 
 
 def pin_threads(threads: int = 1) -> None:
@@ -108,18 +109,20 @@ class Builder:
         return record, small0, small1, [frame0.shape[1], frame0.shape[0]]
 
     def flows_both_ways(self, frames0: np.ndarray, frames1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """F_0->1 and F_1->0 (B, H, W, 2) of B pairs, in one batched estimator call of 2B pairs."""
-        flows = self.estimator(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0]))
+        """F_0->1 and F_1->0 (B, 2, H, W) of B pairs, in one batched estimator call of 2B pairs."""
+        flows = self.estimator.flows(np.concatenate([frames0, frames1]), np.concatenate([frames1, frames0]))
         return flows[: len(frames0)], flows[len(frames0) :]
 
-    def _target_samples(self, records, skipped: list) -> Iterator[dict]:
+    def _target_pairs(self, records, skipped: list) -> Iterator[tuple]:
+        """(record, frame0, frame1, flow_01, flow_10, meta) of each good pair, in record order; flows (2, H, W)
+        estimated `batch_size` pairs at a time."""
         batch = self.config.batch_size
         for start in range(0, len(records), batch):
             pairs = [p for p in (self._guarded(self._pair, r, skipped) for r in records[start : start + batch]) if p]
             if not pairs:
                 continue
-            flows01, flows10 = self.flows_both_ways(np.stack([p[1] for p in pairs]), np.stack([p[2] for p in pairs]))
-            for (record, frame0, frame1, native_wh), flow01, flow10 in zip(pairs, flows01, flows10):
+            flows_01, flows_10 = self.flows_both_ways(np.stack([p[1] for p in pairs]), np.stack([p[2] for p in pairs]))
+            for (record, frame0, frame1, native_wh), flow_01, flow_10 in zip(pairs, flows_01, flows_10):
                 meta = {
                     "key": record.key,
                     "city": record.city,
@@ -130,9 +133,32 @@ class Builder:
                     "source_size_wh": native_wh,
                     **self.flow_meta,
                 }
-                yield encode_target_sample(record.key, frame0, frame1, flow01, flow10, meta, self.config.frames)
+                yield record, frame0, frame1, flow_01, flow_10, meta
+
+    def _target_samples(self, records, skipped: list, counted: list) -> Iterator[dict]:
+        """The shard's samples: one per pair (layout 2), or runs of pairs that share a frame (layout 3, the next
+        pair's I0 is this pair's I1 file); `counted` gets one entry per pair written."""
+        frames = self.config.frames
+        if self.config.layout != RUN_LAYOUT:
+            for record, frame0, frame1, flow_01, flow_10, meta in self._target_pairs(records, skipped):
+                counted.append(record.key)
+                yield encode_target_sample(record.key, frame0, frame1, flow_01, flow_10, meta, frames)
+            return
+        run, last_path = None, None
+        for record, frame0, frame1, flow_01, flow_10, meta in self._target_pairs(records, skipped):
+            if run is not None and record.path0 != last_path:
+                yield run.sample()
+                run = None
+            if run is None:
+                run = RunEncoder(frame0, frames)
+            run.add(record.key, frame1, flow_01, flow_10, meta)
+            counted.append(record.key)
+            last_path = record.path1
+        if run is not None:
+            yield run.sample()
 
     def _source_sample(self, record) -> dict:
+        """One labelled image and its protocol label, both resized to the store size; a bad file -> BadSample."""
         protocol = get_protocol(self.config.protocol)
         image = self._read(record.key, record.image_path)
         try:
@@ -162,14 +188,15 @@ class Builder:
         """Write shard `task.name` into the store folder; -> its manifest entry (with `skipped` samples)."""
         skipped: list = []
         if self.config.kind == TARGET_KIND:
-            samples = self._target_samples(task.records, skipped)
-        else:
-            made = (self._guarded(self._source_sample, r, skipped) for r in task.records)
-            samples = (s for s in made if s is not None)
-        info = write_shard(self.config.store_dir / task.name, samples)
+            pairs: list = []
+            info = write_shard(self.config.store_dir / task.name, self._target_samples(task.records, skipped, pairs))
+            return {**info, "pairs": len(pairs), "skipped": skipped}
+        made = (self._guarded(self._source_sample, r, skipped) for r in task.records)
+        info = write_shard(self.config.store_dir / task.name, (s for s in made if s is not None))
         return {**info, "skipped": skipped}
 
     def _val_item(self, record: AnnotatedFrame) -> dict:
+        """The TC clip around one annotated frame (frames and forward flows) and its label under every protocol."""
         numbers = [number for number, _ in record.snippet]
         annotated = numbers.index(record.frame)
         start, stop = tc_clip_bounds(len(numbers), annotated, self.config.tc_window)
@@ -181,13 +208,14 @@ class Builder:
         clip = np.stack([resize_rgb(f, self.config.size_wh) for f in frames])
         step, last = self.config.batch_size, len(clip) - 1  # flows F(t -> t+1) for t = 0 .. T-2, `step` at a time
         flows = [
-            self.estimator(clip[t : min(t + step, last)], clip[t + 1 : min(t + step, last) + 1])
+            self.estimator.flows(clip[t : min(t + step, last)], clip[t + 1 : min(t + step, last) + 1])
             for t in range(0, last, step)
         ]
         height, width = clip.shape[1:3]
-        clip_flows = np.concatenate(flows) if flows else np.zeros((0, height, width, 2), np.float32)
+        clip_flows = np.concatenate(flows) if flows else np.zeros((0, 2, height, width), np.float32)
         try:
-            labels = {name: read_label(record.label_path, get_protocol(name)) for name in PROTOCOL_NAMES}
+            labels = {name: read_label(record.label_path, get_protocol(name)) for name in protocol_names()}
+            label_h, label_w = next(iter(labels.values())).shape  # every protocol maps the same label file
         except InputError as exc:
             raise BadSample(record.key, self._rel(record.label_path), str(exc)) from None
         meta = {
@@ -197,7 +225,7 @@ class Builder:
             "frame": record.frame,
             "source_paths": {"clip": [self._rel(p) for p in paths], "label": self._rel(record.label_path)},
             "source_size_wh": [native.shape[1], native.shape[0]],
-            "label_size_wh": [labels[PROTOCOL_NAMES[0]].shape[1], labels[PROTOCOL_NAMES[0]].shape[0]],
+            "label_size_wh": [label_w, label_h],
             **self.flow_meta,
         }
         return encode_val_item(

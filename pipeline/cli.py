@@ -5,42 +5,48 @@ from __future__ import annotations
 import click
 
 from pipeline.errors import InputError, one_line_errors
-from pipeline.flow.dis import DIS_PRESETS
-from pipeline.flow.estimators import ESTIMATOR_NAMES
+from pipeline.flow.estimators import ESTIMATORS
 from pipeline.plan import (
     DEFAULT_FLOW_BATCH_SIZE,
     DEFAULT_SAMPLES_PER_SHARD,
-    DEFAULT_SIZE_WH,
     DEFAULT_TC_WINDOW,
+    MIN_SIZE_PX,
     ON_ERROR,
+    TARGET_SIZE_WH,
+    TARGET_STORE,
+    VAL_STORE,
     PrepConfig,
-    parse_size,
 )
 from pipeline.shards import FRAME_MODES, SOURCE_KIND, TARGET_KIND, VAL_KIND
-from pipeline.sources import LABELLED_SOURCES
+from pipeline.sources import SOURCES, default_protocol, get_protocol, parse_size_wh, protocol_names, size_text
 from pipeline.sources.cityscapes import PAIR_MODES
-from pipeline.sources.protocols import PROTOCOL_NAMES, default_protocol, get_protocol
 from pipeline.world.command import demo_world
 
-TARGET_SOURCES = ("cityscapes_seq",)
-SOURCE_DATASETS = LABELLED_SOURCES  # viper, synthia, and cityscapes: its annotated train frames, for the oracle
+TARGET_SOURCES = (TARGET_STORE,)
+TARGET_TITLE = "Cityscapes"
 DEFAULT_OUT = "stores"
 INTERRUPTED = 130  # the shell's exit status for a process stopped by SIGINT
 # As every i2vda command: -h is --help. Each subcommand names it too: click keeps a command's help option from its
 # first context, and one made without the group (a test parsing `flows` arguments alone) would not inherit it.
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
-DATASET_NAMES = {
-    "cityscapes_seq": "Cityscapes",
-    "cityscapes_val": "Cityscapes",
-    "cityscapes": "Cityscapes",
-    "viper": "VIPER",
-    "synthia": "SYNTHIA",
-}
 
 
 class Choice(click.Choice):
-    """A fixed set of values, listed by `--help` (`[all|annotated]`); any other value is our one line,
-    `--pairs every: expected one of all, annotated`, rather than click's usage block."""
+    """A set of values, listed by `--help` (`[all|annotated]`): a sequence, or a function returning the names a
+    registry holds when the command runs. Any other value is our one line, `--pairs every: expected one of all,
+    annotated`, rather than click's usage block."""
+
+    def __init__(self, values):
+        super().__init__(() if callable(values) else values)
+        self._values = values if callable(values) else None
+
+    @property
+    def choices(self):
+        return tuple(self._values()) if self._values is not None else self._fixed
+
+    @choices.setter
+    def choices(self, values):
+        self._fixed = tuple(values)
 
     def convert(self, value, param, ctx):
         if value in self.choices:
@@ -52,16 +58,40 @@ class Choice(click.Choice):
 def _size(text: str | None, store: str) -> tuple[int, int]:
     """--size WxH, or the paper's size for `store`; a portrait size (W < H: height first by habit?) is warned about,
     since every dataset here is landscape, and kept."""
+    dataset = SOURCES.get(store) if store in SOURCES else None
+    usual_wh = dataset.size_wh if dataset is not None else TARGET_SIZE_WH
     if text is None:
-        return DEFAULT_SIZE_WH[store]
-    w, h = parse_size(text)
+        return usual_wh
+    w, h = parse_size_wh(text)
+    if min(w, h) < MIN_SIZE_PX:
+        raise InputError(f"--size {text}: each side must be at least {MIN_SIZE_PX} pixels (DIS's coarsest level)")
     if w < h:
-        usual = "x".join(map(str, DEFAULT_SIZE_WH[store]))
+        title = dataset.title if dataset is not None else TARGET_TITLE
         click.echo(
-            f"warning: --size {text} is WIDTHxHEIGHT: {w} wide, {h} high (portrait); {DATASET_NAMES[store]} is {usual}",
+            f"warning: --size {text} is WIDTHxHEIGHT: {w} wide, {h} high (portrait); {title} is {size_text(usual_wh)}",
             err=True,
         )
     return w, h
+
+
+def _estimator_flags():
+    """(entry, option, click parameter name) of every registered estimator option that is a flag of flows/val."""
+    return [
+        (entry, option, f"{entry.name}_{option.name}")
+        for entry in ESTIMATORS.entries()
+        for option in entry.options
+        if option.decides_flow
+    ]
+
+
+def _flow_options_of(flow: str, flags: dict) -> dict:
+    """The options of estimator `flow` from the values of its flags (the other estimators' flags are ignored). The
+    flags are made when this module is imported: an estimator registered later takes its options' defaults."""
+    return {
+        option.name: flags[param]
+        for entry, option, param in _estimator_flags()
+        if entry.name == flow and param in flags
+    }
 
 
 def _run_and_report(config: PrepConfig) -> None:
@@ -73,21 +103,37 @@ def _run_and_report(config: PrepConfig) -> None:
 
 
 def _flow_options(command):
-    """--flow, --flow-ckpt, --dis-preset, --workers, --batch-size, --on-error (shared by flows and val)."""
+    """--flow, --flow-ckpt, each registered estimator's options (--dis-preset), --workers, --batch-size, --on-error
+    (shared by flows and val)."""
+    entries = ESTIMATORS.entries()
+    summaries = "; ".join(f"{e.name}: {e.summary}" for e in entries)
+    weights = ", ".join(f"--flow {e.name} ({e.weights})" for e in entries if e.weights)
+    estimator_flags = [
+        click.option(
+            entry.flag(option),
+            param,
+            type=Choice(option.choices) if option.choices else type(option.default),
+            default=option.default,
+            show_default=True,
+            help=f"{option.help} (--flow {entry.name})",
+        )
+        for entry, option, param in _estimator_flags()
+    ]
+    gpu = ", ".join(e.name for e in entries if e.uses_gpu)
     for option in reversed(
         [
             click.option(
-                "--flow", type=Choice(ESTIMATOR_NAMES), default="dis", show_default=True, help="flow estimator"
-            ),
-            click.option("--flow-ckpt", default=None, help="FlowNet2_checkpoint.pth.tar (needed by --flow flownet2)"),
-            click.option(
-                "--dis-preset",
-                type=Choice(tuple(DIS_PRESETS)),
-                default="medium",
+                "--flow",
+                type=Choice(ESTIMATORS.names),
+                default="dis",
                 show_default=True,
-                help="DIS preset (see pipeline/flow/dis.py)",
+                help=f"flow estimator ({summaries})",
             ),
-            click.option("--workers", type=int, default=None, help="actors; default one per GPU (FlowNet2) or CPU"),
+            click.option(
+                "--flow-ckpt", default=None, help=f"the weights file of an estimator that needs one: {weights}"
+            ),
+            *estimator_flags,
+            click.option("--workers", type=int, default=None, help=f"actors; default one per GPU ({gpu}) or CPU"),
             click.option(
                 "--batch-size",
                 type=int,
@@ -127,7 +173,7 @@ def cli() -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option(
-    "--src", type=Choice(TARGET_SOURCES), default="cityscapes_seq", show_default=True, help="target video dataset"
+    "--src", type=Choice(TARGET_SOURCES), default=TARGET_STORE, show_default=True, help="target video dataset"
 )
 @click.option("--root", required=True, help="Cityscapes root (holds leftImg8bit_sequence/ and gtFine/)")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/<src>/")
@@ -140,7 +186,10 @@ def cli() -> None:
     help="all consecutive pairs, or annotated: those ending at a labelled frame (DA-VSN's)",
 )
 @click.option(
-    "--size", metavar="WxH", default=None, help="width x height of the stored frames and flows [default: 1024x512]"
+    "--size",
+    metavar="WxH",
+    default=None,
+    help=f"width x height of the stored frames and flows [default: {size_text(TARGET_SIZE_WH)}]",
 )
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @_frames_option("stored")
@@ -156,10 +205,10 @@ def flows(
     frames,
     flow,
     flow_ckpt,
-    dis_preset,
     workers,
     batch_size,
     on_error,
+    **flags,
 ) -> None:
     """Frame pairs (I0, I1) with F0->1 and F1->0 into OUT/cityscapes_seq/*.tar (resumable)."""
     _run_and_report(
@@ -173,7 +222,7 @@ def flows(
             pairs=pairs,
             flow=flow,
             flow_ckpt=flow_ckpt,
-            dis_preset=dis_preset,
+            flow_options=_flow_options_of(flow, flags),
             samples_per_shard=samples_per_shard,
             workers=workers,
             batch_size=batch_size,
@@ -186,27 +235,25 @@ def flows(
 @cli.command(context_settings=CONTEXT)
 @click.option(
     "--src",
-    type=Choice(SOURCE_DATASETS),
+    type=Choice(SOURCES.names),
     required=True,
-    help="source dataset; cityscapes = its labelled train frames (the oracle)",
+    help="labelled dataset; cityscapes = its labelled train frames (the oracle)",
 )
-@click.option(
-    "--root",
-    required=True,
-    help="VIPER: folder holding train/; SYNTHIA: the sequence folder; Cityscapes: folder holding gtFine/",
-)
+@click.option("--root", required=True, help="; ".join(f"{d.title}: {d.root}" for d in SOURCES.entries()))
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/<src>/")
 @click.option(
     "--protocol",
-    type=Choice(PROTOCOL_NAMES),
+    type=Choice(protocol_names),
     default=None,
-    help="class protocol [default: the paper's for --src; cityscapes needs it]",
+    help="class protocol [default: the paper's for --src; "
+    + ", ".join(d.name for d in SOURCES.entries() if not d.protocols)
+    + " needs it]",
 )
 @click.option(
     "--size",
     metavar="WxH",
     default=None,
-    help="width x height [default: viper 896x512, synthia 1280x768, cityscapes 1024x512]",
+    help="width x height [default: " + ", ".join(f"{d.name} {size_text(d.size_wh)}" for d in SOURCES.entries()) + "]",
 )
 @click.option("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD, show_default=True)
 @click.option("--workers", type=int, default=None, help="actors; default one per CPU")
@@ -214,10 +261,8 @@ def flows(
 @_frames_option("stored")
 def source(src, root, out, protocol, size, samples_per_shard, workers, on_error, frames) -> None:
     """Labelled source images (resized) and protocol train-id labels into OUT/<src>/*.tar."""
-    if src == "cityscapes" and protocol is None:
-        raise InputError("--src cityscapes needs --protocol (the class protocol of the model it is an oracle for)")
     protocol = default_protocol(src) if protocol is None else get_protocol(protocol)
-    if src != "cityscapes" and protocol.source != src:
+    if SOURCES.get(src).protocols and protocol.source != src:
         raise InputError(f"--protocol {protocol.name} is for {protocol.source}, not --src {src}")
     _run_and_report(
         PrepConfig(
@@ -240,7 +285,12 @@ def source(src, root, out, protocol, size, samples_per_shard, workers, on_error,
 @click.option("--root", required=True, help="Cityscapes root (holds leftImg8bit_sequence/ and gtFine/)")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="stores folder; writes OUT/cityscapes_val/")
 @click.option("--split", default="val", show_default=True)
-@click.option("--size", metavar="WxH", default=None, help="width x height of the frames and flows [default: 1024x512]")
+@click.option(
+    "--size",
+    metavar="WxH",
+    default=None,
+    help=f"width x height of the frames and flows [default: {size_text(TARGET_SIZE_WH)}]",
+)
 @click.option(
     "--tc-window",
     type=int,
@@ -250,19 +300,19 @@ def source(src, root, out, protocol, size, samples_per_shard, workers, on_error,
 )
 @_frames_option("compressed")  # read a few times per run, 30 frames per clip
 @_flow_options
-def val(root, out, split, size, tc_window, frames, flow, flow_ckpt, dis_preset, workers, batch_size, on_error) -> None:
+def val(root, out, split, size, tc_window, frames, flow, flow_ckpt, workers, batch_size, on_error, **flags) -> None:
     """Annotated val frames, labels of every protocol, TC clips and their flows into OUT/cityscapes_val/val.h5."""
     _run_and_report(
         PrepConfig(
             kind=VAL_KIND,
-            src="cityscapes_val",
+            src=VAL_STORE,
             root=root,
             out=out,
-            size_wh=_size(size, "cityscapes_val"),
+            size_wh=_size(size, VAL_STORE),
             split=split,
             flow=flow,
             flow_ckpt=flow_ckpt,
-            dis_preset=dis_preset,
+            flow_options=_flow_options_of(flow, flags),
             workers=workers,
             batch_size=batch_size,
             on_error=on_error,

@@ -19,30 +19,24 @@ from pipeline.shards import (
     decode_sample,
     file_sha256,
     open_store,
-    raw_samples,
+    raw_items,
 )
-from pipeline.sources.protocols import colorize, get_protocol
+from pipeline.sources import class_legend, colorize, get_protocol, stack_rows, tile, title_strip, write_png
 
 TILE_WIDTH = 320  # pixels per sheet column: four columns make a sheet that fits a screen
 DEFAULT_ROWS = 4
 VAL_SHEET_PROTOCOL = "viper15"  # the val store holds every protocol; the sheet shows one
-# Column titles and the class legend (as trainer/evaluation/visualize.py's figures, which the pipeline may not import).
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-TITLE_HEIGHT = 24
-TITLE_SCALE = 0.5
-LEGEND_ENTRY_WIDTH = 160  # pixels per legend entry: a swatch and a class name such as "traffic light"
-LEGEND_ROW_HEIGHT = 20
-LEGEND_SWATCH = 12
 
 
 def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
     """Lines describing a store from its manifest; `verify` re-hashes every file against the manifest."""
     info = open_store(store)
-    count = info.num_samples
+    count = info.num_samples if info.num_pairs is None else info.num_pairs
     lines = [
         f"store      {info.name} ({info.kind}), {'complete' if info.complete else 'INCOMPLETE'}, "
         f"tool {info.tool_version}",
-        f"samples    {count} of {info.num_planned} planned, {info.num_skipped} skipped, in {len(info.shards)} file(s)",
+        f"samples    {count} of {info.num_planned} planned, {info.num_skipped} skipped, in {len(info.shards)} file(s)"
+        + (f", shard layout {info.layout}" if info.layout is not None else ""),
         f"bytes      {info.bytes / 2**20:.1f} MiB"
         + (f", {info.bytes / count / 2**20:.3f} MiB per sample" if count else ""),
         f"size       {'x'.join(str(v) for v in info.size_wh or [])} (W x H)",
@@ -74,14 +68,12 @@ def mismatched_files(store: str | os.PathLike) -> list[str]:
 
 
 def _tile(image: np.ndarray, nearest: bool = False) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 picture to TILE_WIDTH columns, keeping its aspect ratio."""
-    height = max(1, round(image.shape[0] * TILE_WIDTH / image.shape[1]))
-    return cv2.resize(image, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+    return tile(image, width=TILE_WIDTH, nearest=nearest)
 
 
 def _flow_pair_colors(flows: list[np.ndarray]) -> list[np.ndarray]:
     """Colour flows on one magnitude scale, so that both directions of a pair compare."""
-    max_flow = max(float(np.linalg.norm(f, axis=-1).max()) for f in flows) or 1.0
+    max_flow = max(float(np.linalg.norm(f, axis=0).max()) for f in flows) or 1.0  # (2, H, W) flows
     return [_tile(flow_to_color(f, max_flow=max_flow)) for f in flows]
 
 
@@ -98,15 +90,15 @@ SHEET_FIELDS = {TARGET_KIND: ("frame0", "frame1", "flow01", "flow10"), SOURCE_KI
 
 def sheet_samples(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> list[dict]:
     """The decoded samples the sheet of a shard store shows (`spread_indices`); only the shards holding them are
-    read, each up to its last chosen sample, with the store's member limits and size checks (`raw_samples`)."""
+    read, each up to its last chosen sample, with the store's member limits and size checks (`raw_items`)."""
     info = open_store(store)
     entries = info.sample_entries()
-    wanted = spread_indices(sum(e.samples for e in entries), rows)
+    wanted = spread_indices(sum(e.items for e in entries), rows)
     samples, first = [], 0
     for entry in entries:
-        local = [i - first for i in wanted if first <= i < first + entry.samples]
-        first += entry.samples
-        for i, raw in enumerate(islice(raw_samples(entry.path, entry), local[-1] + 1 if local else 0)):
+        local = [i - first for i in wanted if first <= i < first + entry.items]
+        first += entry.items
+        for i, raw in enumerate(islice(raw_items(entry.path, entry), local[-1] + 1 if local else 0)):
             if i in local:
                 samples.append(_with_fields(decode_sample(raw, entry.size_hw), SHEET_FIELDS.get(info.kind, ())))
     return samples
@@ -153,40 +145,6 @@ def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.nd
     return ["annotated frame", f"label ({protocol.name})", "flow leaving it"], tiles, protocol
 
 
-def _text_strip(height: int, width: int) -> np.ndarray:
-    return np.full((height, width, 3), 255, dtype=np.uint8)
-
-
-def _titles(titles: list[str], columns: int) -> np.ndarray:
-    """A white strip with each column's title centred over its TILE_WIDTH columns."""
-    strip = _text_strip(TITLE_HEIGHT, columns * TILE_WIDTH)
-    for c, title in enumerate(titles[:columns]):
-        (text_w, text_h), _ = cv2.getTextSize(title, FONT, TITLE_SCALE, 1)
-        origin = (c * TILE_WIDTH + max((TILE_WIDTH - text_w) // 2, 0), (TITLE_HEIGHT + text_h) // 2)
-        cv2.putText(strip, title, origin, FONT, TITLE_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
-    return strip
-
-
-def _legend(protocol, width: int) -> np.ndarray:
-    """A white strip: the colour square and the name of each class of `protocol`, wrapped into rows."""
-    per_row = max(1, width // LEGEND_ENTRY_WIDTH)
-    strip = _text_strip(-(-protocol.num_classes // per_row) * LEGEND_ROW_HEIGHT, width)
-    for i, name in enumerate(protocol.class_names[: protocol.num_classes]):
-        x = 4 + (i % per_row) * LEGEND_ENTRY_WIDTH
-        y = (i // per_row) * LEGEND_ROW_HEIGHT + (LEGEND_ROW_HEIGHT - LEGEND_SWATCH) // 2
-        cv2.rectangle(
-            strip,
-            (x, y),
-            (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1),
-            tuple(int(v) for v in protocol.palette[i]),
-            thickness=-1,
-        )
-        cv2.putText(
-            strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA
-        )
-    return strip
-
-
 def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndarray:
     """(H, W, 3) uint8 RGB sheet of `rows` samples spread over the store, under column titles: target frames + flows
     in colour, source image + coloured label, val frame + coloured label + its forward flow; where labels are
@@ -199,21 +157,17 @@ def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndar
     if not tiles:
         raise InputError(f"{store}: the store holds no samples to show")
     columns = max(len(r) for r in tiles)
-    width = columns * TILE_WIDTH
-    lines = [_titles(titles, columns)]
+    lines = [np.concatenate([title_strip(title, TILE_WIDTH) for title in titles[:columns]], axis=1)]
     for row in tiles:
         height = row[0].shape[0]  # tiles of other aspect ratios are fitted to the row's first
-        line = np.concatenate(
-            [
-                cv2.resize(t, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST) if t.shape[0] != height else t
-                for t in row
-            ],
-            axis=1,
-        )
-        lines.append(np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))))
+        fitted = [
+            cv2.resize(t, (TILE_WIDTH, height), interpolation=cv2.INTER_NEAREST) if t.shape[0] != height else t
+            for t in row
+        ]
+        lines.append(np.concatenate(fitted, axis=1))
     if protocol is not None:
-        lines.append(_legend(protocol, width))
-    return np.concatenate(lines, axis=0)
+        lines.append(class_legend(protocol, columns * TILE_WIDTH))
+    return stack_rows(lines)
 
 
 def default_sheet_path(store: str | os.PathLike) -> Path:
@@ -230,8 +184,4 @@ def write_sheet(store: str | os.PathLike, out: str | os.PathLike | None = None, 
             f"--sheet {out}: inside the store {store}; write the sheet elsewhere "
             f"(default ./{default_sheet_path(store)})"
         )
-    sheet = contact_sheet(store, rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), np.ascontiguousarray(sheet[..., ::-1])):
-        raise InputError(f"--sheet {out}: cannot write a PNG there")
-    return out
+    return write_png(out, contact_sheet(store, rows))

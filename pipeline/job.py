@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipeline.build import Builder, pin_threads
 from pipeline.errors import InputError, os_error_line
+from pipeline.flow.estimators import ESTIMATORS
 from pipeline.plan import (
     VAL_STORE,
     PrepConfig,
@@ -37,40 +38,64 @@ from pipeline.plan import (
 )
 from pipeline.ray_watchdog import stop_watchdog, watch_local_ray
 from pipeline.shards import SOURCE_KIND, TARGET_KIND, VAL_FILE, VAL_KIND, ValWriter, file_sha256, write_manifest
-from pipeline.sources import list_source
+from pipeline.sources import SOURCES, list_source, protocol_names
 from pipeline.sources.cityscapes import list_annotated, list_pairs
-from pipeline.sources.protocols import PROTOCOL_NAMES
 
 THREADS_PER_WORKER = 1  # OpenCV and torch threads per actor: N actors use N cores
 ACTOR_RETRIES = 1  # a crashed actor (e.g. killed for memory) is restarted once and its shard redone
 UNIT = {TARGET_KIND: "pair", SOURCE_KIND: "image", VAL_KIND: "frame"}
 
 
+def registered() -> tuple:
+    """The estimators and datasets this process has registered, for an actor to adopt (plugins included)."""
+    return ESTIMATORS.entries(), SOURCES.entries()
+
+
+def adopt(entries: tuple) -> None:
+    """Register in this process what `registered` gave in the driver's."""
+    estimators, sources = entries
+    ESTIMATORS.adopt(estimators)
+    SOURCES.adopt(sources)
+
+
 @ray.remote
 class PrepActor:
     """A Ray actor around one Builder: the estimator is loaded once, then whole shards or val items are built."""
 
-    def __init__(self, config: PrepConfig, device: str):
+    def __init__(self, config: PrepConfig, device: str, entries: tuple = ((), ())):
         pin_threads(THREADS_PER_WORKER)
+        # The driver's registrations, a plugin's too. Through a module function: Ray ships this class by value, with
+        # copies of the globals it names, so `ESTIMATORS` here would not be the registry the Builder reads.
+        adopt(entries)
         self.builder, self.error = None, None
         try:
             self.builder = Builder(config, device=device)
         except InputError as exc:  # e.g. a checkpoint of the wrong network: reported by `ready`
             self.error = " ".join(str(exc).split())
 
-    def run(self, method: str, work):
-        """builder.<method>(work); bad input comes back as {"error": one line} for the driver to raise."""
-        try:
-            return getattr(self.builder, method)(work)
-        except InputError as exc:
-            return {"error": " ".join(str(exc).split())}
-        except OSError as exc:  # the environment: a full disk, a read-only or vanished --out
-            return {"error": os_error_line(exc)}
+    def shard(self, task: ShardTask) -> dict:
+        """builder.shard(task), or {"error": one line} for the driver to raise."""
+        return _one_line_errors(self.builder.shard, task)
+
+    def val_item(self, record) -> dict:
+        """builder.val_item(record), or {"error": one line} for the driver to raise."""
+        return _one_line_errors(self.builder.val_item, record)
 
     @ray.method(max_task_retries=0)  # also asked to learn that a killed actor is gone
     def ready(self) -> str | None:
         """None once the estimator is loaded, else the one-line error that stopped it."""
         return self.error
+
+
+def _one_line_errors(build: Callable, work) -> dict:
+    """build(work); bad input and the environment's errors come back as {"error": one line}: an exception raised in
+    an actor would reach the driver with the worker's traceback folded into it."""
+    try:
+        return build(work)
+    except InputError as exc:
+        return {"error": " ".join(str(exc).split())}
+    except OSError as exc:  # the environment: a full disk, a read-only or vanished --out
+        return {"error": os_error_line(exc)}
 
 
 @contextmanager
@@ -94,7 +119,7 @@ def ray_session():
 def _start_actors(config: PrepConfig, num_tasks: int) -> list:
     """One actor per GPU when FlowNet2 can use the cluster's GPUs, else one per CPU; --workers caps it."""
     resources = ray.cluster_resources()
-    on_gpu = config.kind != SOURCE_KIND and config.flow == "flownet2" and resources.get("GPU", 0) >= 1
+    on_gpu = config.kind != SOURCE_KIND and ESTIMATORS.get(config.flow).uses_gpu and resources.get("GPU", 0) >= 1
     capacity = int(resources.get("GPU" if on_gpu else "CPU", 1))
     count = max(1, min(config.workers or capacity, capacity, num_tasks))
     if config.workers is not None and config.workers > capacity:
@@ -108,7 +133,8 @@ def _start_actors(config: PrepConfig, num_tasks: int) -> list:
         "max_restarts": ACTOR_RETRIES,
         "max_task_retries": ACTOR_RETRIES,
     }
-    return [PrepActor.options(**options).remote(config, "cuda" if on_gpu else "cpu") for _ in range(count)]
+    device, entries = "cuda" if on_gpu else "cpu", registered()
+    return [PrepActor.options(**options).remote(config, device, entries) for _ in range(count)]
 
 
 def _stop_actors(actors: list) -> None:
@@ -122,19 +148,30 @@ def _stop_actors(actors: list) -> None:
             pass
 
 
-def _run_pool(config: PrepConfig, method: str, work: list, on_result: Callable, progress: tqdm, ordered: bool) -> float:
-    """Feed `work` to the actors; `on_result` takes each result (as it comes, or in work order if `ordered`) and
-    returns how many samples it settled; a bad input stops the job with its error line. -> the time the actors
-    were ready (perf_counter)."""
+def _run_pool(
+    config: PrepConfig, submit: Callable, work: list, on_result: Callable, progress: tqdm, ordered: bool
+) -> float:
+    """Feed `work` to the actors, each item by submit(actor, item) (e.g. `_submit_shard`); `on_result` takes each
+    result (as it comes, or in work order if `ordered`) and returns how many samples it settled; a bad input stops
+    the job with its error line. -> the time the actors were ready (perf_counter)."""
     if not work:
         return time.perf_counter()
     with ray_session():
-        return _feed_actors(config, method, work, on_result, progress, ordered)
+        return _feed_actors(config, submit, work, on_result, progress, ordered)
+
+
+def _submit_shard(actor, task: ShardTask):
+    return actor.shard.remote(task)
+
+
+def _submit_val_item(actor, record):
+    return actor.val_item.remote(record)
 
 
 def _feed_actors(
-    config: PrepConfig, method: str, work: list, on_result: Callable, progress: tqdm, ordered: bool
+    config: PrepConfig, submit: Callable, work: list, on_result: Callable, progress: tqdm, ordered: bool
 ) -> float:
+    """`_run_pool` inside a Ray session: start the actors, wait until each is ready, feed them, stop them."""
     actors = _start_actors(config, len(work))
     pool = None
     try:
@@ -144,7 +181,7 @@ def _feed_actors(
         ready_at = time.perf_counter()
         pool = ActorPool(actors)
         mapper = pool.map if ordered else pool.map_unordered
-        for result in mapper(lambda actor, item: actor.run.remote(method, item), work):
+        for result in mapper(submit, work):
             if "error" in result:
                 raise InputError(result["error"])
             progress.update(on_result(result))
@@ -204,7 +241,14 @@ def run_shards(config: PrepConfig) -> dict:
         return _build_shards(config, tasks, digest)
 
 
+def _units(entry: dict) -> int:
+    """What a shard entry holds in the progress bar's units: pairs of a target store (its tar samples may be runs
+    of several pairs), else samples."""
+    return entry.get("pairs", entry["samples"])
+
+
 def _build_shards(config: PrepConfig, tasks: list[ShardTask], digest: str) -> dict:
+    """Build the shards a former run did not finish, rewriting the manifest after each one (complete: false)."""
     done = finished_shards(config.store_dir, previous_manifest(config, digest), tasks)
     remove_partials(config.store_dir)
     planned = sum(len(t.records) for t in tasks)
@@ -212,19 +256,19 @@ def _build_shards(config: PrepConfig, tasks: list[ShardTask], digest: str) -> di
     def record(entry: dict) -> int:
         done[entry["name"]] = entry
         write_manifest(config.store_dir, store_manifest(config, digest, planned, done, complete=False))
-        return entry["samples"] + len(entry["skipped"])
+        return _units(entry) + len(entry["skipped"])
 
     start = time.perf_counter()
     todo = [t for t in tasks if t.name not in done]
     resumed = len(done)
     write_manifest(config.store_dir, store_manifest(config, digest, planned, done, complete=False))
-    initial = sum(e["samples"] + len(e["skipped"]) for e in done.values())
+    initial = sum(_units(e) + len(e["skipped"]) for e in done.values())
     try:
         with _progress(config, planned, initial) as progress:
-            ready_at = _run_pool(config, "shard", todo, record, progress, ordered=False)
+            ready_at = _run_pool(config, _submit_shard, todo, record, progress, ordered=False)
     finally:
         remove_partials(config.store_dir)
-    done_now = sum(done[t.name]["samples"] for t in todo)
+    done_now = sum(_units(done[t.name]) for t in todo)
     manifest = store_manifest(config, digest, planned, done, complete=True, timing=_timing(start, ready_at, done_now))
     return {**write_manifest(config.store_dir, manifest), "resumed_shards": resumed}
 
@@ -244,6 +288,7 @@ def run_val(config: PrepConfig) -> dict:
 
 
 def _build_val(config: PrepConfig, records: list, digest: str) -> dict:
+    """Write val.h5 from the actors' items in record order (the same file bytes on every run), then its manifest."""
     remove_partials(config.store_dir)
     skipped: list = []
     start = time.perf_counter()
@@ -257,7 +302,7 @@ def _build_val(config: PrepConfig, records: list, digest: str) -> dict:
             return 1
 
         with _progress(config, len(records), 0) as progress:
-            ready_at = _run_pool(config, "val_item", records, add, progress, ordered=True)  # same file bytes
+            ready_at = _run_pool(config, _submit_val_item, records, add, progress, ordered=True)  # same file bytes
         count = writer.count
         path = writer.commit()
     entry = {
@@ -275,7 +320,7 @@ def _build_val(config: PrepConfig, records: list, digest: str) -> dict:
         {VAL_FILE: entry},
         complete=True,
         timing=timing,
-        extra={"protocols": list(PROTOCOL_NAMES)},
+        extra={"protocols": list(protocol_names())},
     )
     return {**write_manifest(config.store_dir, manifest), "resumed_shards": 0}
 
@@ -285,8 +330,9 @@ def summary_lines(manifest: dict) -> Iterable[str]:
     unit = UNIT[manifest["kind"]]
     timing = manifest.get("timing") or {}
     rate = timing.get("samples_per_s")
+    count = manifest.get("num_pairs", manifest["num_samples"])  # a target store's runs hold several pairs
     yield (
-        f"{manifest['name']}: {manifest['num_samples']} {unit}s of {manifest['num_planned']} in "
+        f"{manifest['name']}: {count} {unit}s of {manifest['num_planned']} in "
         f"{len(manifest['shards'])} file(s) ({manifest.get('resumed_shards', 0)} verified from a previous run), "
         f"{manifest['num_skipped']} skipped, {manifest['bytes'] / 2**20:.1f} MiB, "
         f"{timing.get('elapsed_s', 0):.1f} s"

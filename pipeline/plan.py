@@ -13,30 +13,27 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.flow.codec import FLOW_CODEC
-from pipeline.flow.estimators import ESTIMATOR_NAMES
+from pipeline.flow.estimators import ESTIMATORS
 from pipeline.shards import (
     FRAME_MODES,
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
+    RUN_LAYOUT,
     SOURCE_KIND,
     TARGET_KIND,
+    TARGET_LAYOUTS,
     VAL_KIND,
     file_sha256,
     read_manifest,
     shard_name,
 )
 
-# Input sizes (W, H) of the paper (§4.2); `--size WxH` overrides them.
 # Smallest side of stored frames: OpenCV's DIS fails on frames under 16 pixels.
 MIN_SIZE_PX = 16
-DEFAULT_SIZE_WH = {
-    "cityscapes_seq": (1024, 512),
-    "cityscapes_val": (1024, 512),
-    "viper": (896, 512),
-    "synthia": (1280, 768),
-    "cityscapes": (1024, 512),
-}
-VAL_STORE = "cityscapes_val"
+# The target's input size (W, H) in the paper (§4.2); each source dataset's is in its registry entry. `--size WxH`
+# overrides them.
+TARGET_SIZE_WH = (1024, 512)
+TARGET_STORE, VAL_STORE = "cityscapes_seq", "cityscapes_val"
 # 128 pairs at 1024x512 make shards of a few hundred MB: big enough for sequential reads (WebDataset's advice),
 # small enough that a crash loses minutes of flow estimation and that DDP ranks x loader workers get many shards.
 DEFAULT_SAMPLES_PER_SHARD = 128
@@ -60,15 +57,16 @@ class PrepConfig:
     split: str = "train"
     pairs: str = "all"  # Cityscapes-Seq: "all" consecutive pairs or the "annotated" ones
     protocol: str | None = None  # source stores and labels: a class protocol name
-    flow: str | None = "dis"  # estimator name; None for source stores
+    flow: str | None = "dis"  # a registered estimator's name; None for source stores
     flow_ckpt: str | None = None
-    dis_preset: str = "medium"
+    flow_options: dict = field(default_factory=dict)  # the estimator's options by name; missing ones: their default
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
     workers: int | None = None  # None: one per GPU when the estimator uses one, else one per CPU
     batch_size: int = DEFAULT_FLOW_BATCH_SIZE
     on_error: str = "fail"
     tc_window: int = DEFAULT_TC_WINDOW
     frames: str = "stored"  # frame PNGs: "stored" (fast to decode) or "compressed" (about half the bytes)
+    layout: int = RUN_LAYOUT  # target shards: runs of consecutive frames (3) or one pair per sample (2, the old one)
     checkpoint_sha256: str | None = field(default=None, compare=False)  # filled by `resolve`
 
     @property
@@ -78,8 +76,9 @@ class PrepConfig:
 
     @property
     def estimator_options(self) -> dict:
-        """Options given to `load_estimator` besides name and checkpoint."""
-        return {"preset": self.dis_preset} if self.flow == "dis" else {}
+        """The options given to `load_estimator` besides name and checkpoint: those that decide the flow (the
+        store records them), given or default."""
+        return ESTIMATORS.get(self.flow).recorded_options(self.flow_options)
 
     def identity(self) -> dict:
         """The fields that decide a store's content (a rerun with other values is refused)."""
@@ -96,6 +95,7 @@ class PrepConfig:
             "samples_per_shard": self.samples_per_shard if self.kind != VAL_KIND else None,
             "tc_window": self.tc_window if self.kind == VAL_KIND else None,
             "frames": self.frames,
+            **({"layout": self.layout} if self.kind == TARGET_KIND else {}),
         }
 
 
@@ -106,6 +106,8 @@ def resolve(config: PrepConfig) -> PrepConfig:
         raise InputError(f"--on-error: expected one of {', '.join(ON_ERROR)}, got {config.on_error!r}")
     if config.frames not in FRAME_MODES:
         raise InputError(f"--frames: expected one of {', '.join(FRAME_MODES)}, got {config.frames!r}")
+    if config.layout not in TARGET_LAYOUTS:
+        raise InputError(f"shard layout {config.layout}: expected one of {', '.join(map(str, TARGET_LAYOUTS))}")
     for flag, value in (
         ("--samples-per-shard", config.samples_per_shard),
         ("--batch-size", config.batch_size),
@@ -115,12 +117,9 @@ def resolve(config: PrepConfig) -> PrepConfig:
         if value < 1:
             raise InputError(f"{flag}: expected a positive number, got {value}")
     if config.kind != SOURCE_KIND:
-        if config.flow not in ESTIMATOR_NAMES:
-            raise InputError(f"--flow: unknown estimator {config.flow!r}, expected one of {', '.join(ESTIMATOR_NAMES)}")
-        if config.flow == "flownet2" and config.flow_ckpt is None:
-            raise InputError("--flow flownet2 needs --flow-ckpt FlowNet2_checkpoint.pth.tar")
-        if config.flow == "dis" and config.flow_ckpt is not None:
-            raise InputError(f"--flow dis takes no checkpoint, got --flow-ckpt {config.flow_ckpt}")
+        estimator = ESTIMATORS.get(config.flow)
+        estimator.check_weights(config.flow_ckpt)
+        estimator.check_options(config.flow_options)
     if not Path(config.root).is_dir():
         raise InputError(f"--root {config.root}: no such directory")
     # Absolute paths: actors on other nodes (or in other working directories) must find the same files.
@@ -131,16 +130,6 @@ def resolve(config: PrepConfig) -> PrepConfig:
         ckpt = os.path.abspath(config.flow_ckpt)
         return replace(config, flow_ckpt=ckpt, checkpoint_sha256=file_sha256(ckpt))
     return config
-
-
-def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
-    """'1024x512' -> (1024, 512) = (W, H); each side at least MIN_SIZE_PX."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise InputError(f"{flag} {text}: expected WIDTHxHEIGHT in pixels, e.g. 1024x512")
-    if min(int(p) for p in parts) < MIN_SIZE_PX:
-        raise InputError(f"{flag} {text}: each side must be at least {MIN_SIZE_PX} pixels (DIS's coarsest level)")
-    return int(parts[0]), int(parts[1])
 
 
 @dataclass(frozen=True)
@@ -252,6 +241,11 @@ def store_manifest(
         "complete": complete,
         "num_planned": planned,
         "num_samples": sum(e["samples"] for e in entries),
+        **(
+            {"layout": config.layout, "num_pairs": sum(e.get("pairs", e["samples"]) for e in entries)}
+            if config.kind == TARGET_KIND
+            else {}
+        ),
         "num_skipped": len(skipped),
         "bytes": sum(e["bytes"] for e in entries),
         "shards": entries,

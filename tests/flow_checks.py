@@ -1,5 +1,7 @@
-"""A test-only warp with an inside mask: checks ground-truth flows (test_demo_world) without a production user."""
+"""Test-only flow helpers: a warp with an inside mask (checks ground-truth flows in test_demo_world without a
+production user), and hand-written (u, v) pairs per pixel turned into the (2, H, W) layout of every flow."""
 
+import numpy as np
 import torch
 
 from pipeline.flow import warp
@@ -15,3 +17,8 @@ def warp_with_mask(x: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, t
     py = ys + flow[:, 1]
     inside = (px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)
     return out, inside.unsqueeze(1).to(x.dtype)
+
+
+def components_first(flow_hw2) -> np.ndarray:
+    """A flow written pixel by pixel, (..., H, W, 2), as (..., 2, H, W)."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(flow_hw2), -1, -3))

@@ -210,7 +210,7 @@ def val_store(folder: Path, size_hw=SIZE_HW, seed: int = 0, flow: bytes | None =
     with ValWriter(folder / VAL_FILE) as writer:
         for i, key in enumerate(VAL_KEYS):
             clip = rng.integers(0, 256, (VAL_CLIP, *size_hw, 3), dtype=np.uint8)
-            flows = rng.uniform(-3, 3, (VAL_CLIP - 1, *size_hw, 2)).astype(np.float32)
+            flows = rng.uniform(-3, 3, (VAL_CLIP - 1, 2, *size_hw)).astype(np.float32)
             label = rng.integers(0, 15, size_hw).astype(np.uint8)
             item = encode_val_item(key, clip, flows, {"viper15": label}, range(17, 17 + VAL_CLIP), VAL_CLIP - 1, {})
             if flow is not None and i == 0:

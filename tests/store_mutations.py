@@ -32,6 +32,7 @@ from hostile_stores import (
 )
 
 from pipeline.shards import MANIFEST_NAME
+from pipeline.shards.schema import MAX_MANIFEST_BYTES
 from pipeline.shards import png_bytes as encode_png
 
 STORES = ("src", "tgt")
@@ -155,7 +156,7 @@ def manifest_text(stores: Path, rng: random.Random) -> str:
         "empty": lambda: b"",
         "not UTF-8": lambda: b"\xff\xfe\xfd" + text.encode(),
         "a list": lambda: b"[]",
-        "huge (sparse)": lambda: text.encode() + bytes(17 << 20),
+        "huge": lambda: text.encode() + b" " * (MAX_MANIFEST_BYTES + 1),
         "duplicate key": lambda: text.replace("{", '{"complete": false, ', 1).encode(),
     }
     name = rng.choice(sorted(edits))

@@ -32,26 +32,26 @@ NPY_BUDGET = 0.40  # at most 40% of DA-VSN's int16 x10 .npy bytes
 def test_round_trip_within_half_a_step_for_large_negative_and_odd_sized_flows():
     rng = np.random.default_rng(0)
     for size_hw in [(1, 1), (7, 5), (3, 513), (64, 48)]:
-        flow = rng.uniform(-511.0, 511.0, size_hw + (2,)).astype(np.float32)
+        flow = rng.uniform(-511.0, 511.0, (2, *size_hw)).astype(np.float32)
         decoded = decode_flow(encode_flow(flow))
-        assert decoded.shape == size_hw + (2,) and decoded.dtype == np.float32
+        assert decoded.shape == (2, *size_hw) and decoded.dtype == np.float32
         assert np.abs(decoded - flow).max() <= STEP_PX / 2 + 1e-4  # float32 inputs near 511 carry 3e-5 px
         assert np.all(decoded * 64 == np.round(decoded * 64))  # every value lies on the 1/64 px grid
 
 
 def test_hand_worked_values_and_range_limits():
-    flow = np.array([[[0.3, -0.3], [-512.0, 511.984375], [1000.0, -1000.0], [0.0, 2.0 / 64]]], np.float32)
+    flow = np.array([[[0.3, -512.0, 1000.0, 0.0]], [[-0.3, 511.984375, -1000.0, 2.0 / 64]]], np.float32)  # (2, 1, 4)
     decoded = decode_flow(encode_flow(flow))
     # 0.3 * 64 = 19.2 -> 19 -> 0.296875; the range ends are exact; beyond them the flow is clipped.
-    expected = [[[0.296875, -0.296875], [-512.0, 511.984375], [511.984375, -512.0], [0.0, 0.03125]]]
+    expected = [[[0.296875, -512.0, 511.984375, 0.0]], [[-0.296875, 511.984375, -512.0, 0.03125]]]
     np.testing.assert_array_equal(decoded, np.array(expected, np.float32))
     assert (FLOW_MIN_PX, FLOW_MAX_PX) == (-512.0, 511.984375)
 
 
 def test_layout_hand_worked_bytes():
-    flow = np.zeros((2, 3, 2), np.float32)
-    flow[..., 0] = [[1.0, -1.0, 0.5], [0.0, 2.25, -0.015625]]  # codes 64 -64 32 / 0 144 -1
-    flow[..., 1] = [[-3.0, 0.0, 4.0], [7.5, -0.5, 100.0]]  # codes -192 0 256 / 480 -32 6400
+    flow = np.zeros((2, 2, 3), np.float32)  # (2, H, W): u, then v
+    flow[0] = [[1.0, -1.0, 0.5], [0.0, 2.25, -0.015625]]  # codes 64 -64 32 / 0 144 -1
+    flow[1] = [[-3.0, 0.0, 4.0], [7.5, -0.5, 100.0]]  # codes -192 0 256 / 480 -32 6400
     data = encode_flow(flow)
     assert data[:16] == b"I2VF\x01\x00\x00\x00\x02\x00\x00\x00\x03\x00\x00\x00"  # magic, version 1, H = 2, W = 3
     payload = zstandard.ZstdDecompressor().decompress(data[16:])
@@ -64,14 +64,14 @@ def test_layout_hand_worked_bytes():
 
 
 def test_legacy_png16_stores_still_decode():
-    flow = np.zeros((2, 3, 2), np.float32)
-    flow[..., 0] = [[1.0, -1.0, 0.5], [0.0, 2.25, -0.015625]]
-    flow[..., 1] = [[-3.0, 0.0, 4.0], [7.5, -0.5, 100.0]]
+    flow = np.zeros((2, 2, 3), np.float32)
+    flow[0] = [[1.0, -1.0, 0.5], [0.0, 2.25, -0.015625]]
+    flow[1] = [[-3.0, 0.0, 4.0], [7.5, -0.5, 100.0]]
     legacy = encode_legacy_png16(flow)
     with Image.open(io.BytesIO(legacy)) as png:  # the shard layout v1 codec, read by an independent decoder
         assert png.format == "PNG" and png.size == (3, 4)  # W, 2H
         codes = np.array(png).astype(np.int64)
-    expected = np.concatenate((flow[..., 0], flow[..., 1]), axis=0) * 64 + 2**15  # u rows on top of v rows
+    expected = np.concatenate((flow[0], flow[1]), axis=0) * 64 + 2**15  # u rows on top of v rows
     np.testing.assert_array_equal(codes, expected.astype(np.int64))
     np.testing.assert_array_equal(decode_flow(legacy), flow)
     member = {"__key__": "k", f"flow01.{LEGACY_EXT}": legacy}
@@ -79,18 +79,18 @@ def test_legacy_png16_stores_still_decode():
 
 
 def test_out_of_range_can_raise_and_non_finite_always_raises():
-    flow = np.zeros((4, 4, 2), np.float32)
-    flow[1, 2, 0] = -600.0
+    flow = np.zeros((2, 4, 4), np.float32)
+    flow[0, 1, 2] = -600.0
     with pytest.raises(InputError, match="beyond the zstd-dx16x64 range"):
         encode_flow(flow, on_overflow="raise")
-    assert decode_flow(encode_flow(flow, on_overflow="clip"))[1, 2, 0] == FLOW_MIN_PX
-    flow[0, 0, 1] = np.nan
+    assert decode_flow(encode_flow(flow, on_overflow="clip"))[0, 1, 2] == FLOW_MIN_PX
+    flow[1, 0, 0] = np.nan
     with pytest.raises(InputError, match="non-finite"):
         encode_flow(flow)
 
 
 def test_corrupt_bytes_raise_input_error():
-    data = encode_flow(np.random.default_rng(1).normal(0, 5, (40, 30, 2)))
+    data = encode_flow(np.random.default_rng(1).normal(0, 5, (2, 40, 30)))
     truncated = data[: len(data) // 2]
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0xFF
@@ -105,14 +105,14 @@ def test_corrupt_bytes_raise_input_error():
 
 def test_real_flow_fits_the_size_budget():
     left, right, _ = skimage.data.stereo_motorcycle()
-    flow = DISEstimator("medium")(left, right)  # a real estimated flow, 741x500
+    flow = DISEstimator("medium").flows(left, right)  # a real estimated flow, 741x500
     npy = io.BytesIO()
     np.save(npy, np.int16(flow * 10))  # DA-VSN's format
     assert len(encode_flow(flow)) < NPY_BUDGET * len(npy.getvalue())
 
 
 def test_webdataset_autodecoder_leaves_the_member_alone():
-    data = encode_flow(np.ones((8, 8, 2), np.float32))
+    data = encode_flow(np.ones((2, 8, 8), np.float32))
     sample = {"__key__": "k", f"flow01.{FLOW_EXT}": data, "frame0.png": cv2.imencode(".png", np.zeros((8, 8, 3)))[1]}
     sample["frame0.png"] = sample["frame0.png"].tobytes()
     decoded = wds.autodecode.Decoder([wds.autodecode.imagehandler("rgb8")])(sample)

@@ -11,9 +11,8 @@ import torch
 from pipeline.cli import cli as prep_cli
 from pipeline.errors import InputError
 from pipeline.shards import ValWriter, encode_val_item, write_manifest
-from pipeline.sources.protocols import colorize, get_protocol
+from pipeline.sources import GRID_PAD, TITLE_HEIGHT, colorize, get_protocol
 from trainer.evaluation.eval_cli import cli as eval_cli
-from trainer.evaluation.visualize import GRID_PAD, TITLE_HEIGHT
 from trainer.experiment import VARIANTS, DemoPreset, main, plan_prep, plan_runs, runner
 from trainer.experiment.outputs import Paths, check_preset, eval_done, store_done, training_done, world_done
 from trainer.experiment.report import (
@@ -216,7 +215,7 @@ def test_figure_shows_frames_labels_and_each_methods_prediction(tmp_path):
     (tmp_path / "val").mkdir()
     with ValWriter(tmp_path / "val" / "val.h5") as writer:
         for i, key in enumerate(("a_000000_000019", "b_000000_000019")):
-            flows = np.zeros((1, 16, 32, 2), np.float32)
+            flows = np.zeros((1, 2, 16, 32), np.float32)
             writer.add(encode_val_item(key, np.stack([frames[i]] * 2), flows, {"viper15": labels[i]}, (18, 19), 1, {}))
         writer.commit()
     torch.manual_seed(0)

@@ -61,6 +61,11 @@ def _torch(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
 
 
+def _flow_torch(flow: np.ndarray) -> torch.Tensor:
+    """(2, H, W) flow -> (1, 2, H, W) float tensor."""
+    return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32))[None]
+
+
 def test_cityscapes_tree_reads_back(world):
     out, summary = world
     root = out / "cityscapes"
@@ -150,8 +155,8 @@ def test_ground_truth_flow_warps_next_frame_onto_frame(world):
     (record,) = cityscapes.list_annotated(root, "val")
     for (fa, path_a), (fb, path_b) in zip(record.snippet[:-1], record.snippet[1:]):
         stem = f"{record.city}_{record.seq}"
-        flow_ab = _torch(read_flo(root / "flow_gt" / "val" / record.city / f"{stem}_{fa:06d}_{fb:06d}.flo"))
-        flow_ba = _torch(read_flo(root / "flow_gt" / "val" / record.city / f"{stem}_{fb:06d}_{fa:06d}.flo"))
+        flow_ab = _flow_torch(read_flo(root / "flow_gt" / "val" / record.city / f"{stem}_{fa:06d}_{fb:06d}.flo"))
+        flow_ba = _flow_torch(read_flo(root / "flow_gt" / "val" / record.city / f"{stem}_{fb:06d}_{fa:06d}.flo"))
         image_a, image_b = _torch(read_rgb(path_a)), _torch(read_rgb(path_b))
         warped, inside = warp_with_mask(image_b, flow_ab)
         visible = forward_backward_consistent(flow_ab, flow_ba, eta=0.5)[0] & (inside[0, 0] > 0)
@@ -169,11 +174,11 @@ def test_flow_moves_texture_exactly_without_sensor_noise():
     pose0, pose1 = shot.trajectory.pose(t0), shot.trajectory.pose(t1)
     gb0 = trace(shot.cam, pose0, t0, shot.street, 12, shot.ego)
     gb1 = trace(shot.cam, pose1, t1, shot.street, 12, shot.ego)
-    flow01 = _torch(ground_truth_flow(shot.cam, shot.street, gb0, pose0, t0, pose1, t1))
-    flow10 = _torch(ground_truth_flow(shot.cam, shot.street, gb1, pose1, t1, pose0, t0))
+    flow_01 = _flow_torch(ground_truth_flow(shot.cam, shot.street, gb0, pose0, t0, pose1, t1))
+    flow_10 = _flow_torch(ground_truth_flow(shot.cam, shot.street, gb1, pose1, t1, pose0, t0))
     image0, image1 = _torch(paint(gb0, style, shot.look)), _torch(paint(gb1, style, shot.look))
-    warped, inside = warp_with_mask(image1, flow01)
-    visible = forward_backward_consistent(flow01, flow10, eta=0.5)[0] & (inside[0, 0] > 0)
+    warped, inside = warp_with_mask(image1, flow_01)
+    visible = forward_backward_consistent(flow_01, flow_10, eta=0.5)[0] & (inside[0, 0] > 0)
     error = (warped - image0).abs().mean(1)[0][visible]
     error_zero = (image1 - image0).abs().mean(1)[0][visible]
     assert error.median() < 0.5 and error.mean() < 0.35 * error_zero.mean(), (error.mean(), error_zero.mean())
@@ -192,12 +197,12 @@ def test_flow_lands_on_the_same_surface_point():
     pose0, pose1 = shot.trajectory.pose(t0), shot.trajectory.pose(t1)
     gb0 = trace(shot.cam, pose0, t0, shot.street, 12, shot.ego)
     gb1 = trace(shot.cam, pose1, t1, shot.street, 12, shot.ego)
-    flow01 = _torch(ground_truth_flow(shot.cam, shot.street, gb0, pose0, t0, pose1, t1)).double()
+    flow_01 = _flow_torch(ground_truth_flow(shot.cam, shot.street, gb0, pose0, t0, pose1, t1)).double()
     # Bilinear samples of the surface id and its square equal id and id^2 only if every neighbour used is that id.
     code0, code1 = gb0.sprite.astype(np.float64), gb1.sprite.astype(np.float64)
-    code_w = warp(torch.from_numpy(np.stack([code1, code1**2]))[None], flow01, padding="zeros")[0].numpy()
+    code_w = warp(torch.from_numpy(np.stack([code1, code1**2]))[None], flow_01, padding="zeros")[0].numpy()
     same = (np.abs(code_w[0] - code0) < 1e-6) & (np.abs(code_w[1] - code0**2) < 1e-3)
-    tex_w = warp(torch.from_numpy(gb1.tex_m.astype(np.float64)).permute(2, 0, 1)[None], flow01)[0].numpy()
+    tex_w = warp(torch.from_numpy(gb1.tex_m.astype(np.float64)).permute(2, 0, 1)[None], flow_01)[0].numpy()
     error_m = np.abs(tex_w.transpose(1, 2, 0) - gb0.tex_m).max(axis=-1)
     moving = (gb0.sprite >= 0) & (np.abs(shot.street.sprites.vel_xz[np.maximum(gb0.sprite, 0)]).sum(-1) > 0)
     for region, min_pixels in ((gb0.sprite >= 0, 5000), (moving, 500), (gb0.sprite == GROUND, 3000)):
@@ -234,7 +239,7 @@ def test_static_ground_flow_is_the_pinhole_projection():
     points = centre_a[:, None] + rays * (-centre_a[1] / rays[1])  # on the plane Y = 0
     seen = k @ _rotation(pose_b.yaw) @ (points - centre_b[:, None])
     expected = np.stack([seen[0] / seen[2] - u, seen[1] / seen[2] - v], axis=-1)
-    np.testing.assert_allclose(flow[v, u], expected, atol=1e-3)
+    np.testing.assert_allclose(flow[:, v, u].T, expected, atol=1e-3)
     assert np.abs(expected).max() > 1.0  # the camera did move
 
 
@@ -252,7 +257,7 @@ def test_sky_flow_is_a_pure_rotation():
     homography = k @ _rotation(pose_b.yaw) @ _rotation(pose_a.yaw).T @ np.linalg.inv(k)
     seen = homography @ np.stack([u, v, np.ones_like(u)]).astype(np.float64)
     expected = np.stack([seen[0] / seen[2] - u, seen[1] / seen[2] - v], axis=-1)
-    np.testing.assert_allclose(flow[v, u], expected, atol=1e-3)
+    np.testing.assert_allclose(flow[:, v, u].T, expected, atol=1e-3)
     assert np.abs(expected[:, 0]).max() > 0.5
 
 

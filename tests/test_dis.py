@@ -9,8 +9,8 @@ import skimage.data
 import torch
 
 from pipeline.errors import InputError
+from pipeline.flow import ESTIMATORS, FlowEstimator, load_estimator
 from pipeline.flow.dis import DIS_PRESETS, DISEstimator
-from pipeline.flow.estimators import ESTIMATOR_NAMES, FlowEstimator, load_estimator
 from pipeline.flow.flo import read_flo
 from pipeline.flow.warp import forward_backward_consistent
 
@@ -42,7 +42,8 @@ def sinusoid_texture(size_hw, shift_xy=(0.0, 0.0), seed=0) -> np.ndarray:
 
 
 def mean_epe(flow, truth, mask) -> float:
-    return float(np.linalg.norm(flow - truth, axis=-1)[mask].mean())
+    """Mean end-point error over `mask` of (2, H, W) flows (truth may be a broadcastable (2, 1, 1) constant)."""
+    return float(np.linalg.norm(flow - truth, axis=0)[mask].mean())
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,8 @@ def motorcycle():
     """The Middlebury 2014 motorcycle pair: left -> right flow is u = -disparity, v = 0; unknown disparity masked."""
     left, right, disparity = skimage.data.stereo_motorcycle()
     valid = np.isfinite(disparity)
-    truth = np.zeros(disparity.shape + (2,), np.float32)
-    truth[..., 0] = -np.where(valid, disparity, 0.0)
+    truth = np.zeros((2, *disparity.shape), np.float32)
+    truth[0] = -np.where(valid, disparity, 0.0)
     return left, right, truth, valid
 
 
@@ -62,15 +63,15 @@ def test_dis_recovers_a_subpixel_translation(preset):
     interior = np.zeros(SIZE_HW, bool)
     interior[MARGIN_PX:-MARGIN_PX, MARGIN_PX:-MARGIN_PX] = True
     for shift in SHIFTS_PX:
-        flow = est(frame0, sinusoid_texture(SIZE_HW, shift))
-        assert flow.shape == SIZE_HW + (2,) and flow.dtype == np.float32
-        assert mean_epe(flow, np.float32(shift), interior) < SHIFT_EPE_BOUND[preset], shift
+        flow = est.flows(frame0, sinusoid_texture(SIZE_HW, shift))
+        assert flow.shape == (2, *SIZE_HW) and flow.dtype == np.float32
+        assert mean_epe(flow, np.float32(shift).reshape(2, 1, 1), interior) < SHIFT_EPE_BOUND[preset], shift
 
 
 @pytest.mark.parametrize("preset", list(DIS_PRESETS))
 def test_dis_on_the_motorcycle_stereo_pair(motorcycle, preset):
     left, right, truth, valid = motorcycle
-    epe = mean_epe(DISEstimator(preset)(left, right), truth, valid)
+    epe = mean_epe(DISEstimator(preset).flows(left, right), truth, valid)
     zero_flow_epe = mean_epe(np.zeros_like(truth), truth, valid)  # 34.3 px: the mean disparity
     assert epe < STEREO_EPE_BOUND[preset] < 0.15 * zero_flow_epe
 
@@ -91,11 +92,11 @@ def test_dis_on_the_demo_world_ground_truth(tmp_path):
         image_dir = city_root / "leftImg8bit_sequence" / "val" / city
         frames = [cv2.imread(str(image_dir / f"{city}_{seq}_{f}_leftImg8bit.png")) for f in (a, b)]
         truth, back = read_flo(path), read_flo(path.with_name(f"{city}_{seq}_{b}_{a}.flo"))
-        as_tensor = [torch.from_numpy(f).permute(2, 0, 1)[None] for f in (truth, back)]
-        visible = forward_backward_consistent(*as_tensor, eta=FB_ETA_PX)[0].numpy()
-        flow = est(*(cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames))
-        error = np.linalg.norm(flow - truth, axis=-1)[visible]
-        zero_flow_epe = float(np.linalg.norm(truth, axis=-1)[visible].mean())
+        visible = forward_backward_consistent(*(torch.from_numpy(f)[None] for f in (truth, back)), eta=FB_ETA_PX)
+        visible = visible[0].numpy()
+        flow = est.flows(*(cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames))
+        error = np.linalg.norm(flow - truth, axis=0)[visible]
+        zero_flow_epe = float(np.linalg.norm(truth, axis=0)[visible].mean())
         assert error.mean() < min(DEMO_MEAN_EPE_BOUND, 0.5 * zero_flow_epe), path.name
         assert np.median(error) < DEMO_MEDIAN_EPE_BOUND, path.name
 
@@ -107,14 +108,17 @@ def test_batch_is_the_loop_and_torch_path_matches(motorcycle):
     est = pickle.loads(pickle.dumps(load_estimator("dis", preset="fast")))  # as shipped to a Ray worker
     assert isinstance(est, FlowEstimator) and est.name == "dis" and est.checkpoint_sha256 is None
     assert est.options == {"preset": "fast"}
-    batch = est(frames0, frames1)
-    assert batch.shape == (2, 96, 128, 2) and batch.dtype == np.float32
+    batch = est.flows(frames0, frames1)
+    assert batch.shape == (2, 2, 96, 128) and batch.dtype == np.float32
     for i in range(2):
-        np.testing.assert_allclose(batch[i], est(frames0[i], frames1[i]), atol=1e-5)
+        np.testing.assert_allclose(batch[i], est.flows(frames0[i], frames1[i]), atol=1e-5)
+    # The public numpy call: the same flows with the components last.
+    np.testing.assert_array_equal(est(frames0, frames1), batch.transpose(0, 2, 3, 1))
+    assert est(frames0[0], frames1[0]).shape == (96, 128, 2)
     as_tensor = torch.from_numpy(frames0).permute(0, 3, 1, 2).float(), torch.from_numpy(frames1).permute(0, 3, 1, 2)
     flow_t = est.estimate_torch(as_tensor[0], as_tensor[1].double())
     assert flow_t.shape == (2, 2, 96, 128) and flow_t.dtype == torch.float32
-    np.testing.assert_allclose(flow_t.permute(0, 2, 3, 1).numpy(), batch, atol=1e-5)
+    np.testing.assert_allclose(flow_t.numpy(), batch, atol=1e-5)
 
 
 def test_bad_frames_raise_input_error():
@@ -129,14 +133,16 @@ def test_bad_frames_raise_input_error():
 
 
 def test_load_estimator_errors():
-    assert ESTIMATOR_NAMES == ("dis", "flownet2")
-    with pytest.raises(InputError, match="--flow flownet2 needs --flow-ckpt"):
+    assert ESTIMATORS.names() == ("dis", "flownet2")
+    with pytest.raises(InputError, match="^--flow flownet2 needs --flow-ckpt FlowNet2_checkpoint.pth.tar$"):
         load_estimator("flownet2")
-    with pytest.raises(InputError, match="unknown estimator 'raft'"):
+    with pytest.raises(InputError, match="^--flow raft: expected one of dis, flownet2$"):
         load_estimator("raft")
     with pytest.raises(InputError, match="takes no checkpoint"):
         load_estimator("dis", checkpoint="FlowNet2_checkpoint.pth.tar")
-    with pytest.raises(InputError, match="DIS preset 'slow'"):
+    with pytest.raises(InputError, match="^--dis-preset slow: expected one of ultrafast, fast, medium, fine$"):
         load_estimator("dis", preset="slow")
+    with pytest.raises(InputError, match="DIS preset 'slow'"):  # the class checks its own argument too
+        DISEstimator("slow")
     with pytest.raises(InputError, match="unknown option"):
         load_estimator("dis", finest_scale=0)

@@ -13,8 +13,8 @@ from test_train_loop import SOURCE, TARGET, make_stores, tiny_config
 
 import trainer.training.loop as loop
 from pipeline.errors import EXIT_BAD_INPUT, InputError
-from trainer.evaluation.predict import load_segmenter
-from trainer.training.checkpoint import checkpoints_in, nonfinite_tensor, save_checkpoint
+from trainer.models.weights import nonfinite_tensor
+from trainer.training.checkpoint import checkpoints_in, load_segmenter, save_checkpoint
 from trainer.training.cli import main as train_main
 from trainer.training.loop import train
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.shards import ValStore, ValWriter, encode_val_item
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import figure_grid, get_protocol
 from trainer.evaluation.eval_cli import main
-from trainer.evaluation.visualize import figure_grid, overlay
+from trainer.evaluation.visualize import overlay
 from trainer.models import build_segmenter
 
 IGNORE = 255
@@ -28,7 +28,7 @@ def make_store(folder, rng, protocols=("viper15",), keys=("aachen_000000_000019"
     with ValWriter(folder / "val.h5") as writer:
         for key in keys:
             clip = rng.integers(0, 256, (CLIP_LEN, *INPUT_HW, 3), dtype=np.uint8)
-            flows = rng.uniform(-3, 3, (CLIP_LEN - 1, *INPUT_HW, 2)).astype(np.float32)
+            flows = rng.uniform(-3, 3, (CLIP_LEN - 1, 2, *INPUT_HW)).astype(np.float32)
             labels = {}
             for name in protocols:
                 label = rng.integers(0, get_protocol(name).num_classes, LABEL_HW).astype(np.uint8)
@@ -102,7 +102,7 @@ def warped_back_brute_force(nxt, flow):
     inside = np.zeros(nxt.shape, bool)
     for y in range(h):
         for x in range(w):
-            sx, sy = math.floor(x + flow[y, x, 0] + 0.5), math.floor(y + flow[y, x, 1] + 0.5)
+            sx, sy = math.floor(x + flow[0, y, x] + 0.5), math.floor(y + flow[1, y, x] + 0.5)
             if 0 <= sx < w and 0 <= sy < h:
                 warped[y, x], inside[y, x] = nxt[sy, sx], True
     return warped, inside

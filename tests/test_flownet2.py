@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.flow.checkpoint import load_flownet2_state_dict
 from pipeline.flow.correlation import channel_norm, correlation
 from pipeline.flow.flownet2 import FlowNet2, FlowNet2Estimator, size_for_flownet
+from pipeline.flow.flownet2_file import load_flownet2_state_dict
 
 KEY_LIST = Path(__file__).parent / "data" / "flownet2_state_dict.txt"
 PARAMETERS = 162_518_834  # the count in NVIDIA's models.py and in the training log of issue #117
@@ -464,11 +464,11 @@ def test_estimator_resizes_and_scales_the_flow_per_axis(stub_estimator):
     colour0, colour1 = np.array([10, 20, 30], np.uint8), np.array([40, 50, 60], np.uint8)
     frames0 = np.broadcast_to(colour0, (3, 100, 150, 3)).copy()
     frames1 = np.broadcast_to(colour1, (3, 100, 150, 3)).copy()
-    flow = est(frames0, frames1)
+    flow = est.flows(frames0, frames1)
     # 100 x 150 runs at 128 x 128: the network's (1, 2) px become (1 * 150/128, 2 * 100/128) px.
-    assert flow.shape == (3, 100, 150, 2) and flow.dtype == np.float32
-    np.testing.assert_allclose(flow[..., 0], 150 / 128, rtol=1e-6)
-    np.testing.assert_allclose(flow[..., 1], 2 * 100 / 128, rtol=1e-6)
+    assert flow.shape == (3, 2, 100, 150) and flow.dtype == np.float32
+    np.testing.assert_allclose(flow[:, 0], 150 / 128, rtol=1e-6)
+    np.testing.assert_allclose(flow[:, 1], 2 * 100 / 128, rtol=1e-6)
     assert [tuple(x.shape) for x in stub.inputs] == [(2, 3, 2, 128, 128), (1, 3, 2, 128, 128)]  # batch_size 2
     for frames in stub.inputs:  # (B, RGB, frame, H, W): frame 0's colour, then frame 1's, RGB order kept
         np.testing.assert_allclose(frames[:, :, 0].mean((0, 2, 3)).numpy(), colour0, rtol=1e-5)
@@ -479,9 +479,11 @@ def test_estimator_resizes_and_scales_the_flow_per_axis(stub_estimator):
 def test_estimator_single_frames_and_sizes_already_multiples_of_64(stub_estimator):
     est, stub = stub_estimator
     frame = np.zeros((64, 128, 3), np.uint8)
-    flow = est(frame, frame)
-    assert flow.shape == (64, 128, 2)
-    assert (flow[..., 0] == 1).all() and (flow[..., 1] == 2).all()
+    flow = est.flows(frame, frame)
+    assert flow.shape == (2, 64, 128)
+    assert (flow[0] == 1).all() and (flow[1] == 2).all()
+    public = est(frame, frame)  # the public numpy call: the components last
+    assert public.shape == (64, 128, 2) and (public[..., 0] == 1).all() and (public[..., 1] == 2).all()
     assert tuple(stub.inputs[0].shape) == (1, 3, 2, 64, 128)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import get_protocol
 from trainer.evaluation.evaluate import (
     confusion_matrix,
     iou_per_class,
@@ -89,7 +89,7 @@ def test_synthia12_fence_is_trained_but_not_scored():
 def test_tc_of_identical_predictions_is_100():
     rng = np.random.default_rng(2)
     preds = np.repeat(rng.integers(0, 4, (1, 8, 10)).astype(np.uint8), 3, axis=0)
-    flows = np.zeros((2, 8, 10, 2), np.float32)
+    flows = np.zeros((2, 2, 8, 10), np.float32)
     for tc_protocol in ("ours", "etc"):
         assert temporal_consistency([(preds, flows)], 4, range(4), tc_protocol) == pytest.approx(100.0)
 
@@ -106,20 +106,20 @@ def test_tc_with_the_true_integer_flow_is_100_and_less_without_it():
             if 0 <= x + dx < w and 0 <= y + dy < h:
                 cur[y, x] = nxt[y + dy, x + dx]
     preds = np.stack([cur, nxt])
-    flow = np.zeros((1, h, w, 2), np.float32)
-    flow[..., 0], flow[..., 1] = dx, dy
+    flow = np.zeros((1, 2, h, w), np.float32)
+    flow[:, 0], flow[:, 1] = dx, dy
     assert temporal_consistency([(preds, flow)], 5, range(5)) == pytest.approx(100.0)
     assert temporal_consistency([(preds, np.zeros_like(flow))], 5, range(5)) < 90.0
 
 
 def test_nearest_warp_rounds_and_marks_out_of_view():
     labels = np.array([[5, 6, 7]], dtype=np.uint8)
-    flow = np.zeros((1, 3, 2), np.float32)
-    flow[..., 0] = 0.4
+    flow = np.zeros((2, 1, 3), np.float32)  # (2, H, W)
+    flow[0] = 0.4
     warped, inside = warp_labels_nearest(labels, flow)
     np.testing.assert_array_equal(warped, [[5, 6, 7]])
     np.testing.assert_array_equal(inside, [[True, True, True]])
-    flow[..., 0] = 0.6  # samples at 0.6, 1.6, 2.6 -> pixels 1, 2, 3 (3 is out of view)
+    flow[0] = 0.6  # samples at 0.6, 1.6, 2.6 -> pixels 1, 2, 3 (3 is out of view)
     warped, inside = warp_labels_nearest(labels, flow)
     np.testing.assert_array_equal(warped[0, :2], [6, 7])
     np.testing.assert_array_equal(inside, [[True, True, False]])
@@ -127,8 +127,8 @@ def test_nearest_warp_rounds_and_marks_out_of_view():
 
 def test_etc_protocol_on_a_hand_worked_case():
     nxt = np.array([[0, 2, 2, 1]], dtype=np.uint8)
-    flow = np.zeros((1, 4, 2), np.float32)
-    flow[..., 0] = 0.5
+    flow = np.zeros((2, 1, 4), np.float32)
+    flow[0] = 0.5
     # bilinear half way: (0+2)/2 = 1 (an interpolated id), (2+2)/2 = 2, (2+1)/2 = 1.5 -> 1, x = 3.5 clamps -> 1
     np.testing.assert_array_equal(warp_labels_etc(nxt, flow), [[1, 2, 1, 1]])
     cur = np.array([[0, 2, 1, 1]], dtype=np.uint8)
@@ -141,7 +141,7 @@ def test_etc_protocol_on_a_hand_worked_case():
 
 
 def test_tc_sums_counts_over_clips_instead_of_averaging_clips():
-    zero = np.zeros((1, 1, 4, 2), np.float32)
+    zero = np.zeros((1, 2, 1, 4), np.float32)
     clip_a = (np.array([[[0, 0, 0, 0]], [[0, 0, 0, 1]]], np.uint8), zero)  # class 0: I 3, U 4; class 1: I 0, U 1
     clip_b = (np.array([[[1, 1, 1, 1]], [[1, 1, 1, 1]]], np.uint8), zero)  # class 1: I 4, U 4
     pooled = 100 * (3 / 4 + 4 / 5) / 2
@@ -180,7 +180,7 @@ def test_target_frames_spread_over_shards_and_top_up(tmp_path):
     from pipeline.shards import encode_target_sample, shard_name, write_shard
     from trainer.evaluation.evaluate import target_frames
 
-    flow = np.zeros((4, 6, 2), np.float32)
+    flow = np.zeros((2, 4, 6), np.float32)
     for s, n in enumerate((4, 4, 1)):
         samples = [
             encode_target_sample(

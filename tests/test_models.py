@@ -1,11 +1,10 @@
-"""DeepLab-v2, the FC discriminator and the weight loaders (trainer/models/)."""
+"""DeepLab-v2, the FC discriminator and the weight loaders (trainer/models/, and our checkpoints' M)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.errors import InputError
-from trainer.evaluation.predict import load_segmenter
 from trainer.models import (
     AUX_HEAD_PREFIX,
     IMG_MEAN_BGR,
@@ -16,10 +15,10 @@ from trainer.models import (
     deeplab_r101,
     deeplab_tiny,
     load_deeplab_imagenet,
-    load_segmenter_weights,
     load_torchvision_resnet,
 )
 from trainer.models.deeplab import DeepLabV2
+from trainer.training.checkpoint import load_segmenter, load_segmenter_weights
 
 # torchvision's published parameter counts (ResNet-101 44,549,160; ResNet-50 25,557,032) minus the 2048 -> 1000 fc.
 RESNET101_BACKBONE = 44_549_160 - (2048 * 1000 + 1000)
@@ -277,18 +276,18 @@ def test_load_segmenter_weights_round_trip_and_class_mismatch(tmp_path):
 def test_multi_level_snapshots_that_carry_the_aux_head_load(tmp_path):
     # ADVENT and DA-VSN save the bare state dict of a multi-level DeepLab-v2: layer5 (aux, on layer3) and layer6.
     torch.manual_seed(5)
-    snapshot = deeplab_tiny(6, multi_level=True).eval()
+    snapshot = deeplab_tiny(11, multi_level=True).eval()
     assert any(k.startswith(AUX_HEAD_PREFIX) for k in snapshot.state_dict())
     bare = tmp_path / "GTA2Cityscapes_DeepLabv2_MinEnt.pth"
     torch.save(snapshot.state_dict(), bare)
-    model = load_segmenter_weights(deeplab_tiny(6, multi_level=True), bare).eval()
+    model = load_segmenter_weights(deeplab_tiny(11, multi_level=True), bare).eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         for ours, theirs in zip(model.forward_levels(x), snapshot.forward_levels(x)):
             assert torch.equal(ours, theirs)
     # The same weights in our format: eval's loader sees layer5 and builds the multi-level network by itself.
     ours = tmp_path / "iter_0000001.pt"
-    config = {"arch": "deeplab_tiny", "num_classes": 6, "protocol": "viper15", "target_size_hw": [64, 96]}
+    config = {"arch": "deeplab_tiny", "num_classes": 11, "protocol": "synthia11", "target_size_hw": [64, 96]}
     torch.save({"model": snapshot.state_dict(), "config": config, "iteration": 1}, ours)
     loaded, _, iteration = load_segmenter(ours)
     assert loaded.layer5 is not None and iteration == 1

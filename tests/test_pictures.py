@@ -1,19 +1,12 @@
-"""trainer/evaluation/visualize.py: the class legend, figure grids with it, and videos a browser can play where OpenCV
-allows."""
+"""The class legend, figure grids with it (pipeline/sources/figures.py), and videos a browser can play where OpenCV
+allows (trainer/evaluation/visualize.py)."""
 
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.sources import get_protocol
-from trainer.evaluation.visualize import (
-    LEGEND_ENTRY_WIDTH,
-    VIDEO_CODECS,
-    VideoSink,
-    class_legend,
-    figure_grid,
-    write_mp4,
-)
+from pipeline.sources import LEGEND_ENTRY_WIDTH, class_legend, figure_grid, get_protocol
+from trainer.evaluation.visualize import VIDEO_CODECS, VideoSink, write_mp4
 
 VIPER15 = get_protocol("viper15")
 

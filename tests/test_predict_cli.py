@@ -178,7 +178,7 @@ def test_the_same_train_ids_as_i2vda_eval_save_pred(tmp_path, capsys, random_ckp
             clip = np.stack([image, image])
             label = rng.integers(0, 15, LABEL_HW).astype(np.uint8)
             writer.add(
-                encode_val_item(key, clip, np.zeros((1, *INPUT_HW, 2), np.float32), {"viper15": label}, [18, 19], 1, {})
+                encode_val_item(key, clip, np.zeros((1, 2, *INPUT_HW), np.float32), {"viper15": label}, [18, 19], 1, {})
             )
         writer.commit()
     code, _, err = run(

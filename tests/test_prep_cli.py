@@ -12,16 +12,9 @@ from test_train_loop import SOURCE, TARGET, make_stores
 
 from pipeline.cli import cli, main
 from pipeline.errors import EXIT_BAD_INPUT
-from pipeline.inspect_store import (
-    LEGEND_ROW_HEIGHT,
-    TILE_WIDTH,
-    TITLE_HEIGHT,
-    contact_sheet,
-    sheet_samples,
-    spread_indices,
-)
+from pipeline.inspect_store import TILE_WIDTH, contact_sheet, sheet_samples, spread_indices
 from pipeline.shards import read_samples
-from pipeline.sources.protocols import get_protocol
+from pipeline.sources import LEGEND_ROW_HEIGHT, TITLE_HEIGHT, get_protocol
 
 COMMANDS = ["flows", "source", "val", "inspect", "demo-world"]
 

@@ -21,10 +21,10 @@ import ray
 from prep_trees import frame_path, label_path, write_cityscapes
 
 from pipeline.flow.dis import DISEstimator
-from pipeline.inspect_store import TITLE_HEIGHT
 from pipeline.job import run_shards, run_val
 from pipeline.plan import PrepConfig
 from pipeline.shards import TARGET_KIND, VAL_KIND, ValStore, check_manifest, file_sha256, read_manifest, read_samples
+from pipeline.sources import TITLE_HEIGHT
 from pipeline.sources.images import read_rgb
 
 NATIVE_HW, STORE_WH = (160, 320), (256, 128)  # frames are shrunk (area interpolation) into the store
@@ -121,8 +121,8 @@ def test_every_pair_once_with_resized_frames_and_the_estimators_flows(train_root
     for (city, seq, frame), sample in zip(PAIR_FRAMES, samples):
         frame0, frame1 = _resized(train_root, city, seq, frame - 1), _resized(train_root, city, seq, frame)
         assert np.array_equal(sample["frame0"], frame0) and np.array_equal(sample["frame1"], frame1)
-        assert np.abs(sample["flow01"] - dis(frame0, frame1)).max() <= HALF_STEP_PX + 1e-6
-        assert np.abs(sample["flow10"] - dis(frame1, frame0)).max() <= HALF_STEP_PX + 1e-6
+        assert np.abs(sample["flow01"] - dis.flows(frame0, frame1)).max() <= HALF_STEP_PX + 1e-6
+        assert np.abs(sample["flow10"] - dis.flows(frame1, frame0)).max() <= HALF_STEP_PX + 1e-6
         assert (
             sample["meta"]["source_paths"][1]
             == frame_path(train_root, "train", city, seq, frame).relative_to(train_root).as_posix()
@@ -177,7 +177,7 @@ def test_the_builder_decodes_each_frame_once_across_shards(train_root, tmp_path,
     for (city, seq, frame), sample in zip(PAIR_FRAMES, samples):  # against frames read and resized here
         frame0, frame1 = _resized(train_root, city, seq, frame - 1), _resized(train_root, city, seq, frame)
         assert np.array_equal(sample["frame0"], frame0) and np.array_equal(sample["frame1"], frame1)
-        assert np.abs(sample["flow01"] - dis(frame0, frame1)).max() <= HALF_STEP_PX + 1e-6
+        assert np.abs(sample["flow01"] - dis.flows(frame0, frame1)).max() <= HALF_STEP_PX + 1e-6
 
 
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(train_root, reference, tmp_path):

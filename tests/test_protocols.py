@@ -15,7 +15,7 @@ from label_tables import (
 )
 
 from pipeline.errors import InputError
-from pipeline.sources.protocols import PROTOCOL_NAMES, colorize, default_protocol, get_protocol
+from pipeline.sources import colorize, default_protocol, get_protocol, protocol_names
 
 CASES = [
     ("viper15", VIPER15_FROM_VIPER, VIPER15_FROM_CITYSCAPES),
@@ -59,11 +59,11 @@ def test_protocol_is_frozen():
 
 
 def test_get_protocol_errors_and_defaults():
-    assert set(PROTOCOL_NAMES) == {"viper15", "synthia11", "synthia12"}
+    assert protocol_names() == ("viper15", "synthia11", "synthia12")
     with pytest.raises(InputError) as info:
         get_protocol("viper19")
     message = str(info.value)
-    assert "viper19" in message and all(n in message for n in PROTOCOL_NAMES) and "\n" not in message
+    assert "viper19" in message and all(n in message for n in protocol_names()) and "\n" not in message
     assert default_protocol("viper").name == "viper15" and default_protocol("synthia").name == "synthia11"
     with pytest.raises(InputError, match="gta5"):
         default_protocol("gta5")

@@ -41,7 +41,7 @@ FLOW_STEP_PX = 1 / 64  # the precision the design requires of the codec; round-t
 def _pair(seed):
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, size=(2, H, W, 3), dtype=np.uint8)
-    flows = rng.uniform(-30, 30, size=(2, H, W, 2)).astype(np.float32)
+    flows = rng.uniform(-30, 30, size=(2, 2, H, W)).astype(np.float32)  # F_0->1, F_1->0: (2, H, W) each
     return frames, flows
 
 
@@ -61,7 +61,7 @@ def test_target_sample_round_trip_exact_frames_and_flows_within_half_a_step():
     assert out["__key__"] == "aachen_000001_000019"
     assert out["frame0"].dtype == np.uint8 and np.array_equal(out["frame0"], f0) and np.array_equal(out["frame1"], f1)
     for name, flow in (("flow01", fl01), ("flow10", fl10)):
-        assert out[name].dtype == np.float32 and out[name].shape == (H, W, 2)
+        assert out[name].dtype == np.float32 and out[name].shape == (2, H, W)
         assert np.abs(out[name] - flow).max() <= FLOW_STEP_PX / 2 + 1e-6
     assert out["meta"]["estimator"] == "dis" and out["meta"]["size_wh"] == [W, H] and "codec" in out["meta"]
 

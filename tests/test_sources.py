@@ -14,7 +14,7 @@ from label_tables import (
 )
 
 from pipeline.errors import InputError
-from pipeline.sources import cityscapes, list_source, read_source_label, synthia, viper
+from pipeline.sources import cityscapes, get_protocol, list_source, read_source_label, synthia, viper
 from pipeline.sources.images import (
     read_palette_png,
     read_png_unchanged,
@@ -23,7 +23,6 @@ from pipeline.sources.images import (
     resize_rgb,
     write_palette_png,
 )
-from pipeline.sources.protocols import get_protocol
 
 # ---------------------------------------------------------------- hand-built PNGs (PNG spec, written with zlib)
 

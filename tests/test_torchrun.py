@@ -14,16 +14,8 @@ import numpy as np
 import torch
 
 from pipeline.flow.codec import FLOW_CODEC
-from pipeline.shards import (
-    SOURCE_KIND,
-    TARGET_KIND,
-    encode_source_sample,
-    encode_target_sample,
-    shard_name,
-    write_manifest,
-    write_shard,
-)
-from pipeline.sources.protocols import get_protocol
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, encode_source_sample, encode_target_sample, write_store
+from pipeline.sources import get_protocol
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "docker" / "torchrun-multinode.sh"
@@ -35,32 +27,6 @@ MAX_ITER = 3
 PROTOCOL = get_protocol("viper15")
 CHECKPOINT_KEYS = {"model", "proxy", "disc", "opt_seg", "opt_disc", "iteration", "rng", "config"}  # docs/DEVELOPING.md
 RUN_TIMEOUT_S = 240  # torch import, rendezvous and 3 tiny iterations take about 20 s on 2 shared cores
-
-
-def _store(folder: Path, kind: str, samples, extra: dict) -> None:
-    """Shards of `samples` (encoded dicts) under folder/, and a complete manifest as i2vda-prep writes it."""
-    folder.mkdir(parents=True)
-    entries = []
-    for index in range(SHARDS):
-        chunk = samples[index * SAMPLES_PER_SHARD : (index + 1) * SAMPLES_PER_SHARD]
-        entries.append({**write_shard(folder / shard_name(folder.name, index), chunk), "skipped": []})
-    write_manifest(
-        folder,
-        {
-            "name": folder.name,
-            "kind": kind,
-            "size_wh": [SIZE_HW[1], SIZE_HW[0]],
-            "complete": True,
-            "num_planned": len(samples),
-            "num_samples": len(samples),
-            "num_skipped": 0,
-            "bytes": sum(e["bytes"] for e in entries),
-            "shards": entries,
-            "skipped": [],
-            "timing": {},
-            **extra,
-        },
-    )
 
 
 def make_stores(shards_dir: Path, seed: int = 0) -> None:
@@ -78,12 +44,19 @@ def make_stores(shards_dir: Path, seed: int = 0) -> None:
     for i in range(total):
         frame0 = rng.integers(0, 256, (*SIZE_HW, 3), dtype=np.uint8)
         frame1 = np.roll(frame0, 2, axis=1)
-        flow01 = np.zeros((*SIZE_HW, 2), np.float32)
-        flow01[..., 0] = 2.0
-        target.append(encode_target_sample(f"city_{i:03d}", frame0, frame1, flow01, -flow01, {"estimator": "dis"}))
-    _store(shards_dir / "viper", SOURCE_KIND, source, {"protocol": PROTOCOL.name, "estimator": None, "codec": None})
-    _store(
-        shards_dir / "cityscapes_seq", TARGET_KIND, target, {"protocol": None, "estimator": "dis", "codec": FLOW_CODEC}
+        flow_01 = np.zeros((2, *SIZE_HW), np.float32)
+        flow_01[0] = 2.0
+        target.append(encode_target_sample(f"city_{i:03d}", frame0, frame1, flow_01, -flow_01, {"estimator": "dis"}))
+    size_wh = [SIZE_HW[1], SIZE_HW[0]]
+    write_store(shards_dir / "viper", SOURCE_KIND, source, SAMPLES_PER_SHARD, size_wh=size_wh, protocol=PROTOCOL.name)
+    write_store(
+        shards_dir / "cityscapes_seq",
+        TARGET_KIND,
+        target,
+        SAMPLES_PER_SHARD,
+        size_wh=size_wh,
+        estimator="dis",
+        codec=FLOW_CODEC,
     )
 
 

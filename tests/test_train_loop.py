@@ -1,7 +1,8 @@
 """Algorithm 1 on tiny learnable stores: the proxy copy, the launch of L_tc, the baselines, and learning itself.
 
-`make_stores` (also used by test_resume, test_ddp and test_train_cli) writes a source and a target store of 64x32
-pictures made of 8x8 blocks whose class sets their colour, so the label is a function of the colour.
+`make_stores` (also used by test_resume, test_ddp, test_train_cli and others; written with `write_store`) writes a
+source and a target store of 64x32 pictures made of 8x8 blocks whose class sets their colour, so the label is a
+function of the colour.
 """
 
 from __future__ import annotations
@@ -15,15 +16,7 @@ import pytest
 import torch
 
 from pipeline.errors import InputError
-from pipeline.shards import (
-    SOURCE_KIND,
-    TARGET_KIND,
-    encode_source_sample,
-    encode_target_sample,
-    shard_name,
-    write_manifest,
-    write_shard,
-)
+from pipeline.shards import SOURCE_KIND, TARGET_KIND, encode_source_sample, encode_target_sample, write_store
 from trainer.training.config import TrainConfig
 from trainer.training.loop import train
 
@@ -49,43 +42,19 @@ def make_stores(root: Path, shards: int = 2, per_shard: int = 6, seed: int = 0, 
     """root/src (source, viper15) and root/tgt (target pairs, DIS flows) with `shards` shards each, pictures of
     `size_hw` (multiples of BLOCK_PX); -> root."""
     rng = np.random.default_rng(seed)
-    source_dir, target_dir = root / SOURCE, root / TARGET
-    source_dir.mkdir(parents=True)
-    target_dir.mkdir(parents=True)
-    source_info, target_info = [], []
     h, w = size_hw
-    flow_01 = np.broadcast_to(np.array(SHIFT_XY, np.float32), (h, w, 2)).copy()
+    flow_01 = np.broadcast_to(np.array(SHIFT_XY, np.float32).reshape(2, 1, 1), (2, h, w)).copy()
+    source, target = [], []
     for s in range(shards):
-        samples = [encode_source_sample(f"s{s}_{j}", *_blocks(rng, size_hw), {}) for j in range(per_shard)]
-        source_info.append(write_shard(source_dir / shard_name(SOURCE, s), samples))
-        samples = []
+        source += [encode_source_sample(f"s{s}_{j}", *_blocks(rng, size_hw), {}) for j in range(per_shard)]
         for j in range(per_shard):
             frame0, _ = _blocks(rng, size_hw)
             frame1 = np.roll(frame0, SHIFT_XY[::-1], axis=(0, 1))
-            samples.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow_01, -flow_01, {}))
-        target_info.append(write_shard(target_dir / shard_name(TARGET, s), samples))
-    write_manifest(
-        source_dir,
-        {
-            "name": SOURCE,
-            "kind": SOURCE_KIND,
-            "complete": True,
-            "protocol": "viper15",
-            "size_wh": [w, h],
-            "shards": source_info,
-        },
-    )
-    write_manifest(
-        target_dir,
-        {
-            "name": TARGET,
-            "kind": TARGET_KIND,
-            "complete": True,
-            "size_wh": [w, h],
-            "estimator": "dis",
-            "estimator_options": {"preset": "ultrafast"},
-            "shards": target_info,
-        },
+            target.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow_01, -flow_01, {}))
+    write_store(root / SOURCE, SOURCE_KIND, source, per_shard, protocol="viper15", size_wh=[w, h])
+    options = {"preset": "ultrafast"}
+    write_store(
+        root / TARGET, TARGET_KIND, target, per_shard, size_wh=[w, h], estimator="dis", estimator_options=options
     )
     return root
 

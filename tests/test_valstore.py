@@ -100,9 +100,9 @@ def test_round_trip_labels_frames_and_flows(tmp_path):
     assert np.array_equal(sample["image"], _resized(root, ANNOTATED))
     assert np.array_equal(store.image(key), sample["image"])
     dis = DISEstimator("medium")
-    assert sample["clip_flows"].shape == (2, STORE_WH[1], STORE_WH[0], 2)
+    assert sample["clip_flows"].shape == (2, 2, STORE_WH[1], STORE_WH[0])
     for i in range(2):
-        direct = dis(_resized(root, 11 + i).copy(), _resized(root, 12 + i).copy())
+        direct = dis.flows(_resized(root, 11 + i).copy(), _resized(root, 12 + i).copy())
         assert np.abs(sample["clip_flows"][i] - direct).max() <= HALF_STEP_PX + 1e-6
     label_rel = label_path(root, "val", "lindau", "000003", ANNOTATED).relative_to(root).as_posix()
     assert sample["meta"]["source_paths"]["label"] == label_rel

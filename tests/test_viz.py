@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from flow_checks import components_first
 
 from pipeline.flow.viz import color_wheel, flow_legend, flow_to_color
 
@@ -26,7 +27,7 @@ def test_zero_flow_is_white_and_the_axes_have_their_wheel_colours():
     flow[1, 0] = (0.0, -4.0)  # -y: atan2(1, -0) = pi/2 -> position 40.5, between 40 and 41
     flow[1, 1] = (2.0, 0.0)  # half the max magnitude: red faded halfway to white
     before = flow.copy()
-    rgb = flow_to_color(flow)
+    rgb = flow_to_color(components_first(flow))
     np.testing.assert_array_equal(flow, before)  # the input is not mutated (normalisation works on a copy)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
     assert tuple(rgb[0, 0]) == (255, 0, 0)
@@ -39,15 +40,15 @@ def test_zero_flow_is_white_and_the_axes_have_their_wheel_colours():
 
 def test_max_flow_scales_and_saturates():
     flow = np.array([[[3.0, 0.0], [12.0, 0.0]]])
-    rgb = flow_to_color(flow, max_flow=6.0)
+    rgb = flow_to_color(components_first(flow), max_flow=6.0)
     assert tuple(rgb[0, 0]) == (255, 127, 127)  # 3 / 6 = half saturation
     assert tuple(rgb[0, 1]) == (191, 0, 0)  # beyond max_flow: red darkened to 3/4 -> floor(191.25)
-    assert np.array_equal(flow_to_color(np.zeros((4, 5, 2))), np.full((4, 5, 3), 255, np.uint8))
+    assert np.array_equal(flow_to_color(np.zeros((2, 4, 5))), np.full((4, 5, 3), 255, np.uint8))
 
 
 def test_non_finite_flow_is_black_and_ignored_by_the_normalisation():
     flow = np.array([[[np.nan, 0.0], [1.0, 0.0], [np.inf, 3.0]]])
-    rgb = flow_to_color(flow)
+    rgb = flow_to_color(components_first(flow))
     assert tuple(rgb[0, 0]) == (0, 0, 0) and tuple(rgb[0, 2]) == (0, 0, 0)
     assert tuple(rgb[0, 1]) == (255, 0, 0)  # the largest finite magnitude is 1
 

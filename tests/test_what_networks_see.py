@@ -59,7 +59,7 @@ def _which(x: torch.Tensor, batch: dict, t: float | None) -> str:
     src, tgt = batch["source"], batch["target"]
     named = {"I^s": src["image"], "I0": tgt["frame0"], "I1": tgt["frame1"]}
     if t is not None:
-        named["It"] = synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"], t)
+        named["It"] = synthesize_intermediate(tgt["frame0"], tgt["frame1"], tgt["flow_01"], tgt["flow_10"], t)
     found = [name for name, rgb in named.items() if torch.allclose(caffe_normalize(rgb), x, atol=1e-4)]
     assert len(found) == 1, f"input matches {found}"
     return found[0]

@@ -1,4 +1,5 @@
-"""The shard flow codec: a flow in pixels <-> the bytes of one WebDataset member (`flow01.zflow`).
+"""The shard flow codec: a flow in pixels, (2, H, W) as every flow in memory, <-> the bytes of one WebDataset member
+(`flow01.zflow`).
 
 Format "zstd-dx16x64" (member extension `zflow`), chosen by measurement (`bench/bench_codec.py`, `bench/bench_read.py`;
 tables in `docs/FLOW_CODEC.md`):
@@ -55,14 +56,14 @@ _LEGACY_OFFSET = 2**15  # png16x64 stores code + 2**15 as an unsigned 16-bit sam
 
 
 def flow_codes(flow: np.ndarray, on_overflow: str = "clip") -> np.ndarray:
-    """(H, W, 2) float flow in pixels -> (H, W, 2) int16 codes round(64 * f), validated and clipped to the range."""
+    """(2, H, W) float flow in pixels -> (2, H, W) int16 codes round(64 * f), validated and clipped to the range."""
     flow = np.asarray(flow)
-    if flow.ndim != 3 or flow.shape[2] != 2 or flow.shape[0] == 0 or flow.shape[1] == 0:
-        raise ValueError(f"flow must be (H, W, 2) with H, W > 0, got {flow.shape}")
+    if flow.ndim != 3 or flow.shape[0] != 2 or flow.shape[1] == 0 or flow.shape[2] == 0:
+        raise ValueError(f"flow must be (2, H, W) with H, W > 0, got {flow.shape}")
     if on_overflow not in ON_OVERFLOW:
         raise ValueError(f"on_overflow must be one of {ON_OVERFLOW}, got {on_overflow!r}")
     if not np.isfinite(flow).all():
-        raise InputError(f"flow of size {flow.shape[1]}x{flow.shape[0]} has non-finite values; cannot encode it")
+        raise InputError(f"flow of size {flow.shape[2]}x{flow.shape[1]} has non-finite values; cannot encode it")
     codes = np.rint(flow.astype(np.float64) * FLOW_SCALE)
     if on_overflow == "raise":
         beyond = (codes < CODE_MIN) | (codes > CODE_MAX)
@@ -75,8 +76,8 @@ def flow_codes(flow: np.ndarray, on_overflow: str = "clip") -> np.ndarray:
 
 
 def encode_flow(flow: np.ndarray, on_overflow: str = "clip", level: int = ZSTD_LEVEL) -> bytes:
-    """Encode an (H, W, 2) float flow in pixels as zstd-dx16x64 bytes; see the module docstring for the layout."""
-    planes = np.ascontiguousarray(np.moveaxis(flow_codes(flow, on_overflow), 2, 0))  # (2, H, W): u, v
+    """Encode a (2, H, W) float flow in pixels as zstd-dx16x64 bytes; see the module docstring for the layout."""
+    planes = np.ascontiguousarray(flow_codes(flow, on_overflow))  # (2, H, W): the u plane, then the v plane
     delta = planes.copy()
     np.subtract(planes[:, :, 1:], planes[:, :, :-1], out=delta[:, :, 1:])  # int16 arithmetic wraps: exact mod 2**16
     zigzag = ((delta << 1) ^ (delta >> 15)).view(np.uint16).ravel()
@@ -88,7 +89,7 @@ def encode_flow(flow: np.ndarray, on_overflow: str = "clip", level: int = ZSTD_L
 
 
 def decode_flow(data: bytes, name: str = "flow member", size_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode zstd-dx16x64 (or legacy png16x64) bytes into an (H, W, 2) float32 flow in pixels; bad bytes raise
+    """Decode zstd-dx16x64 (or legacy png16x64) bytes into a (2, H, W) float32 flow in pixels; bad bytes raise
     InputError naming `name`. The size the header declares must be `size_hw` (H, W) when given (the store's), else at
     most MAX_SIDE_PX a side, and the zstd frame must declare exactly the bytes of that size: both are checked before
     anything is decompressed (`pipeline.limits`)."""
@@ -123,7 +124,7 @@ def decode_flow(data: bytes, name: str = "flow member", size_hw: tuple[int, int]
     delta = (zigzag >> 1).view(np.int16) ^ -(zigzag & 1).view(np.int16)
     planes = delta.reshape(2, height, width)
     np.cumsum(planes, axis=2, dtype=np.int16, out=planes)  # undo the left prediction (wrapping, like the encoder)
-    flow = planes.transpose(1, 2, 0).astype(np.float32)
+    flow = planes.astype(np.float32)
     flow *= 1.0 / FLOW_SCALE  # exact: 1/64 is a power of two
     return flow
 
@@ -147,10 +148,7 @@ def _decode_legacy_png16(data, name: str, size_hw: tuple[int, int] | None) -> np
             f"{name}: expected a 16-bit grayscale PNG of even height ({LEGACY_CODEC}), got {planes.dtype} "
             f"{planes.shape}"
         )
-    h = planes.shape[0] // 2
-    flow = np.empty((h, planes.shape[1], 2), dtype=np.float32)
-    np.subtract(planes[:h], _LEGACY_OFFSET, out=flow[..., 0], dtype=np.float32)
-    np.subtract(planes[h:], _LEGACY_OFFSET, out=flow[..., 1], dtype=np.float32)
+    flow = np.subtract(planes.reshape(2, planes.shape[0] // 2, planes.shape[1]), _LEGACY_OFFSET, dtype=np.float32)
     flow *= 1.0 / FLOW_SCALE
     return flow
 
@@ -158,7 +156,7 @@ def _decode_legacy_png16(data, name: str, size_hw: tuple[int, int] | None) -> np
 def encode_legacy_png16(flow: np.ndarray, on_overflow: str = "clip") -> bytes:
     """The shard layout v1 flow codec (png16x64), for reading tests and the codec benchmark; stores no longer use it."""
     codes = flow_codes(flow, on_overflow).astype(np.int32) + _LEGACY_OFFSET
-    planes = np.concatenate((codes[..., 0], codes[..., 1]), axis=0).astype(np.uint16)  # (2H, W): u on top, v below
+    planes = codes.reshape(-1, codes.shape[2]).astype(np.uint16)  # (2H, W): u on top, v below
     params = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS, cv2.IMWRITE_PNG_COMPRESSION, 3]
     ok, png = cv2.imencode(".png", planes, params)
     if not ok:

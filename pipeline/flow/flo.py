@@ -1,4 +1,5 @@
-"""Middlebury `.flo` files: magic float 202021.25, int32 width, int32 height, then float32 (u, v) row-major."""
+"""Middlebury `.flo` files: magic float 202021.25, int32 width, int32 height, then float32 (u, v) row-major, the two
+components of a pixel side by side. In memory a flow is (2, H, W), as everywhere in i2vda: the axes move here."""
 
 from __future__ import annotations
 
@@ -14,21 +15,22 @@ FLO_MAGIC = np.float32(202021.25)  # the bytes spell "PIEH"
 
 
 def write_flo(path: str | os.PathLike, flow: np.ndarray) -> None:
-    """Write an (H, W, 2) flow in pixels (x, y) to `path`, atomically (temporary name, then rename)."""
+    """Write a (2, H, W) flow in pixels (x, y) to `path`, atomically (temporary name, then rename)."""
     flow = np.asarray(flow, dtype=np.float32)
-    if flow.ndim != 3 or flow.shape[2] != 2:
-        raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
-    h, w = flow.shape[:2]
-    data = FLO_MAGIC.tobytes() + np.array([w, h], dtype="<i4").tobytes() + flow.astype("<f4").tobytes()
+    if flow.ndim != 3 or flow.shape[0] != 2:
+        raise ValueError(f"flow must be (2, H, W), got {flow.shape}")
+    h, w = flow.shape[1:]
+    interleaved = np.moveaxis(flow, 0, -1).astype("<f4")  # (H, W, 2): u and v of each pixel side by side
+    data = FLO_MAGIC.tobytes() + np.array([w, h], dtype="<i4").tobytes() + interleaved.tobytes()
     write_bytes_atomic(path, data, durable=False)
 
 
 def read_flo(path: str | os.PathLike) -> np.ndarray:
-    """Read a `.flo` file into an (H, W, 2) float32 array; a bad file raises InputError naming it."""
+    """Read a `.flo` file into a (2, H, W) float32 array; a bad file raises InputError naming it."""
     data = Path(path).read_bytes()
     if len(data) < 12 or np.frombuffer(data[:4], "<f4")[0] != FLO_MAGIC:
         raise InputError(f"{path}: not a .flo file (bad magic number)")
     w, h = (int(v) for v in np.frombuffer(data[4:12], "<i4"))
     if w <= 0 or h <= 0 or len(data) != 12 + 8 * w * h:
         raise InputError(f"{path}: truncated or corrupt .flo file ({w}x{h} header, {len(data)} bytes)")
-    return np.frombuffer(data[12:], "<f4").reshape(h, w, 2).copy()
+    return np.ascontiguousarray(np.frombuffer(data[12:], "<f4").reshape(h, w, 2).transpose(2, 0, 1), dtype=np.float32)

@@ -17,9 +17,10 @@ from torch import nn
 
 from pipeline.atomic import file_sha256
 from pipeline.errors import InputError
-from pipeline.flow.checkpoint import check_state_dict, load_flownet2_state_dict
 from pipeline.flow.correlation import channel_norm
+from pipeline.flow.flownet2_file import check_flownet2_fit, load_flownet2_state_dict
 from pipeline.flow.flownet_parts import FlowNetC, FlowNetFusion, FlowNetS, FlowNetSD
+from pipeline.flow.interface import FlowEstimator, frames_batch
 from pipeline.flow.warp import warp
 
 __all__ = ["FlowNet2", "FlowNet2Estimator", "load_flownet2_state_dict", "size_for_flownet"]
@@ -62,7 +63,7 @@ class FlowNet2(nn.Module):
         state_dict = load_flownet2_state_dict(path)
         with torch.device("meta"):  # no memory for, and no time on, random weights that are replaced at once
             model = cls()
-        check_state_dict(model, state_dict, path)
+        check_flownet2_fit(model, state_dict, path)
         model.load_state_dict(state_dict, strict=True, assign=True)
         return model.eval()
 
@@ -122,22 +123,7 @@ def size_for_flownet(n: int) -> int:
     return max(SIZE_MULTIPLE, (n + SIZE_MULTIPLE // 2) // SIZE_MULTIPLE * SIZE_MULTIPLE)
 
 
-def _as_batch(frames: object, name: str) -> np.ndarray:
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim not in (3, 4):
-        raise InputError(f"{name}: expected a uint8 RGB array (B, H, W, 3) or (H, W, 3), got {_describe(frames)}")
-    batch = frames[None] if frames.ndim == 3 else frames
-    if batch.shape[-1] != 3:
-        raise InputError(f"{name}: expected 3 colour channels last (RGB), got shape {frames.shape}")
-    return batch
-
-
-def _describe(obj: object) -> str:
-    if isinstance(obj, np.ndarray):
-        return f"{obj.dtype} array of shape {obj.shape}"
-    return type(obj).__name__
-
-
-class FlowNet2Estimator:
+class FlowNet2Estimator(FlowEstimator):
     """FlowNet2 behind the flow-estimator interface (docs/DEVELOPING.md): RGB frame pairs in, flow in pixels out.
 
     Frames whose sides are not multiples of 64 are resized (bilinear) to the nearest multiples, and the flow is
@@ -178,13 +164,12 @@ class FlowNet2Estimator:
             flow = flow * torch.tensor([w / w64, h / h64], device=flow.device).view(1, 2, 1, 1)
         return flow.to(img0.device)
 
-    def __call__(self, frames0: np.ndarray, frames1: np.ndarray) -> np.ndarray:
-        """uint8 RGB (B, H, W, 3) or (H, W, 3) pairs -> float32 flow 0->1 (B, H, W, 2) or (H, W, 2), pixels."""
-        batch0, batch1 = _as_batch(frames0, "frames0"), _as_batch(frames1, "frames1")
+    def flows(self, frames0: np.ndarray, frames1: np.ndarray) -> np.ndarray:
+        """uint8 RGB (B, H, W, 3) or (H, W, 3) pairs -> float32 flow 0->1 (B, 2, H, W) or (2, H, W), pixels."""
+        (batch0, single), (batch1, _) = frames_batch(frames0, "frames0"), frames_batch(frames1, "frames1")
         if batch0.shape != batch1.shape:
-            raise InputError(f"frames0 and frames1 must have one shape, got {frames0.shape} and {frames1.shape}")
+            raise InputError(f"frames0 and frames1 must have one shape, got {batch0.shape} and {batch1.shape}")
         img0 = torch.from_numpy(np.ascontiguousarray(batch0)).permute(0, 3, 1, 2).float()
         img1 = torch.from_numpy(np.ascontiguousarray(batch1)).permute(0, 3, 1, 2).float()
-        flow = self.estimate_torch(img0, img1).permute(0, 2, 3, 1).numpy()
-        flow = np.ascontiguousarray(flow, dtype=np.float32)
-        return flow[0] if frames0.ndim == 3 else flow
+        flow = self.estimate_torch(img0, img1).numpy()
+        return flow[0] if single else flow

@@ -36,13 +36,13 @@ def color_wheel() -> np.ndarray:
 
 
 def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray:
-    """(H, W, 2) flow in pixels -> (H, W, 3) uint8 RGB in the Middlebury coding; `flow` is not modified."""
+    """(2, H, W) flow in pixels -> (H, W, 3) uint8 RGB in the Middlebury coding; `flow` is not modified."""
     flow = np.asarray(flow, dtype=np.float64)
-    if flow.ndim != 3 or flow.shape[2] != 2:
-        raise ValueError(f"flow must be (H, W, 2), got {flow.shape}")
-    known = np.isfinite(flow).all(axis=2)
-    u = np.where(known, flow[..., 0], 0.0)
-    v = np.where(known, flow[..., 1], 0.0)
+    if flow.ndim != 3 or flow.shape[0] != 2:
+        raise ValueError(f"flow must be (2, H, W), got {flow.shape}")
+    known = np.isfinite(flow).all(axis=0)
+    u = np.where(known, flow[0], 0.0)
+    v = np.where(known, flow[1], 0.0)
     magnitude = np.hypot(u, v)
     if max_flow is None:
         max_flow = float(magnitude.max()) if magnitude.size else 0.0
@@ -71,5 +71,5 @@ def flow_legend(size: int = 151) -> np.ndarray:
         raise ValueError(f"size must be >= 1, got {size}")
     centre = (size - 1) / 2.0
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    flow = np.stack((xs - centre, ys - centre), axis=-1)
+    flow = np.stack((xs - centre, ys - centre))
     return flow_to_color(flow, max_flow=max(centre, 1.0))

@@ -104,26 +104,33 @@ def check_key(key: str) -> str:
     return key
 
 
+def target_meta(meta: Mapping, size_hw: tuple[int, int]) -> dict:
+    """A target pair's `meta.json` content: the builder's fields, the flow codec and the stored size (W, H)."""
+    return {**meta, "codec": FLOW_CODEC, "size_wh": [size_hw[1], size_hw[0]]}
+
+
 def encode_target_sample(
     key: str,
     frame0: np.ndarray,
     frame1: np.ndarray,
-    flow01: np.ndarray,
-    flow10: np.ndarray,
+    flow_01: np.ndarray,
+    flow_10: np.ndarray,
     meta: Mapping,
     frames: str = "stored",
 ) -> dict:
-    """A target pair as WebDataset members: frames (H, W, 3) uint8 RGB, flows (H, W, 2) float32 pixels (x, y)."""
+    """A target pair as WebDataset members: frames (H, W, 3) uint8 RGB, flows (2, H, W) float32 pixels (x, y)."""
     size_hw = frame0.shape[:2]
-    if frame1.shape != frame0.shape or flow01.shape != (*size_hw, 2) or flow10.shape != (*size_hw, 2):
-        raise ValueError(f"{key}: frames {frame0.shape} {frame1.shape} and flows {flow01.shape} {flow10.shape} differ")
-    meta = {**meta, "codec": FLOW_CODEC, "size_wh": [size_hw[1], size_hw[0]]}
+    if frame1.shape != frame0.shape or flow_01.shape != (2, *size_hw) or flow_10.shape != (2, *size_hw):
+        raise ValueError(
+            f"{key}: frames {frame0.shape} {frame1.shape} and flows {flow_01.shape} {flow_10.shape} differ"
+        )
+    meta = target_meta(meta, size_hw)
     return {
         "__key__": check_key(key),
         "frame0.png": png_bytes(frame0, frames),
         "frame1.png": png_bytes(frame1, frames),
-        f"flow01.{FLOW_EXT}": encode_flow(np.asarray(flow01, np.float32)),
-        f"flow10.{FLOW_EXT}": encode_flow(np.asarray(flow10, np.float32)),
+        f"flow01.{FLOW_EXT}": encode_flow(np.asarray(flow_01, np.float32)),
+        f"flow10.{FLOW_EXT}": encode_flow(np.asarray(flow_10, np.float32)),
         "meta.json": json_bytes(meta),
     }
 
@@ -142,7 +149,8 @@ def encode_source_sample(key: str, image: np.ndarray, label: np.ndarray, meta: M
 
 
 def decode_sample(sample: Mapping, size_hw: tuple[int, int] | None = None) -> dict:
-    """Raw WebDataset sample {"__key__", "frame0.png": bytes, ...} -> {"__key__", "frame0": array, "meta": dict}.
+    """Raw WebDataset sample {"__key__", "frame0.png": bytes, ...} -> {"__key__", "frame0": array, "meta": dict}: each
+    member decoded under its name on disk (the data contract's `flow01`, `flow10`: (2, H, W) float32 pixels).
 
     `size_hw` (H, W): the store's size, which every picture's header must declare (checked before decoding)."""
     key = sample.get("__key__", "?")

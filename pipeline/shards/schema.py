@@ -25,7 +25,7 @@ TARGET_KIND = "target_pairs"
 SOURCE_KIND = "source"
 VAL_KIND = "val"
 STORE_KINDS = (TARGET_KIND, SOURCE_KIND, VAL_KIND)
-MAX_MANIFEST_BYTES = 16 << 20  # a 675-shard Cityscapes-Seq store's manifest takes ~150 KB
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists one line per shard: far below this even for millions of samples
 MAX_DEPTH = 8  # objects and lists nested in each other; ours nest 4 deep (shards[i].skipped[j])
 MAX_COUNT = 2**53  # counts and byte totals: exact as JSON numbers, far beyond any store
 MAX_TEXT = 4096  # characters of a string field (names, hashes, reasons, paths)
@@ -148,6 +148,7 @@ DESCRIPTION_FIELDS: dict[str, Check] = {
     "checkpoint_sha256": optional(string),
     "codec": optional(string),
     "frames": optional(string),
+    "layout": optional(count),  # a target store's shard layout (pipeline/shards/runs.py); open_store checks the value
 }
 CONFIG_FIELDS: dict[str, Check] = {
     **DESCRIPTION_FIELDS,
@@ -162,6 +163,7 @@ SKIPPED_ENTRY = record({"key": string, "path": string, "reason": string}, requir
 SHARD_FIELDS: dict[str, Check] = {
     "name": file_name,
     "samples": count,
+    "pairs": count,  # target pairs in a shard of runs (layout 3)
     "bytes": count,
     "sha256": optional(string),
     "skipped": list_of(SKIPPED_ENTRY),
@@ -178,6 +180,7 @@ MANIFEST_FIELDS: dict[str, Check] = {
     "run": record({"root": optional(string), "on_error": optional(string)}),
     "num_planned": count,
     "num_samples": count,
+    "num_pairs": count,
     "num_skipped": count,
     "bytes": count,
     "shards": list_of(record(SHARD_FIELDS, required=("name",))),

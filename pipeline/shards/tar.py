@@ -27,6 +27,7 @@ from webdataset.tariterators import group_by_keys
 
 from pipeline.atomic import HASH_CHUNK_BYTES, atomic_path, file_sha256
 from pipeline.errors import InputError
+from pipeline.shards.remote import is_remote, open_file
 from pipeline.shards.samples import MAX_SAMPLE_MEMBERS, MEMBER_TYPES, check_key, member_byte_limit
 
 SHARD_SUFFIX = ".tar"
@@ -81,13 +82,26 @@ def _bad_shard(shard: str, exc: BaseException) -> InputError:
 
 
 class _HashingReader:
-    """A read-only file wrapper that hashes and counts the bytes read through it."""
+    """A read-only file wrapper that hashes and counts the bytes read through it; `peek` looks ahead (a stream from a
+    URL cannot seek back)."""
 
     def __init__(self, raw):
-        self.raw, self.digest, self.bytes_read = raw, hashlib.sha256(), 0
+        self.raw, self.digest, self.bytes_read, self._ahead = raw, hashlib.sha256(), 0, b""
+
+    def peek(self, size: int) -> bytes:
+        """The next `size` bytes (fewer at the end), left to be read."""
+        while len(self._ahead) < size and (more := self.raw.read(size - len(self._ahead))):
+            self._ahead += more
+        return self._ahead[:size]
 
     def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
+        ahead, self._ahead = self._ahead, b""
+        if size is None or size < 0:
+            data = ahead + self.raw.read()
+        elif len(ahead) >= size:
+            data, self._ahead = ahead[:size], ahead[size:]
+        else:
+            data = ahead + self.raw.read(size - len(ahead))
         self.digest.update(data)
         self.bytes_read += len(data)
         return data
@@ -98,7 +112,8 @@ class _HashingReader:
             pass
 
 
-def _damaged(shard: str, what: str) -> InputError:
+def damaged_shard(shard: str, what: str) -> InputError:
+    """The one-line error for a shard that differs from its manifest entry."""
     return InputError(f"{shard}: {what}; the shard is damaged or was replaced, rebuild the store with i2vda-prep")
 
 
@@ -106,14 +121,19 @@ def check_shard_size(shard: str | os.PathLike, expected) -> None:
     """Refuse a shard whose file size is not the manifest's `expected.bytes` (a cheap check: one stat)."""
     size = os.stat(shard).st_size
     if expected.bytes and size != expected.bytes:
-        raise _damaged(str(shard), f"{size} bytes, the manifest says {expected.bytes}")
+        raise damaged_shard(str(shard), f"{size} bytes, the manifest says {expected.bytes}")
 
 
-def _compression(raw) -> str | None:
-    """The compression format whose magic starts the open file `raw` (left at offset 0), or None."""
-    head = raw.read(_MAGIC_BYTES)
-    raw.seek(0)
+def _compression(head: bytes) -> str | None:
+    """The compression format whose magic starts a file whose first bytes are `head`, or None."""
     return next((name for magic, name in COMPRESSION_MAGIC.items() if head.startswith(magic)), None)
+
+
+def _member_cap(expected) -> int:
+    """Members one sample may have: a pair's MAX_SAMPLE_MEMBERS, or a run of layout 3 as long as its shard's pairs
+    (n + 1 frames, 2n flows and run.json; `pipeline.shards.runs`)."""
+    pairs = getattr(expected, "pairs", None)
+    return MAX_SAMPLE_MEMBERS if pairs is None else max(MAX_SAMPLE_MEMBERS, 3 * pairs + 2)
 
 
 def check_member(info: tarfile.TarInfo, shard: str, size_hw: tuple[int, int] | None) -> None:
@@ -138,8 +158,9 @@ def check_member(info: tarfile.TarInfo, shard: str, size_hw: tuple[int, int] | N
         )
 
 
-def _members(tar: tarfile.TarFile, shard: str, size_hw: tuple[int, int] | None) -> Iterator[dict]:
-    """The members of a tar stream as WebDataset's {"fname", "data", "__url__"}, each header checked first."""
+def _members(tar: tarfile.TarFile, shard: str, size_hw: tuple[int, int] | None, cap: int) -> Iterator[dict]:
+    """The members of a tar stream as WebDataset's {"fname", "data", "__url__"}, each header checked first, at most
+    `cap` per sample."""
     key, fields = None, set()
     for info in tar:
         check_member(info, shard, size_hw)
@@ -149,18 +170,20 @@ def _members(tar: tarfile.TarFile, shard: str, size_hw: tuple[int, int] | None) 
         if field.lower() in fields:
             raise InputError(f"{shard}: member {info.name[:_NAME_SHOWN]!r} appears twice in its sample")
         fields.add(field.lower())  # WebDataset's group_by_keys lower-cases the extension
-        if len(fields) > MAX_SAMPLE_MEMBERS:
-            raise InputError(f"{shard}: sample {key[:_NAME_SHOWN]!r} has more than {MAX_SAMPLE_MEMBERS} members")
+        if len(fields) > cap:
+            raise InputError(f"{shard}: sample {key[:_NAME_SHOWN]!r} has more than {cap} members")
         yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": shard}
         tar.members = []  # a stream's TarInfos are not needed again: keep memory flat over long shards
 
 
 def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
-    """The undecoded samples of one tar, in tar order: {"__key__", "__url__", "<field>.<ext>": bytes}.
+    """The undecoded samples of one tar, a local file or a URL (`pipeline.shards.remote`), in tar order:
+    {"__key__", "__url__", "<field>.<ext>": bytes}.
 
     A missing, unreadable, truncated, compressed or hostile tar raises a one-line InputError naming it (module
-    docstring). `expected` (the manifest's `ShardEntry`: samples, bytes, sha256, size_hw) adds the checks of the
-    module docstring; the count and the sha256 are checked only when the caller reads the shard to its end."""
+    docstring). `expected` (the manifest's `ShardEntry`: samples, bytes, sha256, pairs, size_hw) adds the checks of
+    the module docstring (a URL's size is checked when the server sends it, and always on the bytes read); the count,
+    the bytes read and the sha256 are checked only when the caller reads the shard to its end."""
     shard = str(shard)
     size_hw = getattr(expected, "size_hw", None)
 
@@ -171,15 +194,18 @@ def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
 
     count = 0
     try:
-        if expected is not None:
+        if expected is not None and not is_remote(shard):
             check_shard_size(shard, expected)
-        with open(shard, "rb") as raw:
-            compression = _compression(raw)
+        with open_file(shard) as raw:
+            served = getattr(raw, "size", None)  # a URL's size, when the server says it
+            if expected is not None and expected.bytes and served is not None and served != expected.bytes:
+                raise damaged_shard(shard, f"{served} bytes, the manifest says {expected.bytes}")
+            stream = _HashingReader(raw)
+            compression = _compression(stream.peek(_MAGIC_BYTES))
             if compression is not None:
                 raise InputError(f"{shard}: a {compression}-compressed file; shards are plain (uncompressed) tar files")
-            stream = _HashingReader(raw)
             with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for sample in group_by_keys(_members(tar, shard, size_hw), handler=fail):
+                for sample in group_by_keys(_members(tar, shard, size_hw, _member_cap(expected)), handler=fail):
                     count += 1
                     yield sample
             stream.read_to_end()
@@ -187,7 +213,9 @@ def raw_samples(shard: str | os.PathLike, expected=None) -> Iterator[dict]:
         raise _bad_shard(shard, exc) from None
     if expected is None:
         return
+    if expected.bytes and stream.bytes_read != expected.bytes:
+        raise damaged_shard(shard, f"{stream.bytes_read} bytes read, the manifest says {expected.bytes}")
     if count != expected.samples:
-        raise _damaged(shard, f"holds {count} samples, the manifest says {expected.samples}")
+        raise damaged_shard(shard, f"holds {count} samples, the manifest says {expected.samples}")
     if expected.sha256 and stream.digest.hexdigest() != expected.sha256:
-        raise _damaged(shard, "its sha256 differs from the manifest's")
+        raise damaged_shard(shard, "its sha256 differs from the manifest's")

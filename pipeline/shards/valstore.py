@@ -4,7 +4,7 @@
 - `clip`: its TC clip, T consecutive frames at the input size, each a lossless RGB PNG (variable-length bytes);
   the annotated frame is `clip[annotated_index]`, so it is stored once;
 - `clip_flows`: the T-1 forward flows F(t -> t+1) on frame t's grid, in pixels of the input size, each encoded with
-  the shard flow codec (`pipeline.flow.codec`);
+  the shard flow codec (`pipeline.flow.codec`) and read back as (T-1, 2, H, W);
 - `labels/<protocol>`: the gtFine label at its native size in that protocol's train ids (255 = ignore), gzip;
 - attributes `frames` (frame numbers of the clip), `annotated_index`, `meta` (JSON).
 The manifest next to it (`manifest.json`) records the config, the sample count and the file's sha256.
@@ -29,6 +29,7 @@ from pipeline.atomic import atomic_path
 from pipeline.errors import InputError
 from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow
 from pipeline.limits import MAX_SIDE_PX
+from pipeline.shards.remote import is_remote
 from pipeline.shards.samples import JSON_MAX_BYTES, png_bytes, png_pixels
 from pipeline.shards.store import MANIFEST_NAME, StoreInfo, open_store
 
@@ -62,8 +63,8 @@ def encode_val_item(
     meta: Mapping,
     frame_png: str = "stored",
 ) -> dict:
-    """One annotated frame, encoded for the writer: clip (T, H, W, 3) uint8 RGB, clip_flows (T-1, H, W, 2) pixels."""
-    if clip.ndim != 4 or clip_flows.shape != (len(clip) - 1, *clip.shape[1:3], 2) or len(frames) != len(clip):
+    """One annotated frame, encoded for the writer: clip (T, H, W, 3) uint8 RGB, clip_flows (T-1, 2, H, W) pixels."""
+    if clip.ndim != 4 or clip_flows.shape != (len(clip) - 1, 2, *clip.shape[1:3]) or len(frames) != len(clip):
         raise ValueError(f"{key}: clip {clip.shape}, flows {clip_flows.shape} and {len(frames)} frames disagree")
     return {
         "key": key,
@@ -127,6 +128,11 @@ class ValStore:
     """Read access to a val store folder (or its val.h5): keys, labels per protocol, TC clips and their flows."""
 
     def __init__(self, path: str | os.PathLike):
+        if is_remote(str(path)):  # HDF5 reads at random offsets: a stream does not serve it
+            raise InputError(
+                f"{path}: the val store is one HDF5 file read at random places, not a stream; copy its folder "
+                f"(val.h5 and manifest.json) to a local disk and pass that"
+            )
         path = Path(path)
         folder, self.path = (path, path / VAL_FILE) if path.is_dir() else (path.parent, path)
         if not self.path.is_file():
@@ -231,14 +237,14 @@ class ValStore:
 
     def sample(self, key: str) -> dict:
         """Everything about one annotated frame: image, labels {protocol: array}, clip (T, H, W, 3) uint8,
-        clip_flows (T-1, H, W, 2) float32 F(t -> t+1) in pixels, frames, annotated_index, meta."""
+        clip_flows (T-1, 2, H, W) float32 F(t -> t+1) in pixels, frames, annotated_index, meta."""
         group = self._group(key)
         where = f"{self.path}:{key}"
         size_hw = self._frame_size_hw(group, where)
         clip = np.stack([png_pixels(png, where, size_hw) for png in group["clip"][()]])
         height, width = clip.shape[1:3]
         flows = [decode_flow(blob.tobytes(), where, size_hw) for blob in group["clip_flows"][()]]
-        clip_flows = np.stack(flows) if flows else np.zeros((0, height, width, 2), np.float32)
+        clip_flows = np.stack(flows) if flows else np.zeros((0, 2, height, width), np.float32)
         index = int(group.attrs["annotated_index"])
         meta = group.attrs.get("meta", "{}")
         if not isinstance(meta, str) or len(meta) > JSON_MAX_BYTES:

@@ -113,6 +113,7 @@ def _runs(frame_numbers) -> list[list[int]]:
 
 
 def _pair(root: Path, city: str, seq: str, frame: int, path0: Path, path1: Path) -> PairRecord:
+    """The PairRecord of (frame - 1, frame), keyed by I1's frame number, its paths also relative to the root."""
     return PairRecord(
         f"{city}_{seq}_{frame:06d}",
         city,

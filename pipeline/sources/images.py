@@ -1,4 +1,5 @@
-"""Image and label files: checked reads (a bad file is an InputError naming it), indexed PNGs, resizing."""
+"""Image and label files: checked reads (a bad file is an InputError naming it), indexed PNGs, resizing, and the one
+writer of picture PNGs."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ LABEL_INTERPOLATION = cv2.INTER_NEAREST_EXACT
 
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file; a missing, unreadable or empty one is an InputError naming it (decoders see only bytes)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -159,6 +161,20 @@ def write_palette_png(path: str | os.PathLike, indices: np.ndarray, palette) -> 
     write_bytes_atomic(path, png, durable=False)
 
 
+def parse_size_wh(text: str, flag: str = "--size") -> tuple[int, int]:
+    """'1024x512' (width first, as every flag and config file of the project writes a size) -> (W, H) = (1024, 512),
+    both positive; anything else is a one-line InputError naming `flag`."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise InputError(f"{flag} {text}: expected WIDTHxHEIGHT in pixels, e.g. 1024x512")
+    return int(parts[0]), int(parts[1])
+
+
+def size_text(size_wh) -> str:
+    """(W, H) -> 'WxH', as flags write it (the inverse of `parse_size_wh`)."""
+    return f"{size_wh[0]}x{size_wh[1]}"
+
+
 def _check_size(size_wh) -> tuple[int, int]:
     width, height = (int(v) for v in size_wh)
     if width <= 0 or height <= 0:
@@ -182,3 +198,16 @@ def resize_label(label: np.ndarray, size_wh) -> np.ndarray:
     if label.shape[:2] == (height, width):
         return label
     return cv2.resize(label, (width, height), interpolation=LABEL_INTERPOLATION)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an (H, W, 3) uint8 RGB or (H, W) grey picture as a PNG (OpenCV's default settings), atomically, into a
+    folder made if missing; -> the path."""
+    image = np.asarray(image, dtype=np.uint8)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode a picture of shape {image.shape} as PNG")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, data.tobytes(), durable=False)
+    return path

@@ -1,5 +1,6 @@
 """Class protocols: which classes are trained and scored, and how each dataset's ids map to train ids.
 
+The registry of source datasets (`pipeline/sources/datasets.py`) holds each protocol with the dataset it is made for.
 Train ids follow the column order of the paper's Table 1 (VIPER, 15 classes) and Table 2 (SYNTHIA, 11 classes);
 `synthia12` is DA-VSN's variant (fence trained at train id 3, dropped when scoring). Mappings are the tables in the
 datasets' published label tables and DA-VSN's class mappings (github.com/Dayan-Guan/DA-VSN); every id not listed maps
@@ -12,11 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import InputError
-
 IGNORE_ID = 255  # train id of pixels that are neither trained nor scored
 LUT_SIZE = 256  # one entry per uint8 value; Cityscapes' license plate (-1) is stored as 255 in uint8 PNGs
-SOURCE_NAMES = ("viper", "synthia")
 
 # Cityscapes palette colours (RGB) of the classes used by the protocols below.
 _COLOR = {
@@ -45,7 +43,7 @@ class Protocol:
     """A class protocol: trained classes (train ids 0..num_classes-1), scored train ids and the id mappings."""
 
     name: str
-    source: str  # "viper" or "synthia"
+    source: str  # the registered source dataset whose labels it maps ("viper", "synthia")
     class_names: tuple[str, ...]  # indexed by train id
     palette: tuple[tuple[int, int, int], ...]  # RGB per train id
     num_classes: int  # classes trained (the network's output channels)
@@ -74,7 +72,8 @@ def _lut(pairs: tuple[tuple[int, int], ...]) -> np.ndarray:
     return lut
 
 
-def _protocol(name, source, class_names, eval_ids, source_to_train, cityscapes_to_train) -> Protocol:
+def make_protocol(name, source, class_names, eval_ids, source_to_train, cityscapes_to_train) -> Protocol:
+    """A Protocol whose palette is the Cityscapes colour of each class name (train id = position in class_names)."""
     return Protocol(
         name=name,
         source=source,
@@ -119,7 +118,7 @@ _SYNTHIA11_NAMES = (
 )
 _SYNTHIA12_NAMES = _SYNTHIA11_NAMES[:3] + ("fence",) + _SYNTHIA11_NAMES[3:]
 
-VIPER15 = _protocol(
+VIPER15 = make_protocol(
     "viper15",
     "viper",
     _VIPER15_NAMES,
@@ -164,7 +163,7 @@ VIPER15 = _protocol(
     ],
 )
 
-SYNTHIA11 = _protocol(
+SYNTHIA11 = make_protocol(
     "synthia11",
     "synthia",
     _SYNTHIA11_NAMES,
@@ -175,7 +174,7 @@ SYNTHIA11 = _protocol(
     [(7, 0), (8, 1), (11, 2), (17, 3), (19, 4), (20, 5), (21, 6), (23, 7), (24, 8), (25, 9), (26, 10)],
 )
 
-SYNTHIA12 = _protocol(
+SYNTHIA12 = make_protocol(
     "synthia12",
     "synthia",
     _SYNTHIA12_NAMES,
@@ -183,24 +182,6 @@ SYNTHIA12 = _protocol(
     [(3, 0), (4, 1), (2, 2), (5, 3), (7, 4), (15, 5), (9, 6), (6, 7), (1, 8), (10, 9), (11, 10), (8, 11)],
     [(7, 0), (8, 1), (11, 2), (13, 3), (17, 4), (19, 5), (20, 6), (21, 7), (23, 8), (24, 9), (25, 10), (26, 11)],
 )
-
-_PROTOCOLS = {p.name: p for p in (VIPER15, SYNTHIA11, SYNTHIA12)}
-PROTOCOL_NAMES = tuple(_PROTOCOLS)
-_DEFAULT = {"viper": VIPER15, "synthia": SYNTHIA11}  # the paper's protocols
-
-
-def get_protocol(name: str) -> Protocol:
-    """The protocol called `name`; an unknown name raises InputError listing the valid ones."""
-    if name not in _PROTOCOLS:
-        raise InputError(f"--protocol: unknown class protocol {name!r}; expected one of {', '.join(PROTOCOL_NAMES)}")
-    return _PROTOCOLS[name]
-
-
-def default_protocol(source: str) -> Protocol:
-    """The paper's protocol for a source dataset ("viper" -> viper15, "synthia" -> synthia11)."""
-    if source not in _DEFAULT:
-        raise InputError(f"--source: unknown source dataset {source!r}; expected one of {', '.join(SOURCE_NAMES)}")
-    return _DEFAULT[source]
 
 
 def colorize(label: np.ndarray, protocol: Protocol) -> np.ndarray:

@@ -6,22 +6,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import InputError
-from pipeline.world.world import WorldConfig, write_world
+from pipeline.sources.images import parse_size_wh, size_text
+from pipeline.world.world import SHEET_NAME, SUMMARY_NAME, WorldConfig, write_world
 
 _DEFAULT = WorldConfig()
-
-
-def _size(text: str, flag: str) -> tuple[int, int]:
-    """'512x256' -> (512, 256) = (W, H); anything else is an InputError naming the flag."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise InputError(f"{flag} {text}: expected WIDTHxHEIGHT in pixels, e.g. 512x256")
-    return int(parts[0]), int(parts[1])
-
-
-def _wh(size_wh: tuple[int, int]) -> str:
-    return f"{size_wh[0]}x{size_wh[1]}"
 
 
 @click.command("demo-world", context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,9 +17,13 @@ def _wh(size_wh: tuple[int, int]) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="same seed, same bytes")
 @click.option("--train-flow", is_flag=True, help="also write ground-truth flow for the train snippets")
 @click.option("--overwrite", is_flag=True, help="replace a world already in --out")
-@click.option("--target-size", default=_wh(_DEFAULT.target_size_wh), show_default=True, help="Cityscapes frames, WxH")
-@click.option("--viper-size", default=_wh(_DEFAULT.viper_size_wh), show_default=True, help="VIPER frames, WxH")
-@click.option("--synthia-size", default=_wh(_DEFAULT.synthia_size_wh), show_default=True, help="SYNTHIA frames, WxH")
+@click.option(
+    "--target-size", default=size_text(_DEFAULT.target_size_wh), show_default=True, help="Cityscapes frames, WxH"
+)
+@click.option("--viper-size", default=size_text(_DEFAULT.viper_size_wh), show_default=True, help="VIPER frames, WxH")
+@click.option(
+    "--synthia-size", default=size_text(_DEFAULT.synthia_size_wh), show_default=True, help="SYNTHIA frames, WxH"
+)
 @click.option("--train-snippets", type=int, default=_DEFAULT.train_snippets, show_default=True)
 @click.option("--val-snippets", type=int, default=_DEFAULT.val_snippets, show_default=True)
 @click.option("--snippet-frames", type=int, default=_DEFAULT.snippet_frames, show_default=True)
@@ -84,9 +76,9 @@ def demo_world(
 ) -> None:
     """Render procedural street scenes as Cityscapes-Seq (target), VIPER and SYNTHIA-SEQS (sources)."""
     config = WorldConfig(
-        target_size_wh=_size(target_size, "--target-size"),
-        viper_size_wh=_size(viper_size, "--viper-size"),
-        synthia_size_wh=_size(synthia_size, "--synthia-size"),
+        target_size_wh=parse_size_wh(target_size, "--target-size"),
+        viper_size_wh=parse_size_wh(viper_size, "--viper-size"),
+        synthia_size_wh=parse_size_wh(synthia_size, "--synthia-size"),
         train_snippets=train_snippets,
         val_snippets=val_snippets,
         snippet_frames=snippet_frames,
@@ -107,4 +99,4 @@ def demo_world(
     )
     click.echo(f"viper      {counts['viper_frames']} labelled frames")
     click.echo(f"synthia    {counts['synthia_frames']} frames")
-    click.echo(f"summary    {out / 'world.json'}, picture {out / 'contact_sheet.png'}")
+    click.echo(f"summary    {out / SUMMARY_NAME}, picture {out / SHEET_NAME}")

@@ -25,7 +25,7 @@ def world_points(cam: Pinhole, pose: Pose, gbuffer: GBuffer) -> np.ndarray:
 def ground_truth_flow(
     cam: Pinhole, street: Street, gbuffer_a: GBuffer, pose_a: Pose, t_a: float, pose_b: Pose, t_b: float
 ) -> np.ndarray:
-    """F_{a->b} on frame a's grid, (H, W, 2) float32 pixels (x, y): project_b(P + v (t_b - t_a)) - p.
+    """F_{a->b} on frame a's grid, (2, H, W) float32 pixels (x, y): project_b(P + v (t_b - t_a)) - p.
 
     P is the world point seen at pixel p of frame a, v the velocity of its object (0 for static scenery).
     The sky is at infinity (only the camera's rotation moves it); the bonnet is fixed to the camera (zero flow).
@@ -39,6 +39,6 @@ def ground_truth_flow(
     points[..., 2] += velocity[..., 1] * (t_b - t_a)
     uv_b = project(cam, pose_b, points, at_infinity=gbuffer_a.sprite == SKY)
     grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), axis=-1)
-    flow = uv_b - grid
+    flow = uv_b - grid  # (H, W, 2), as the projection computes it
     flow[gbuffer_a.sprite == EGO] = 0.0
-    return flow.astype(np.float32)
+    return np.ascontiguousarray(np.moveaxis(flow, -1, 0), dtype=np.float32)

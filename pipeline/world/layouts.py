@@ -83,11 +83,6 @@ def _write_encoded(path: Path, extension: str, image: np.ndarray, params=()) -> 
     write_bytes_atomic(path, data.tobytes(), durable=False)  # the world is rewritten whole on a rerun
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """(H, W, 3) uint8 RGB as a PNG."""
-    _write_encoded(path, ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-
 def write_jpeg(path: Path, rgb: np.ndarray) -> None:
     """(H, W, 3) uint8 RGB as a JPEG of quality JPEG_QUALITY."""
     _write_encoded(path, ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
@@ -113,6 +108,6 @@ def write_synthia_label(path: Path, world_cls: np.ndarray, instance: np.ndarray)
 
 
 def write_flow(path: Path, flow: np.ndarray) -> None:
-    """(H, W, 2) float32 flow as a Middlebury `.flo` file."""
+    """(2, H, W) float32 flow as a Middlebury `.flo` file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_flo(path, flow)

@@ -1,16 +1,15 @@
-"""What the demo world holds: per-class pixel shares under the class protocols, and a contact sheet."""
+"""What the demo world holds: per-class pixel shares under the class protocols, and its contact sheet."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from pipeline.flow.viz import flow_to_color
+from pipeline.sources.figures import stack_rows, tile, title_strip
 from pipeline.sources.protocols import IGNORE_ID, SYNTHIA11, VIPER15, Protocol, colorize
 from pipeline.world.classes import CITYSCAPES_LUT, SYNTHIA_LUT, VIPER_LUT, WorldClass
 
 SHEET_TILE_H = 128  # every tile of the contact sheet is scaled to this height
-CAPTION_H = 18  # pixels of the caption strip above each row
 IGNORE = "ignore"
 SHARE_DIGITS = 5  # shares are rounded to 1e-5 in world.json
 
@@ -49,19 +48,15 @@ def _to_train(world_cls: np.ndarray, protocol: Protocol, domain: str) -> np.ndar
 
 
 def _tile(image: np.ndarray, nearest: bool) -> np.ndarray:
-    h, w = image.shape[:2]
-    size = (max(1, round(w * SHEET_TILE_H / h)), SHEET_TILE_H)
-    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+    return tile(image, height=SHEET_TILE_H, nearest=nearest)
 
 
 def _row(caption: str, tiles: list[np.ndarray]) -> np.ndarray:
     body = np.concatenate(tiles, axis=1)
-    strip = np.zeros((CAPTION_H, body.shape[1], 3), dtype=np.uint8)
-    cv2.putText(strip, caption, (4, CAPTION_H - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    return np.concatenate([strip, body], axis=0)
+    return np.concatenate([title_strip(caption, body.shape[1]), body], axis=0)
 
 
-def contact_sheet(samples: dict[str, list[tuple]]) -> np.ndarray:
+def world_sheet(samples: dict[str, list[tuple]]) -> np.ndarray:
     """(H, W, 3) uint8 RGB: source frames next to their labels in the protocol palette (two per row); target frames
     with their labels in both protocols and their ground-truth flow (one per row).
 
@@ -83,5 +78,4 @@ def contact_sheet(samples: dict[str, list[tuple]]) -> np.ndarray:
         ]
         tiles += [] if flow is None else [_tile(flow_to_color(flow), False)]
         rows.append(_row("Cityscapes target (camera style), labels in viper15 and synthia11, ground-truth flow", tiles))
-    width = max(row.shape[1] for row in rows)
-    return np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows], axis=0)
+    return stack_rows(rows)

@@ -12,12 +12,13 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import InputError
+from pipeline.sources.images import write_png
 from pipeline.world import layouts
 from pipeline.world.classes import NUM_WORLD_CLASSES
 from pipeline.world.flow_gt import ground_truth_flow
 from pipeline.world.shots import draw_shot, render_frame
 from pipeline.world.styles import camera_style, game_style
-from pipeline.world.summary import contact_sheet, world_shares
+from pipeline.world.summary import world_shares, world_sheet
 
 TARGET_FPS = 17.0  # Cityscapes sequences
 VIPER_FPS, VIPER_LABEL_EVERY = 15.0, 10  # VIPER labels the frames whose number ends in 0
@@ -29,7 +30,8 @@ TRAIN_CITIES, VAL_CITIES = ("ashbury", "brackwell", "corrin"), ("dunmore", "elms
 SNIPPET_START_STEP, SNIPPET_START_CHOICES = 30, 10  # a snippet's first frame is one of 0, 30, ..., 270
 DOMAIN_SEED = {"target": 0, "viper": 1, "synthia": 2}  # streams of the random generator, per domain
 CONTACT_SHEET_SAMPLES = 2  # frames per domain on the contact sheet
-OUTPUTS = (layouts.CITYSCAPES_DIR, layouts.VIPER_DIR, layouts.SYNTHIA_PARENT_DIR, "contact_sheet.png", "world.json")
+SHEET_NAME, SUMMARY_NAME = "contact_sheet.png", "world.json"
+OUTPUTS = (layouts.CITYSCAPES_DIR, layouts.VIPER_DIR, layouts.SYNTHIA_PARENT_DIR, SHEET_NAME, SUMMARY_NAME)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def _write_snippet(
     for i in range(config.snippet_frames):
         t, frame = i / TARGET_FPS, first + i
         rgb, gbuffer = render_frame(shot, t, style, config.max_layers, _rng(seed, "target", index, i))
-        layouts.write_png(layouts.cityscapes_image(out, split, city, seq, frame), rgb)
+        write_png(layouts.cityscapes_image(out, split, city, seq, frame), rgb)
         counts["target_frames"] += 1
         if with_flow and previous is not None:
             gb_prev, t_prev = previous
@@ -180,7 +182,7 @@ def _write_synthia(out: Path, seed: int, config: WorldConfig, histogram: np.ndar
         for frame in range(start, start + length):
             t = (frame - start) / SYNTHIA_FPS
             rgb, gbuffer = render_frame(shot, t, style, config.max_layers, _rng(seed, "synthia", street_index, frame))
-            layouts.write_png(layouts.synthia_image(out, frame), rgb)
+            write_png(layouts.synthia_image(out, frame), rgb)
             layouts.write_synthia_label(layouts.synthia_label(out, frame), gbuffer.cls, gbuffer.instance)
             histogram += np.bincount(gbuffer.cls.ravel(), minlength=NUM_WORLD_CLASSES)
             if frame % sample_every == 0 and len(samples) < CONTACT_SHEET_SAMPLES:
@@ -220,7 +222,7 @@ def write_world(out: Path, seed: int = 0, config: WorldConfig | None = None, ove
     counts = {}
     for domain, writer in (("target", _write_target), ("viper", _write_viper), ("synthia", _write_synthia)):
         counts.update(writer(out, seed, config, histograms[domain], samples[domain]))
-    layouts.write_png(out / "contact_sheet.png", contact_sheet(samples))
+    write_png(out / SHEET_NAME, world_sheet(samples))
     summary = {
         "tool": f"i2vda {__version__} demo-world",
         "seed": seed,
@@ -228,5 +230,5 @@ def write_world(out: Path, seed: int = 0, config: WorldConfig | None = None, ove
         "counts": counts,
         "class_share": world_shares(histograms),
     }
-    (out / "world.json").write_text(json.dumps(summary, indent=2) + "\n")  # no timing: same seed, same bytes
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")  # no timing: same seed, same bytes
     return {**summary, "seconds": round(time.perf_counter() - start, 1)}

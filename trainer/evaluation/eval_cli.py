@@ -17,11 +17,11 @@ import numpy as np
 from pipeline.errors import InputError, one_line_errors
 from pipeline.shards import ValStore
 from pipeline.sources import (
-    PROTOCOL_NAMES,
     Protocol,
     get_protocol,
     label_files,
     label_key,
+    protocol_names,
     read_cityscapes_label,
     read_palette_png,
     resize_label,
@@ -35,11 +35,13 @@ from trainer.evaluation.evaluate import (
     per_class_iou,
     target_frames,
 )
-from trainer.evaluation.predict import DEFAULT_BATCH_SIZE, load_segmenter, predict_labels, resolve_device
+from trainer.evaluation.predict import DEFAULT_BATCH_SIZE, predict_labels, resolve_device
 from trainer.evaluation.visualize import save_prediction_pngs, snippet_frames, write_mp4
-from trainer.training.checkpoint import checkpoint_files
+from trainer.training.checkpoint import checkpoint_files, load_segmenter
+from trainer.training.config import TrainConfig
 from trainer.training.monitor import on_terminal
 
+METRICS_NAME, METRICS_TABLE_NAME = "metrics.json", "metrics.md"  # what OUT/ holds besides the pictures
 PRED_SUFFIX = "_pred.png"  # a prediction is named like its gtFine file with _gtFine_labelIds -> _pred
 VAL_SPLIT = "val"
 SNIPPET_FPS = 17.0  # Cityscapes sequences were recorded at 17 Hz
@@ -47,20 +49,18 @@ DEFAULT_SAVE_PRED = 4  # annotated frames whose pictures are written by default
 DECIMALS = 2  # DA-VSN rounds its table values to 2 decimals
 
 
-def _protocol_for(name: str | None, config: dict, path: Path) -> Protocol:
+def _protocol_for(name: str | None, config: TrainConfig, path: Path) -> Protocol:
     """The protocol to score: --protocol, else the checkpoint's; its class count must be the network's."""
-    if name is None and config["protocol"] not in PROTOCOL_NAMES:
-        raise InputError(f"--ckpt {path}: unknown class protocol {config['protocol']!r} in its config; give --protocol")
-    protocol = get_protocol(name or str(config["protocol"]))
-    if protocol.num_classes != int(config["num_classes"]):
+    protocol = get_protocol(name or config.protocol)
+    if protocol.num_classes != config.num_classes:
         raise InputError(
             f"--protocol {protocol.name} has {protocol.num_classes} classes but {path} was trained with "
-            f"{config['num_classes']} ({config['protocol']})"
+            f"{config.num_classes} ({config.protocol})"
         )
     return protocol
 
 
-def _check_store(store: ValStore, protocol: Protocol, config: dict, val: Path) -> None:
+def _check_store(store: ValStore, protocol: Protocol, config: TrainConfig, val: Path) -> None:
     """Refuse a store without this protocol's labels or prepared at another size than the checkpoint's."""
     if len(store) == 0:
         raise InputError(f"--val {val}: the val store holds no annotated frames")
@@ -68,7 +68,7 @@ def _check_store(store: ValStore, protocol: Protocol, config: dict, val: Path) -
         held = ", ".join(store.protocols) or "none"
         raise InputError(f"--val {val}: no {protocol.name} labels in the val store (it holds {held})")
     size_hw = tuple(store.image(store.keys()[0]).shape[:2])
-    trained_hw = tuple(int(v) for v in config["target_size_hw"])
+    trained_hw = tuple(config.target_size_hw)
     if size_hw != trained_hw:
         raise InputError(
             f"--val {val}: frames are {size_hw[1]}x{size_hw[0]} but the checkpoint was trained at "
@@ -81,21 +81,16 @@ def _run_summary(result: dict, path: Path, iteration: int) -> dict:
     return {"checkpoint": str(path), "iteration": iteration, **{k: result[k] for k in keep}}
 
 
-def _adapter(adapt_bn: int, adapt_store: Path | None, config: dict, device):
-    """load_segmenter, then AdaBN on `adapt_bn` target frames when asked (the run's target store by default)."""
+def _adapter(adapt_bn: int, adapt_store: Path | None, config: TrainConfig, device):
+    """model -> model: AdaBN on `adapt_bn` target frames when asked (the run's target store by default), else as is."""
     if not adapt_bn:
-        return lambda path: load_segmenter(path, device)
-    store = adapt_store or Path(config.get("shards", "stores")) / str(config.get("target", "cityscapes_seq"))
+        return lambda model: model
+    store = adapt_store or Path(config.shards) / config.target
     if not Path(store).is_dir():
         raise InputError(f"--adapt-bn: no target store at {store}; pass --adapt-store")
     frames = target_frames(store, adapt_bn)
-    batch = int(config.get("batch_size", 1))  # the target batches M normalised in training
-
-    def load(path):
-        model, other_config, iteration = load_segmenter(path, device)
-        return adapt_batchnorm(model, frames, device, batch), other_config, iteration
-
-    return load
+    # With the target batches M normalised in training.
+    return lambda model: adapt_batchnorm(model, frames, device, config.batch_size)
 
 
 def score_checkpoints(
@@ -116,9 +111,13 @@ def score_checkpoints(
     except InputError as exc:
         raise InputError(f"--val {exc}") from None
     model, config, iteration = load_segmenter(paths[-1], device)
-    load = _adapter(adapt_bn, adapt_store, config, device)
-    if adapt_bn:
-        model, config, iteration = load(paths[-1])
+    adapt = _adapter(adapt_bn, adapt_store, config, device)
+    model = adapt(model)
+
+    def load(path):
+        other, other_config, other_iteration = load_segmenter(path, device)
+        return adapt(other), other_config, other_iteration
+
     protocol = _protocol_for(protocol_name, config, paths[-1])
     _check_store(store, protocol, config, val)
     # A bar on a terminal only: off one (a batch job's log) its carriage-return redraws would fill the file.
@@ -257,8 +256,8 @@ def metrics_markdown(report: dict) -> str:
 def write_reports(out: Path, report: dict) -> None:
     """OUT/metrics.json (values in percent, NaN as null) and OUT/metrics.md."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
-    (out / "metrics.md").write_text(metrics_markdown(report))
+    (out / METRICS_NAME).write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    (out / METRICS_TABLE_NAME).write_text(metrics_markdown(report))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -273,7 +272,7 @@ def write_reports(out: Path, report: dict) -> None:
 @click.option("--pred-dir", type=click.Path(path_type=Path), help="Score prediction PNGs made elsewhere instead.")
 @click.option("--root", type=click.Path(path_type=Path), help="Cityscapes root with gtFine/ (with --pred-dir).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), help="Class protocol [default: the checkpoint's].")
+@click.option("--protocol", type=click.Choice(protocol_names()), help="Class protocol [default: the checkpoint's].")
 @click.option("--tc/--no-tc", default=True, show_default=True, help="Also measure temporal consistency.")
 @click.option("--tc-protocol", type=click.Choice(TC_PROTOCOLS), default="ours", show_default=True)
 @click.option("--device", help="cpu, cuda or cuda:N [default: cuda when available].")
@@ -320,7 +319,7 @@ def cli(
     best = report.get("best")
     best = f"; best on val {best['miou']:.2f} at iteration {best['iteration']}" if best else ""
     tc_text = f", TC {report['tc']:.2f}" if report.get("tc") is not None else ""
-    click.echo(f"mIoU {report['miou']:.2f}{tc_text} ({report['protocol']}){best}; wrote {out}/metrics.json")
+    click.echo(f"mIoU {report['miou']:.2f}{tc_text} ({report['protocol']}){best}; wrote {out / METRICS_NAME}")
 
 
 main = one_line_errors(cli)

@@ -68,20 +68,20 @@ def _check_tc_protocol(tc_protocol: str) -> None:
         raise InputError(f"--tc-protocol: expected one of {', '.join(TC_PROTOCOLS)}, got {tc_protocol!r}")
 
 
-def _sample_points(flow_hw2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sample_points(flow_2hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sampling positions p + F(p), x and y, (H, W) float32 each, in pixels (pixel centres at integers)."""
-    h, w = flow_hw2.shape[:2]
+    h, w = flow_2hw.shape[1:]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return xs + flow_hw2[..., 0], ys + flow_hw2[..., 1]
+    return xs + flow_2hw[0], ys + flow_2hw[1]
 
 
-def warp_labels_nearest(labels_hw: np.ndarray, flow_hw2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def warp_labels_nearest(labels_hw: np.ndarray, flow_2hw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """W(L, F)(p) = L(round(p + F(p))): (warped (H, W) uint8, inside (H, W) bool, False where p + F(p) is out of view).
 
     Rounding is floor(x + 0.5), Resample2d's nearest mode; out-of-view pixels hold the clamped border value.
     """
     h, w = labels_hw.shape
-    x, y = _sample_points(flow_hw2)
+    x, y = _sample_points(flow_2hw)
     xi = np.floor(x + 0.5).astype(np.int64)
     yi = np.floor(y + 0.5).astype(np.int64)
     inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
@@ -89,7 +89,7 @@ def warp_labels_nearest(labels_hw: np.ndarray, flow_hw2: np.ndarray) -> tuple[np
     return warped.astype(np.uint8), inside
 
 
-def warp_labels_etc(labels_hw: np.ndarray, flow_hw2: np.ndarray) -> np.ndarray:
+def warp_labels_etc(labels_hw: np.ndarray, flow_2hw: np.ndarray) -> np.ndarray:
     """ETC's warp of a label map: Resample2d bilinear (float32, neighbours clamped to the border), truncated to uint8.
 
     Written with Resample2d's own arithmetic rather than grid_sample: grid_sample's normalise round trip can turn an
@@ -97,7 +97,7 @@ def warp_labels_etc(labels_hw: np.ndarray, flow_hw2: np.ndarray) -> np.ndarray:
     """
     h, w = labels_hw.shape
     values = labels_hw.astype(np.float32)
-    x, y = _sample_points(flow_hw2.astype(np.float32))
+    x, y = _sample_points(flow_2hw.astype(np.float32))
     x0, y0 = np.floor(x), np.floor(y)
     alpha, beta = x - x0, y - y0  # from the unclamped coordinates, as Resample2d
     xl = np.clip(x0, 0, w - 1).astype(np.int64)
@@ -112,20 +112,20 @@ def warp_labels_etc(labels_hw: np.ndarray, flow_hw2: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)  # truncation, as ETC's `.astype(np.uint8)`
 
 
-def tc_confusion(preds_thw: np.ndarray, flows_thw2: np.ndarray, num_classes: int, tc_protocol: str = "ours"):
+def tc_confusion(preds_thw: np.ndarray, flows_t2hw: np.ndarray, num_classes: int, tc_protocol: str = "ours"):
     """(K, K) counts summed over the clip's pairs (t, t+1): rows P_t, columns W(P_{t+1}, F(t->t+1)).
 
-    preds_thw: (T, H, W) train ids; flows_thw2: (T-1, H, W, 2) forward flows F(t->t+1) in pixels on frame t's grid.
+    preds_thw: (T, H, W) train ids; flows_t2hw: (T-1, 2, H, W) forward flows F(t->t+1) in pixels on frame t's grid.
     """
     _check_tc_protocol(tc_protocol)
-    if len(flows_thw2) != len(preds_thw) - 1 or flows_thw2.shape[1:3] != preds_thw.shape[1:3]:
-        raise ValueError(f"a clip of {preds_thw.shape} predictions needs (T-1, H, W, 2) flows, got {flows_thw2.shape}")
+    if len(flows_t2hw) != len(preds_thw) - 1 or flows_t2hw.shape[2:] != preds_thw.shape[1:]:
+        raise ValueError(f"a clip of {preds_thw.shape} predictions needs (T-1, 2, H, W) flows, got {flows_t2hw.shape}")
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for t in range(len(flows_thw2)):
+    for t in range(len(flows_t2hw)):
         if tc_protocol == "etc":
-            current, warped = preds_thw[t], warp_labels_etc(preds_thw[t + 1], flows_thw2[t])
+            current, warped = preds_thw[t], warp_labels_etc(preds_thw[t + 1], flows_t2hw[t])
         else:
-            warped, inside = warp_labels_nearest(preds_thw[t + 1], flows_thw2[t])
+            warped, inside = warp_labels_nearest(preds_thw[t + 1], flows_t2hw[t])
             current = np.where(inside, preds_thw[t], IGNORE_ID)  # no correspondence in frame t+1: not scored
         cm += confusion_matrix(current, warped, num_classes)
     return cm
@@ -141,10 +141,10 @@ def tc_score(cm: np.ndarray, eval_ids: Iterable[int], tc_protocol: str = "ours")
 
 
 def temporal_consistency(clips, num_classes: int, eval_ids: Iterable[int], tc_protocol: str = "ours") -> float:
-    """TC in percent over clips = iterable of (preds (T, H, W), flows (T-1, H, W, 2)); counts summed over all pairs."""
+    """TC in percent over clips = iterable of (preds (T, H, W), flows (T-1, 2, H, W)); counts summed over all pairs."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for preds_thw, flows_thw2 in clips:
-        cm += tc_confusion(preds_thw, flows_thw2, num_classes, tc_protocol)
+    for preds_thw, flows_t2hw in clips:
+        cm += tc_confusion(preds_thw, flows_t2hw, num_classes, tc_protocol)
     return tc_score(cm, eval_ids, tc_protocol)
 
 

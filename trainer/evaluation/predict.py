@@ -1,4 +1,4 @@
-"""Running a segmenter over frames: the checkpoint, batching, Caffe normalisation, logits upsampled, argmax."""
+"""Running a segmenter over frames: batching, Caffe normalisation, logits upsampled, argmax; `--device`, `--ckpt`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from pipeline.errors import InputError
 from pipeline.sources import resize_rgb
-from trainer.models import AUX_HEAD_PREFIX, build_segmenter, caffe_normalize
-from trainer.training.checkpoint import MODEL_CONFIG_FIELDS, MODEL_KEYS, checkpoint_files, load_weights, read_checkpoint
+from trainer.models import caffe_normalize
+from trainer.training.checkpoint import checkpoint_files
 
 # Frames per forward pass: a DeepLab-v2 R101 at 1024x512 fits a 16 GB GPU at 4; callers may raise it.
 DEFAULT_BATCH_SIZE = 4
@@ -105,20 +105,3 @@ def resolve_device(name: str | None) -> torch.device:
 def last_checkpoint(path: str | os.PathLike) -> Path:
     """`--ckpt FILE|RUN`: the file itself, or the newest iter_<N>.pt of a run folder (RUN/ or RUN/checkpoints/)."""
     return checkpoint_files(Path(path))[-1]
-
-
-def load_segmenter(path: str | os.PathLike, device="cpu") -> tuple[torch.nn.Module, dict, int]:
-    """(segmenter M in eval mode on `device`, its config dict, iterations done) from a training checkpoint file.
-
-    Read by trainer/training/checkpoint.py (weights_only=True). A file that is not a torch checkpoint, not ours (no
-    "model" and "config" with arch/num_classes/protocol/target_size_hw) or of another network raises InputError naming
-    it.
-    """
-    where = f"--ckpt {path}"
-    ckpt = read_checkpoint(path, MODEL_KEYS, MODEL_CONFIG_FIELDS, where)
-    config, state = ckpt["config"], ckpt["model"]
-    # The aux head (layer5) is in the file only when the network was built multi-level (trainer/models/deeplab.py).
-    multi_level = any(k.startswith(AUX_HEAD_PREFIX) for k in state)
-    model = build_segmenter(str(config["arch"]), int(config["num_classes"]), multi_level=multi_level)
-    load_weights(model, state, where, "segmenter", f"a {config['arch']} with {config['num_classes']} classes")
-    return model.to(device).eval(), config, int(ckpt.get("iteration", -1))

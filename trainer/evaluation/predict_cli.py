@@ -19,14 +19,22 @@ import torch
 from tqdm import tqdm
 
 from pipeline.errors import InputError, one_line_errors
-from pipeline.flow import ESTIMATOR_NAMES, load_estimator
-from pipeline.sources import PROTOCOL_NAMES, Protocol, colorize, get_protocol
+from pipeline.flow import ESTIMATORS, load_estimator
+from pipeline.sources import (
+    Protocol,
+    class_legend,
+    colorize,
+    figure_grid,
+    get_protocol,
+    parse_size_wh,
+    protocol_names,
+    write_png,
+)
 from trainer.evaluation.evaluate import TC_PROTOCOLS, tc_confusion, tc_score
 from trainer.evaluation.footage import Footage, open_footage
 from trainer.evaluation.predict import (
     DEFAULT_BATCH_SIZE,
     last_checkpoint,
-    load_segmenter,
     predict_at_sizes,
     resize_frames,
     resolve_device,
@@ -36,14 +44,12 @@ from trainer.evaluation.visualize import (
     OFFLINE_PLAYERS,
     VIDEO_CODECS,
     VideoSink,
-    class_legend,
-    figure_grid,
     overlay,
-    write_png,
 )
+from trainer.training.checkpoint import load_segmenter
+from trainer.training.config import AMP_DTYPES, TrainConfig
 from trainer.training.monitor import on_terminal
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 VIDEO_TILE_MAX_WIDTH = 960  # each half of a video frame is shrunk to this width at most (a 1080p input stays light)
 VIDEO_TILE_MIN_WIDTH = 320  # and enlarged to this width at least, so titles and the legend stay readable
 AUTO_CODECS = ("h264", "vp9", "mp4v")  # --video-codec auto: the first this OpenCV build writes (visualize.py)
@@ -51,19 +57,6 @@ INPUT_TITLE = "input"
 SUMMARY_NAME = "predict.json"
 LEGEND_NAME = "legend.png"
 LEGEND_WIDTH = 640
-
-
-def parse_size_hw(value: str | None, flag: str = "--size") -> tuple[int, int] | None:
-    """'1024x512' (width x height, as every flag of the project) -> (H, W)."""
-    if value is None:
-        return None
-    try:
-        w, h = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise InputError(f"{flag} {value}: expected WIDTHxHEIGHT, e.g. 1024x512") from None
-    if w < 1 or h < 1:
-        raise InputError(f"{flag} {value}: width and height must be positive")
-    return h, w
 
 
 def output_folder(path: Path) -> Path:
@@ -77,15 +70,15 @@ def output_folder(path: Path) -> Path:
     return path
 
 
-def checkpoint_protocol(name: str | None, config: dict, path: Path) -> Protocol:
+def checkpoint_protocol(name: str | None, config: TrainConfig, path: Path) -> Protocol:
     """The checkpoint's class protocol; `--protocol` only asserts it (another protocol is refused)."""
-    trained = str(config["protocol"])
+    trained = config.protocol
     if name is not None and name != trained:
         raise InputError(
             f"--protocol {name}: {path} was trained with protocol {trained}; pass --protocol {trained} "
             f"or a checkpoint of {name}"
         )
-    if trained not in PROTOCOL_NAMES:
+    if trained not in protocol_names():
         raise InputError(f"--ckpt {path}: unknown class protocol {trained!r} in its config")
     return get_protocol(trained)
 
@@ -105,7 +98,7 @@ def video_frame(frame: np.ndarray, over: np.ndarray, protocol: Protocol, title: 
     return figure_grid([[frame, over]], titles=[INPUT_TITLE, title], tile_hw=tile_hw, legend=protocol)
 
 
-class TemporalConsistency:
+class TcMeter:
     """TC of a prediction sequence, as `i2vda-eval` measures it: pair counts of (P_t, W(P_t+1, F(t->t+1))) summed."""
 
     def __init__(self, estimator, protocol: Protocol, tc_protocol: str):
@@ -121,8 +114,7 @@ class TemporalConsistency:
             frames_bhw3 = np.concatenate([self._last[0][None], frames_bhw3])
             preds_bhw = np.concatenate([self._last[1][None], preds_bhw])
         if len(frames_bhw3) > 1:
-            flows = self.estimator(frames_bhw3[:-1], frames_bhw3[1:])  # F(t->t+1) on frame t's grid, pixels
-            flows = np.asarray(flows, dtype=np.float32)
+            flows = self.estimator.flows(frames_bhw3[:-1], frames_bhw3[1:])  # (B-1, 2, H, W): F(t->t+1) on t's grid
             self.cm += tc_confusion(preds_bhw, flows, self.protocol.num_classes, self.tc_protocol)
             self.pairs += len(frames_bhw3) - 1
         self._last = (frames_bhw3[-1], preds_bhw[-1])
@@ -142,7 +134,7 @@ def predict_footage(
     device,
     batch_size: int,
     amp_dtype=None,
-    tc: TemporalConsistency | None = None,
+    tc: TcMeter | None = None,
     codecs=AUTO_CODECS,
     title: str = "prediction",
 ) -> dict:
@@ -200,7 +192,7 @@ def predict_footage(
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder (created when missing).")
 @click.option(
     "--protocol",
-    type=click.Choice(PROTOCOL_NAMES),
+    type=click.Choice(protocol_names()),
     help="Refuse a checkpoint trained with another class protocol [default: accept the checkpoint's].",
 )
 @click.option(
@@ -251,12 +243,19 @@ def predict_footage(
 )
 @click.option(
     "--flow",
-    type=click.Choice(ESTIMATOR_NAMES),
+    metavar="[" + "|".join(ESTIMATORS.names()) + "]",
     default="dis",
     show_default=True,
-    help="Flow estimator for --tc: OpenCV DIS (CPU, no weights) or FlowNet2 (needs --flow-ckpt).",
+    help="Flow estimator for --tc: "
+    + "; ".join(f"{e.name}: {e.summary}" + (", needs --flow-ckpt" if e.weights else "") for e in ESTIMATORS.entries())
+    + ".",
 )
-@click.option("--flow-ckpt", type=click.Path(path_type=Path), help="FlowNet2_checkpoint.pth.tar for --flow flownet2.")
+@click.option(
+    "--flow-ckpt",
+    type=click.Path(path_type=Path),
+    help="The weights file of --flow: "
+    + ", ".join(f"{e.weights} ({e.name})" for e in ESTIMATORS.entries() if e.weights),
+)
 def cli(
     ckpt, input_path, out, protocol, size, batch_size, device, amp, fps, video_codec, tc, tc_protocol, flow, flow_ckpt
 ):
@@ -265,18 +264,17 @@ def cli(
     footage = open_footage(input_path, fps)
     if tc and not footage.is_sequence:
         raise InputError(f"--tc: {input_path} is a single frame; TC needs a video or a folder of frames")
+    if tc:  # a bad --flow or a missing weights file is refused before the network is loaded
+        ESTIMATORS.get(flow).check_weights(flow_ckpt)
     device = resolve_device(device)
     amp_dtype = autocast_dtype(amp, device)
     ckpt_path = last_checkpoint(ckpt)
     model, config, iteration = load_segmenter(ckpt_path, device)
     chosen = checkpoint_protocol(protocol, config, ckpt_path)
-    net_size_hw = parse_size_hw(size) or tuple(int(v) for v in config["target_size_hw"])
+    net_size_hw = parse_size_wh(size)[::-1] if size is not None else config.target_size_hw
     meter = None
     if tc:
-        if flow == "flownet2" and flow_ckpt is None:
-            raise InputError("--flow flownet2 needs --flow-ckpt FlowNet2_checkpoint.pth.tar")
-        options = {"checkpoint": str(flow_ckpt), "device": str(device)} if flow == "flownet2" else {}
-        meter = TemporalConsistency(load_estimator(flow, **options), chosen, tc_protocol)
+        meter = TcMeter(load_estimator(flow, checkpoint=flow_ckpt, device=str(device)), chosen, tc_protocol)
     codecs = AUTO_CODECS if video_codec == "auto" else (video_codec,)
     write_png(out / LEGEND_NAME, class_legend(chosen, LEGEND_WIDTH))
     result = predict_footage(

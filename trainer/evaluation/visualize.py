@@ -1,4 +1,4 @@
-"""Predictions people can look at: colourised labels, overlays, figure grids with titles and a class legend, videos."""
+"""Predictions people can look at: overlays, prediction PNGs, videos (figure grids and legends: pipeline.sources)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ import cv2
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.sources import IGNORE_ID, Protocol, colorize, resize_label, resize_rgb
+from pipeline.sources import IGNORE_ID, Protocol, as_rgb, colorize, resize_label, resize_rgb, write_png
 
 DEFAULT_ALPHA = 0.5  # weight of the class colour over the frame in an overlay
-GRID_PAD = 4  # white pixels between tiles of a figure grid
-TITLE_HEIGHT = 22  # pixels of the white strip that carries a column title
-TITLE_FONT = cv2.FONT_HERSHEY_SIMPLEX
-TITLE_SCALE = 0.5
-WHITE = 255
 MP4_FOURCC = "mp4v"  # MPEG-4 part 2: written by every OpenCV build; VLC, mpv and ffplay play it, browsers do not
 MP4_BLOCK = 2  # mp4v, H.264 and VP9 frames need even sides; odd frames are padded by one black row/column
 # Video codecs by preference: (fourcc, file suffix). The opencv-python wheels carry no H.264 encoder (licensing), but
@@ -25,9 +20,6 @@ MP4_BLOCK = 2  # mp4v, H.264 and VP9 frames need even sides; odd frames are padd
 VIDEO_CODECS = {"h264": ("avc1", ".mp4"), "vp9": ("VP90", ".webm"), "mp4v": (MP4_FOURCC, ".mp4")}
 BROWSER_CODECS = ("h264", "vp9")
 OFFLINE_PLAYERS = "VLC, mpv or ffplay"  # what plays an mp4v file (browsers do not)
-LEGEND_SWATCH = 14  # side of a class colour square in a legend, pixels
-LEGEND_ENTRY_WIDTH = 118  # pixels per legend entry: swatch, gap, class name
-LEGEND_ROW_HEIGHT = 20
 
 
 def overlay(rgb: np.ndarray, label: np.ndarray, protocol: Protocol, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
@@ -49,76 +41,7 @@ def overlay(rgb: np.ndarray, label: np.ndarray, protocol: Protocol, alpha: float
 def side_by_side(*images: np.ndarray) -> np.ndarray:
     """Images joined left to right, each resized to the first one's height and width."""
     h, w = images[0].shape[:2]
-    return np.concatenate([resize_rgb(_as_rgb(img), (w, h)) for img in images], axis=1)
-
-
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image, dtype=np.uint8)
-    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-
-
-def _title_strip(title: str, width: int) -> np.ndarray:
-    strip = np.full((TITLE_HEIGHT, width, 3), WHITE, dtype=np.uint8)
-    (text_w, text_h), _ = cv2.getTextSize(title, TITLE_FONT, TITLE_SCALE, 1)
-    origin = (max((width - text_w) // 2, 0), (TITLE_HEIGHT + text_h) // 2)
-    cv2.putText(strip, title, origin, TITLE_FONT, TITLE_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
-    return strip
-
-
-def figure_grid(rows, titles=None, tile_hw=None, pad: int = GRID_PAD, legend: Protocol | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 figure: `rows` of equally many images, `titles` one per column above the first row.
-
-    Every tile is resized to `tile_hw` (default: the first image's size); grey images are shown as RGB. With
-    `legend`, the protocol's class colours and names are drawn below the grid (`class_legend`).
-    """
-    rows = [list(row) for row in rows]
-    if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
-        raise ValueError("figure_grid needs a non-empty list of rows with equally many images")
-    cols = len(rows[0])
-    if titles is not None and len(titles) != cols:
-        raise ValueError(f"figure_grid got {len(titles)} titles for {cols} columns")
-    tile_h, tile_w = tile_hw if tile_hw is not None else rows[0][0].shape[:2]
-    height = len(rows) * tile_h + (len(rows) + 1) * pad + (TITLE_HEIGHT if titles else 0)
-    width = cols * tile_w + (cols + 1) * pad
-    canvas = np.full((height, width, 3), WHITE, dtype=np.uint8)
-    top = pad
-    if titles:
-        for c, title in enumerate(titles):
-            left = pad + c * (tile_w + pad)
-            canvas[top : top + TITLE_HEIGHT, left : left + tile_w] = _title_strip(str(title), tile_w)
-        top += TITLE_HEIGHT
-    for r, row in enumerate(rows):
-        y = top + r * (tile_h + pad)
-        for c, image in enumerate(row):
-            x = pad + c * (tile_w + pad)
-            canvas[y : y + tile_h, x : x + tile_w] = resize_rgb(_as_rgb(image), (tile_w, tile_h))
-    if legend is not None:
-        canvas = np.concatenate([canvas, class_legend(legend, width)], axis=0)
-    return canvas
-
-
-def class_legend(protocol: Protocol, width: int) -> np.ndarray:
-    """(H, width, 3) uint8 white strip: a colour square and the name of each trained class, wrapped into rows."""
-    per_row = max(1, (width - GRID_PAD) // LEGEND_ENTRY_WIDTH)
-    rows = -(-protocol.num_classes // per_row)  # ceil
-    strip = np.full((rows * LEGEND_ROW_HEIGHT + GRID_PAD, width, 3), WHITE, dtype=np.uint8)
-    for i, name in enumerate(protocol.class_names[: protocol.num_classes]):
-        x = GRID_PAD + (i % per_row) * LEGEND_ENTRY_WIDTH
-        y = (i // per_row) * LEGEND_ROW_HEIGHT + (LEGEND_ROW_HEIGHT - LEGEND_SWATCH) // 2
-        color = tuple(int(c) for c in protocol.palette[i])
-        cv2.rectangle(strip, (x, y), (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1), color, thickness=-1)
-        cv2.putText(
-            strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), TITLE_FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA
-        )
-    return strip
-
-
-def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write an (H, W, 3) uint8 RGB (or (H, W) grey) image as PNG; an unwritable path raises InputError."""
-    image = np.asarray(rgb, dtype=np.uint8)
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), bgr):
-        raise InputError(f"{path}: cannot write the PNG (is the folder writable?)")
+    return np.concatenate([resize_rgb(as_rgb(img), (w, h)) for img in images], axis=1)
 
 
 def write_mp4(path: str | os.PathLike, frames, fps: float) -> int:
@@ -167,7 +90,7 @@ class VideoSink:
 
     def write(self, frame: np.ndarray) -> None:
         """Append one (H, W, 3) uint8 RGB frame; every frame must have the first one's size."""
-        frame = _as_rgb(frame)
+        frame = as_rgb(frame)
         h, w = frame.shape[:2]
         if self._writer is None:
             self._open(h, w)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from pipeline.errors import InputError
 from pipeline.shards import open_store
+from trainer.evaluation.eval_cli import METRICS_NAME
 from trainer.experiment.runner import read_json
 from trainer.training.checkpoint import checkpoint_path, latest_checkpoint
+from trainer.training.monitor import LOG_NAME
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def training_done(run: Path, max_iter: int) -> bool:
 def training_progress(run: Path, max_iter: int) -> str:
     """'240/600 it' from the run's log.jsonl ('' before its first line)."""
     try:
-        last = (run / "log.jsonl").read_text().splitlines()[-1]
+        last = (run / LOG_NAME).read_text().splitlines()[-1]
         return f"{json.loads(last)['iteration'] + 1}/{max_iter} it"
     except (OSError, IndexError, ValueError, KeyError):
         return ""
@@ -100,4 +102,4 @@ def training_progress(run: Path, max_iter: int) -> str:
 
 def eval_done(eval_dir: Path, max_iter: int) -> bool:
     """metrics.json exists and scores the final checkpoint."""
-    return (read_json(eval_dir / "metrics.json") or {}).get("iteration") == max_iter
+    return (read_json(eval_dir / METRICS_NAME) or {}).get("iteration") == max_iter

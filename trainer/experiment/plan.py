@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
+from pipeline.sources import size_text
 from trainer.experiment.outputs import Paths, eval_done, store_done, training_done, training_progress, world_done
 from trainer.experiment.runner import Step
 from trainer.training.config import TrainConfig
@@ -21,10 +22,6 @@ ORACLE_STORE = "cityscapes"  # `i2vda-prep source --src cityscapes`: the annotat
 # The main rows: the baselines (source-only also scored with AdaBN) and the paper's I2VDA, under the demo's preset.
 PREFIX = ("source_only", "source_only_adabn", "adv_only", "i2vda")
 ADABN_FRAMES = 48  # target train frames for the AdaBN row (i2vda-eval --adapt-bn)
-
-
-def _wh(size_wh: tuple[int, int]) -> str:
-    return f"{size_wh[0]}x{size_wh[1]}"
 
 
 @dataclass(frozen=True)
@@ -127,8 +124,8 @@ class DemoPreset:
     def lines(self) -> list[str]:
         """The preset in words, for results.md."""
         return [
-            f"Demo world seed {self.world_seed}; target {_wh(self.target_size_wh)}, VIPER "
-            f"{_wh(self.viper_size_wh)}; {self.flow} flow; {self.arch} from scratch; {self.max_iter} "
+            f"Demo world seed {self.world_seed}; target {size_text(self.target_size_wh)}, VIPER "
+            f"{size_text(self.viper_size_wh)}; {self.flow} flow; {self.arch} from scratch; {self.max_iter} "
             f"iterations of batch {self.batch_size}, lr {self.lr:g} (D {self.lr_d:g}, ndf {self.disc_width}), "
             f"ITER_COPY = ITER_LAUNCH = {self.iter_copy}; --bn-stats {self.bn_stats} for every method that "
             f"sees target frames."
@@ -160,7 +157,7 @@ def plan_prep(preset: DemoPreset, paths: Paths, oracle: bool) -> list[Step]:
         partial(world_done, w, preset.world_seed, preset.world_counts),
         clears=(paths.stores, paths.runs, paths.evals),
     )
-    target = ("--root", str(w / "cityscapes"), "--out", s, "--size", _wh(preset.target_size_wh))
+    target = ("--root", str(w / "cityscapes"), "--out", s, "--size", size_text(preset.target_size_wh))
     steps = [
         world,
         _prep(
@@ -179,7 +176,7 @@ def plan_prep(preset: DemoPreset, paths: Paths, oracle: bool) -> list[Step]:
                 "--out",
                 s,
                 "--size",
-                _wh(preset.viper_size_wh),
+                size_text(preset.viper_size_wh),
             ),
             partial(store_done, paths.stores / VIPER_STORE, preset.viper_size_wh),
         ),

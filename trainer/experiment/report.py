@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.shards import ValStore
-from pipeline.sources import colorize, get_protocol
-from trainer.evaluation.predict import load_segmenter, predict_labels
-from trainer.evaluation.visualize import figure_grid, write_png
+from pipeline.sources import colorize, figure_grid, get_protocol, write_png
+from trainer.evaluation.eval_cli import METRICS_NAME
+from trainer.evaluation.predict import predict_labels
 from trainer.experiment.outputs import Paths
 from trainer.experiment.plan import PAIRS, VARIANTS, run_of
 from trainer.experiment.runner import read_json
+from trainer.training.checkpoint import load_segmenter
 
 DECIMALS = 1  # the paper's tables give one decimal
 MISSING = "–"  # a value nobody measured (a class absent from the val frames, TC switched off)
@@ -136,7 +137,7 @@ def collect_results(paths: Paths, names, seeds, records: dict) -> tuple[list, di
     """Table rows (title, metrics per seed) and results.json's {method: {seed: scores, commands, wall times}}."""
     rows, results = [], {}
     for name in names:
-        runs = [read_json(paths.eval(name, seed) / "metrics.json") for seed in seeds]
+        runs = [read_json(paths.eval(name, seed) / METRICS_NAME) for seed in seeds]
         rows.append((VARIANTS[name].title, runs))
         results[name] = {
             str(seed): {
@@ -163,7 +164,7 @@ def write_figure(
 ) -> Path:
     """Figure of the first `rows` annotated val frames: frame, ground truth, then one prediction per (title, ckpt)."""
     models = [(title, *load_segmenter(ckpt, "cpu")[:2]) for title, ckpt in columns]
-    protocol = get_protocol(str(models[0][2]["protocol"]))
+    protocol = get_protocol(models[0][2].protocol)
     with ValStore(val_store) as store:
         keys = store.keys()[:rows]
         frames = np.stack([store.image(key) for key in keys])  # (R, H, W, 3) uint8 at the input size

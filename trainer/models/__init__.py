@@ -1,6 +1,5 @@
 """Networks of I2VDA: the DeepLab-v2 segmenter M (and its proxy M'), the discriminator D, and their weight loaders."""
 
-from trainer.models.checkpoints import load_deeplab_imagenet, load_segmenter_weights, load_torchvision_resnet
 from trainer.models.deeplab import (
     AUX_HEAD_PREFIX,
     IMG_MEAN_BGR,
@@ -14,6 +13,7 @@ from trainer.models.deeplab import (
     deeplab_tiny,
 )
 from trainer.models.discriminator import FCDiscriminator
+from trainer.models.weights import load_deeplab_imagenet, load_torchvision_resnet
 
 __all__ = [
     "AUX_HEAD_PREFIX",
@@ -28,6 +28,5 @@ __all__ = [
     "deeplab_r101",
     "deeplab_tiny",
     "load_deeplab_imagenet",
-    "load_segmenter_weights",
     "load_torchvision_resnet",
 ]

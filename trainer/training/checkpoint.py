@@ -1,19 +1,20 @@
-"""Our checkpoint format, in one place: where files go and their names, how they are written, read and fitted.
+"""Our checkpoint format, in one place: where files go and their names, how they are written and read, and the
+networks and settings they give back.
 
 Files are `RUN/checkpoints/iter_NNNNNNN.pt` (NNNNNNN = iterations done, written with 7 digits), written under a
 temporary name and renamed (`pipeline.shards.atomic_path`), so a crash never leaves a half file under the final
 name; a write that fails (a full disk, a quota) is one line naming the checkpoint and the cause, and leaves the earlier
 checkpoints as they were. `prune_checkpoints` keeps the newest `--keep-checkpoints` (and the best by `--val`).
-Everything inside is a tensor, a number, a string, a list, a tuple or a dict: `load_torch_file`, the one
-`torch.load` of the trainer, reads it (and the ImageNet inits) with `weights_only=True`, so no pickled code runs; a
-file that pickles anything else is refused, and nothing in it runs.
-Resume (`read_checkpoint`), eval and predict (`trainer.evaluation.predict.load_segmenter`), `--init-format segmenter`
-and `--proxy-ckpt` (`trainer.models.load_segmenter_weights`) and the demo all read through here. The dict is
-`training_state`'s (docs/DEVELOPING.md, "Checkpoint files").
+Everything inside is a tensor, a number, a string, a list, a tuple or a dict, read by the trainer's one `torch.load`
+(`trainer.models.weights.load_torch_file`, `weights_only=True`), so no pickled code runs; a file that pickles anything
+else is refused, and nothing in it runs. Resume (`read_checkpoint`), eval, predict and the demo's figure
+(`load_segmenter`), `--init-format segmenter` and `--proxy-ckpt` (`load_segmenter_weights`) all read through here.
+The dict is `training_state`'s (docs/DEVELOPING.md, "Checkpoint files").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -22,10 +23,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from pipeline.errors import InputError
-from pipeline.flow import state_dict_fit
 from pipeline.shards import atomic_path
+from trainer.models import AUX_HEAD_PREFIX, build_segmenter
+from trainer.models.weights import (
+    check_finite,
+    check_fit,
+    load_torch_file,
+    load_weights,
+    nonfinite_tensor,
+    read_state_dict,
+)
 from trainer.training.config import TrainConfig, resume_mismatch
 from trainer.training.rng import restore_rng
 
@@ -35,16 +45,10 @@ CHECKPOINT_NAME = re.compile(r"^iter_(\d+)\.pt$")
 CHECKPOINT_GLOB = "iter_*.pt"
 RESUME_KEYS = ("model", "iteration", "config", "rng", "data")  # what resuming a run needs
 MODEL_KEYS = ("model", "config")  # what rebuilding M for eval needs
-# What a checkpoint's config must name to rebuild M (`trainer.evaluation.predict.load_segmenter`).
+# What a checkpoint's config must name to rebuild M (`load_segmenter`).
 MODEL_CONFIG_FIELDS = ("arch", "num_classes", "protocol", "target_size_hw")
-BN_COUNTER = "num_batches_tracked"  # BatchNorm fills it in when a file (e.g. a caffe-converted one) lacks it
-# What torch.load(weights_only=True) says when a file pickles a class or function (not merely corrupt bytes): torch
-# writes "Unsupported global: GLOBAL os.system ..." or "unsupported GLOBAL posix.system ..." depending on the version,
-# so it is matched without case; the name that follows is the global it refused.
-WEIGHTS_ONLY_REFUSAL = re.compile(r"unsupported global:?\s*(?:global\s+)?([\w.]+)?", re.IGNORECASE)
 # Parts of a training state that must be finite to be written or read: the networks and the optimiser states.
 NONFINITE_CHECKED = ("model", "proxy", "disc", "opt_seg", "opt_disc")
-KEYS_SHOWN = 3  # offending keys named in a refusal: enough to recognise the file, short enough for one line
 
 
 def checkpoint_path(run_dir: str | Path, iteration: int) -> Path:
@@ -88,27 +92,6 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     if not path.is_file():
         raise InputError(f"--resume {resume}: no such checkpoint file")
     return path
-
-
-def nonfinite_tensor(obj, prefix: str = "") -> str | None:
-    """The name of the first floating tensor holding a NaN or an infinity in a (nested) state dict, else None."""
-    if torch.is_tensor(obj):
-        return prefix if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
-    items = obj.items() if isinstance(obj, Mapping) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    for key, value in items:
-        found = nonfinite_tensor(value, f"{prefix}.{key}" if prefix else str(key))
-        if found is not None:
-            return found
-    return None
-
-
-def check_finite(state: Mapping, where: str, what: str) -> None:
-    """Refuse weights with a NaN or an infinity (a diverged run): one-line InputError starting with `where`."""
-    bad = nonfinite_tensor(state)
-    if bad is not None:
-        raise InputError(
-            f"{where}: the {what} weights are not finite ({bad} holds NaN or inf); the run that wrote them diverged"
-        )
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
@@ -166,27 +149,6 @@ class _WriteErrors:
         return getattr(self.raw, name)
 
 
-def load_torch_file(path: str | Path, what: str, where: str | None = None) -> object:
-    """torch.load(path, weights_only=True) on the CPU; every failure is one InputError line starting with `where`
-    (default: the path) and naming `what` the file should have been."""
-    path, where = Path(path), where or str(path)
-    if not path.is_file():
-        raise InputError(f"{where}: no such {what} checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file is bad input, whatever the reason
-        refused = WEIGHTS_ONLY_REFUSAL.search(str(exc))
-        if refused is not None:
-            named = f" ({refused[1]})" if refused[1] else ""
-            raise InputError(
-                f"{where}: refused: the file pickles Python objects beyond tensors{named}; it was not loaded and "
-                f"nothing in it was run (checkpoints are read with torch.load(weights_only=True))"
-            ) from None
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        reason = f"unreadable as a torch file ({type(exc).__name__}{': ' + first[:200] if first else ''})"
-        raise InputError(f"{where}: not a weights-only torch checkpoint: {reason}") from None
-
-
 def read_checkpoint(
     path: str | Path,
     needs: tuple[str, ...] = RESUME_KEYS,
@@ -194,7 +156,8 @@ def read_checkpoint(
     where: str | None = None,
 ) -> dict:
     """One of our checkpoints: a dict holding at least `needs`, whose config names `config_fields`; anything else is
-    a one-line InputError starting with `where` (default: the path)."""
+    a one-line InputError starting with `where` (default: the path). Its weights are checked where they are loaded
+    (`load_weights`, `check_resumable`), once."""
     where = where or str(path)
     state = load_torch_file(path, "i2vda-train", where)
     if not isinstance(state, dict) or any(k not in state for k in needs) or not isinstance(state["model"], Mapping):
@@ -203,25 +166,49 @@ def read_checkpoint(
         absent = [name for name in config_fields if name not in state.get("config", {})]
         if absent:
             raise InputError(f"{where}: its config lacks {', '.join(absent)}; expected an i2vda training checkpoint")
-    check_finite(state["model"], where, "segmenter")
     return state
 
 
-def check_fit(
-    expected: Mapping[str, torch.Tensor], given: Mapping, where: str, what: str, network: str = "this network"
-) -> None:
-    """Refuse `given` unless it has exactly `expected`'s keys (BN counters optional) with the same shapes."""
-    fit = state_dict_fit(expected, given, optional_suffix=BN_COUNTER)
-    if not fit.ok:
-        raise InputError(f"{where}: not a {what} checkpoint for {network}: {fit.describe(KEYS_SHOWN)}")
+def saved_config(values: Mapping, where: str) -> TrainConfig:
+    """The TrainConfig of a checkpoint's config dict. Settings this version does not know (a checkpoint of an older
+    or a newer version) are left out, and the ones it lacks take their defaults: eval and predict only rebuild M
+    (`MODEL_CONFIG_FIELDS`), and `out`, the folder the run was written to, is "" where a config does not say it."""
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig.from_dict({"out": "", **{k: v for k, v in values.items() if k in names}}, where=where)
+    if "num_classes" in values and int(values["num_classes"]) != config.num_classes:
+        raise InputError(
+            f"{where}: its config says {values['num_classes']} classes, but protocol {config.protocol} has "
+            f"{config.num_classes}"
+        )
+    return config
 
 
-def load_weights(model: torch.nn.Module, state: Mapping, where: str, what: str, network: str = "this network"):
-    """Load a state dict into `model` after `check_fit` against its whole state dict; -> model."""
-    check_fit(model.state_dict(), state, where, what, network)
-    check_finite(state, where, what)
-    model.load_state_dict(state, strict=False)  # strict up to BN counters, checked above
-    return model
+def load_segmenter(path: str | os.PathLike, device="cpu", weights: str = "model") -> tuple[nn.Module, TrainConfig, int]:
+    """(M in eval mode on `device`, the run's TrainConfig, iterations done) from one of our checkpoints; with
+    weights="proxy", its M' instead. A file that is not a torch checkpoint, not ours or of another network raises
+    InputError naming it."""
+    where = f"--ckpt {path}"
+    ckpt = read_checkpoint(path, tuple(dict.fromkeys((*MODEL_KEYS, weights))), MODEL_CONFIG_FIELDS, where)
+    config, state = saved_config(ckpt["config"], where), ckpt[weights]
+    if not isinstance(state, Mapping):
+        raise InputError(f"{where}: holds no {weights} weights (its '{weights}' entry is {type(state).__name__})")
+    # The aux head (layer5) is in the file only when the network was built multi-level (trainer/models/deeplab.py).
+    multi_level = any(k.startswith(AUX_HEAD_PREFIX) for k in state)
+    model = build_segmenter(config.arch, config.num_classes, multi_level=multi_level)
+    load_weights(model, state, where, "segmenter", f"a {config.arch} with {config.num_classes} classes")
+    return model.to(device).eval(), config, int(ckpt.get("iteration", -1))
+
+
+def load_segmenter_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load our own checkpoint's M (`--init-format segmenter`, `--proxy-ckpt`) or a bare state dict (e.g. an ADVENT or
+    DA-VSN snapshot) into `model`, strictly."""
+    what = "segmenter"
+    state = read_state_dict(path, what)
+    if "model" in state:
+        state = state["model"]
+        if not isinstance(state, Mapping):
+            raise InputError(f"{path}: its 'model' entry is a {type(state).__name__}, expected a state dict")
+    return load_weights(model, state, str(path), what)
 
 
 def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Path, stores: dict | None = None) -> None:
@@ -229,6 +216,7 @@ def check_resumable(state: dict, config: TrainConfig, world: int, path: str | Pa
     run's `stores` (`StoreInfo.identity()` of "source" and "target"), whose stores held other data (unless
     `config.resume_other_stores`: then one warning line on stderr per such store). Stores are compared by content,
     not by path: the same stores copied to another folder resume."""
+    check_finite(state["model"], f"--resume {path}", "segmenter")
     mismatch = resume_mismatch(state["config"], config)
     if mismatch is not None:
         raise InputError(f"--resume {path}: the checkpoint was trained with another setting ({mismatch})")

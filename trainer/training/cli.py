@@ -20,6 +20,7 @@ import click
 from click.core import ParameterSource
 
 from pipeline.errors import one_line_errors
+from pipeline.sources import parse_size_wh
 from trainer.models import SEGMENTERS
 from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
 from trainer.training.checkpoint import latest_checkpoint, resolve_resume
@@ -32,7 +33,6 @@ from trainer.training.config import (
     ONLINE_FLOWS,
     PROXY_BN_MODES,
     TrainConfig,
-    hw_from_wh,
     read_config_file,
 )
 from trainer.training.loop import CONFIG_NAME, train
@@ -48,7 +48,13 @@ def _choice(values) -> click.Choice:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.option("--out", required=True, help="Run folder RUN/: config.json, log.jsonl, checkpoints/, tensorboard/.")
-@click.option("--shards", default=D["shards"], show_default=True, help="Folder holding the stores.")
+@click.option(
+    "--shards",
+    default=D["shards"],
+    show_default=True,
+    help="Folder holding the stores, or its URL, streamed: http(s)://HOST/stores/ or 'pipe:COMMAND {}' writing the "
+    "file at {} to stdout, e.g. 'pipe:aws s3 cp s3://BUCKET/stores/{} -' (docs/CLUSTER.md).",
+)
 @click.option("--source", default=D["source"], show_default=True, help="Source store name (SHARDS/SOURCE/).")
 @click.option("--target", default=D["target"], show_default=True, help="Target pair store name (SHARDS/TARGET/).")
 @click.option("--config", "config_file", default=None, help="JSON/YAML file of settings; flags given here win.")
@@ -297,7 +303,7 @@ def cli(ctx: click.Context, config_file: str | None, target_size: str | None, so
         ("source_size_hw", source_size, "--source-size"),
     ):
         if value is not None:
-            values[field] = hw_from_wh(value, flag)
+            values[field] = parse_size_wh(value, flag)[::-1]  # flags write W x H, the config holds (H, W)
     config = TrainConfig.from_dict(values, where=config_file or "flags")
     try:
         result = train(config)

@@ -14,14 +14,18 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import torch
+
 from pipeline.errors import InputError
-from pipeline.sources import get_protocol
+from pipeline.sources import get_protocol, parse_size_wh
 from trainer.losses import LAMBDA_ADV, POLY_POWER
 from trainer.temporal import ALPHA, DELTA, ETA_PX, OCCLUSION_GRIDS, PL_PORTION, PL_SELECTIONS
 
 METHODS = ("i2vda", "source_only", "adv_only")  # adv_only = Table 3's baseline: L_seg + 0.01 L_adv on P0
 ONLINE_FLOWS = ("estimator", "linear")  # F_1->t = F(I1, It) online (Eq. 5), or (1 - t) F_1->0
-AMP_MODES = ("off", "bf16", "fp16")  # autocast on CUDA only
+# --amp: the autocast dtype of each mode (CUDA only; "off" runs in float32).
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_MODES = tuple(AMP_DTYPES)
 DEVICES = ("auto", "cpu", "cuda")
 # BN statistics of M' (docs/TRAINING.md): M's running ones in eval mode (the paper), its own I1 batch's, or running
 # ones re-estimated on target frames after each copy.
@@ -58,7 +62,7 @@ class TrainConfig:
     """One training run of Algorithm 1 (or a baseline); see `i2vda-train --help` for each field's flag."""
 
     out: str  # the run folder RUN/
-    shards: str = "stores"  # folder holding the stores
+    shards: str = "stores"  # folder holding the stores, or its URL (http(s)://, pipe:; pipeline.shards.remote)
     source: str = "viper"  # source store name: stores/<source>/
     target: str = "cityscapes_seq"  # target pair store name: stores/<target>/
     method: str = "i2vda"
@@ -274,17 +278,6 @@ def _check_unit(names: tuple[str, ...], values) -> None:
 WH_SIZE_KEYS = {"target_size": "target_size_hw", "source_size": "source_size_hw"}
 
 
-def hw_from_wh(value: str, where: str) -> tuple[int, int]:
-    """A 'WIDTHxHEIGHT' size ('1024x512', as flags and config files write it) -> (H, W) = (512, 1024)."""
-    try:
-        w, h = (int(v) for v in str(value).lower().split("x"))
-    except ValueError:
-        raise InputError(f"{where} {value}: expected WIDTHxHEIGHT, e.g. 1024x512") from None
-    if w < 1 or h < 1:
-        raise InputError(f"{where} {value}: expected a positive WIDTHxHEIGHT in pixels, e.g. 1024x512")
-    return h, w
-
-
 def read_config_file(path: str | Path) -> dict:
     """Settings from a JSON or YAML file (`--config`): a mapping of TrainConfig field names to values; sizes may be
     written as the flags write them (`target_size: 1024x512`, `source_size: 896x512`: width first)."""
@@ -308,7 +301,7 @@ def read_config_file(path: str | Path) -> dict:
         if key in values:
             if field in values:
                 raise InputError(f"--config {path}: give {key} (WIDTHxHEIGHT) or {field} ([H, W]), not both")
-            values[field] = list(hw_from_wh(values.pop(key), f"--config {path}: {key}"))
+            values[field] = list(parse_size_wh(values.pop(key), f"--config {path}: {key}")[::-1])
     _check_known(values, f"--config {path}")
     return values
 

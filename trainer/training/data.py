@@ -3,22 +3,26 @@
 The batch of iteration i on rank r is a pure function of (seed, r, i): iterations are grouped in blocks of
 `block_iters`; block b of a store is the sample sequence of a generator seeded with (seed, store, r, b) that draws
 shards with replacement from the rank's share of the store (WebDataset's "resampled" mode, split by node) and passes
-their samples through a shuffle buffer; iteration i takes samples [(i mod K) B, (i mod K + 1) B) of block i // K.
+their samples through a shuffle buffer (target pairs: a shard of layout 3 holds runs of consecutive frames, expanded
+into the same pairs in the same order as a layout-2 shard of the same plan, before the buffer, so the buffer mixes
+pairs, not runs); iteration i takes samples [(i mod K) B, (i mod K + 1) B) of block i // K.
 A resumed run opens block i // K and skips (i mod K) B raw samples without decoding them, so it sees exactly the
 data the uninterrupted run saw. DataLoader workers split the decoding, not the shards: worker w of n produces
 iterations start + w, start + w + n, ... (the DataLoader hands their batches back round-robin, in order) and skips
 the others' samples undecoded; the stream is therefore the same for any number of workers.
 
-Every shard is checked against its manifest entry: its size when the stores are opened, every member's declared size
-before it is read or decoded (the store's size bounds them), its sample count and sha256 whenever the stream reads it
-to the end (`pipeline.shards.raw_samples`); a source label's ids must be train ids of the protocol (or 255). A bad
-shard in a DataLoader worker comes back to the training process as the worker's one-line error, not as its flattened
-traceback. Workers ignore SIGTERM, SIGUSR1 and SIGINT: the training process handles them
+`--shards` is a folder or a URL (http://, https://, pipe:COMMAND; `pipeline.shards.remote`): the manifests are read
+first, then every shard is streamed as it is drawn, with no local copy. Every shard is checked against its manifest
+entry: its size when the stores are opened (a URL's when the server sends it), every member's declared size before
+it is read or decoded (the store's size bounds them), its size read, sample count and sha256 whenever the stream
+reads it to the end (`pipeline.shards.raw_items`); a source label's ids must be train ids of the protocol (or 255).
+A bad shard in a DataLoader worker comes back to the training process as the worker's one-line error, not as its
+flattened traceback. Workers ignore SIGTERM, SIGUSR1 and SIGINT: the training process handles them
 (`trainer/training/preemption.py`) and stops its workers itself.
 
-Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow01`, `flow10`
-float32 (B, 2, H, W) pixels (x, y) on the first frame's grid; source `image` float RGB 0..255 (B, 3, H, W),
-`label` long (B, H, W) train ids, 255 = ignore; `keys` the sample keys.
+Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow_01`, `flow_10`
+float32 (B, 2, H, W) pixels (x, y) on the first frame's grid (the shards' members `flow01`, `flow10`); source
+`image` float RGB 0..255 (B, 3, H, W), `label` long (B, H, W) train ids, 255 = ignore; `keys` the sample keys.
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.errors import InputError
-from pipeline.shards import SOURCE_KIND, TARGET_KIND, ShardEntry, StoreInfo, decode_sample, open_store, raw_samples
+from pipeline.shards import (
+    SOURCE_KIND,
+    TARGET_KIND,
+    ShardEntry,
+    StoreInfo,
+    decode_sample,
+    open_store,
+    raw_items,
+    store_location,
+)
 from pipeline.sources import IGNORE_ID, id_outside
 from trainer.training.config import TrainConfig
 
@@ -56,8 +69,9 @@ class StorePlan:
 
 
 def _store(config: TrainConfig, name: str, flag: str, command: str) -> StoreInfo:
-    path = Path(config.shards) / name
-    if not path.is_dir():
+    """The store `name` in the --shards folder, local or at a URL (its manifest is fetched first)."""
+    path = store_location(config.shards) / name
+    if isinstance(path, Path) and not path.is_dir():
         raise InputError(f"{flag} {name}: no store at {path}; build it with `{command}` (or pass --shards)")
     return open_store(path)
 
@@ -116,7 +130,7 @@ def block_samples(shards: tuple[ShardEntry, ...], seed_words: tuple[int, ...], b
     def resampled() -> Iterator[dict]:
         while True:
             entry = shards[int(rng.integers(len(shards)))]
-            yield from raw_samples(entry.path, entry)
+            yield from raw_items(entry.path, entry)
 
     return _shuffled(resampled(), buffer_size, rng)
 
@@ -148,27 +162,38 @@ def _image_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 
 def _flow_tensor(flows: list[np.ndarray]) -> torch.Tensor:
-    """(H, W, 2) float32 pixel flows -> (B, 2, H, W)."""
-    return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).float().contiguous()
+    """(2, H, W) float32 pixel flows -> (B, 2, H, W)."""
+    return torch.from_numpy(np.stack(flows)).float()
+
+
+# Members whose pixels are (2, H, W) (flows), not (H, W, ...) (pictures and labels).
+FLOW_MEMBERS = ("flow01", "flow10")
 
 
 def _decoded(raw: dict, fields: tuple[str, ...], size_hw: tuple[int, int]) -> dict:
+    """decode_sample(raw, size_hw), refused in one line if a field is missing or not of the size the manifest says
+    (the pictures' headers are checked against `size_hw` before they are decoded)."""
     sample = decode_sample(raw, size_hw)
     where = f"{raw.get('__url__', 'shard')}: {raw.get('__key__', '?')}"
     for field in fields:
         if field not in sample:
             raise InputError(f"{where}: sample lacks {field}")
-        if tuple(sample[field].shape[:2]) != tuple(size_hw):
-            raise InputError(f"{where}.{field}: size {sample[field].shape[:2]}, the manifest says {size_hw} (H, W)")
+        found_hw = sample[field].shape[1:] if field in FLOW_MEMBERS else sample[field].shape[:2]
+        if tuple(found_hw) != tuple(size_hw):
+            raise InputError(f"{where}.{field}: size {tuple(found_hw)}, the manifest says {size_hw} (H, W)")
     return sample
 
 
 def collate_target(raws: list[dict], size_hw: tuple[int, int]) -> dict:
-    """Raw target pairs -> {frame0, frame1 (B, 3, H, W) float 0..255; flow01, flow10 (B, 2, H, W) px; keys}."""
-    samples = [_decoded(r, ("frame0", "frame1", "flow01", "flow10"), size_hw) for r in raws]
-    batch = {f: _image_tensor([s[f] for s in samples]) for f in ("frame0", "frame1")}
-    batch |= {f: _flow_tensor([s[f] for s in samples]) for f in ("flow01", "flow10")}
-    return batch | {"keys": [s["__key__"] for s in samples]}
+    """Raw target pairs -> {frame0, frame1 (B, 3, H, W) float 0..255; flow_01, flow_10 (B, 2, H, W) px; keys}."""
+    samples = [_decoded(r, ("frame0", "frame1", *FLOW_MEMBERS), size_hw) for r in raws]
+    return {
+        "frame0": _image_tensor([s["frame0"] for s in samples]),
+        "frame1": _image_tensor([s["frame1"] for s in samples]),
+        "flow_01": _flow_tensor([s["flow01"] for s in samples]),
+        "flow_10": _flow_tensor([s["flow10"] for s in samples]),
+        "keys": [s["__key__"] for s in samples],
+    }
 
 
 def check_label_ids(label: np.ndarray, num_classes: int, where: str) -> None:

@@ -22,12 +22,12 @@ import torch.distributed as dist
 from pipeline.errors import InputError
 from pipeline.flow import load_estimator
 from pipeline.shards import remove_stale_partials, write_text_atomic
+from trainer.models.weights import nonfinite_tensor
 from trainer.training.checkpoint import (
     NONFINITE_CHECKED,
     check_resumable,
     checkpoint_path,
     latest_checkpoint,
-    nonfinite_tensor,
     prune_checkpoints,
     read_checkpoint,
     resolve_resume,
@@ -217,8 +217,8 @@ def _train(config: TrainConfig, rt: Runtime, stop: StopRequest) -> dict:
             if checks_divergence(config, it):
                 stop_if_diverged(losses, it, saved, rt)
             monitor.record(it, losses, lrs, data_wait_s)
-            if step.tc is not None and monitor.wants_views(it):
-                monitor.pictures(it, step.tc.views())
+            if step.ltc is not None and monitor.wants_views(it):
+                monitor.pictures(it, step.ltc.views())
             monitor.validate(it, nets.model)  # with --val, when due: eval mode, then M's modes as they were
             done = it + 1
             due = done % config.checkpoint_interval == 0 or done == config.max_iter

@@ -191,7 +191,7 @@ class Monitor:
             elif name == "O":  # (H, W) 1 = not occluded
                 picture = np.repeat((array * 255).astype(np.uint8)[..., None], 3, axis=2)
             else:  # (2, H, W) flow in pixels
-                picture = flow_to_color(array.transpose(1, 2, 0))
+                picture = flow_to_color(array)
             self.writer.add_image(f"views/{name}", torch.from_numpy(picture), it, dataformats="HWC")
 
     def close(self) -> None:

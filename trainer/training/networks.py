@@ -13,13 +13,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.losses import poly_lr
-from trainer.models import (
-    FCDiscriminator,
-    build_segmenter,
-    load_deeplab_imagenet,
-    load_segmenter_weights,
-    load_torchvision_resnet,
-)
+from trainer.models import FCDiscriminator, build_segmenter, load_deeplab_imagenet, load_torchvision_resnet
+from trainer.training.checkpoint import load_segmenter_weights
 from trainer.training.config import TrainConfig
 
 # "segmenter": a whole M from one of our checkpoints (e.g. a source-only warm-up), backbone and classifier.
@@ -109,7 +104,7 @@ def build_nets(config: TrainConfig, device: torch.device, distributed: bool) -> 
     )
     opt_disc = torch.optim.Adam(disc.parameters(), lr=config.lr_d, betas=config.betas_d) if disc else None
 
-    def wrap(net: nn.Module | None) -> nn.Module | None:
+    def wrap(net: nn.Module | None) -> nn.Module | None:  # MultiInput, inside DDP when distributed
         if net is None:
             return None
         multi = MultiInput(net)

@@ -36,12 +36,11 @@ from trainer.temporal import (
     synthesize_intermediate,
     temporal_consistency_loss,
 )
-from trainer.training.config import TrainConfig
+from trainer.training.config import AMP_DTYPES, TrainConfig
 from trainer.training.networks import Nets, proxy_logits
 
 # Seed word of the per-iteration draw of t, kept apart from the data streams' words (trainer/training/data.py).
 T_STREAM = 2
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def draw_t(config: TrainConfig, rank: int, it: int) -> float:
@@ -100,8 +99,8 @@ class Predictions:
 
 
 @dataclass(frozen=True)
-class TemporalConsistency:
-    """The L_tc path of one iteration (Eq. 4-9), sample-batched, for the monitor's pictures."""
+class LtcTensors:
+    """The tensors L_tc of one iteration was made of (Eq. 4-9), sample-batched, for the monitor's pictures."""
 
     i_t: torch.Tensor  # (B, 3, H, W) RGB 0..255
     prob_1w: torch.Tensor  # (B, C, H, W) P_1^W, detached
@@ -130,7 +129,7 @@ class SegmenterStep:
 
     losses: dict[str, torch.Tensor]
     predictions: Predictions
-    tc: TemporalConsistency | None
+    ltc: LtcTensors | None
 
 
 def _probabilities(logits: torch.Tensor, size_hw) -> torch.Tensor:
@@ -141,8 +140,8 @@ def _probabilities(logits: torch.Tensor, size_hw) -> torch.Tensor:
 def segmenter_step(nets: Nets, batch: dict, config: TrainConfig, step: Iteration) -> SegmenterStep:
     """Update M with L_seg + 0.01 L_adv (+ L_tc from iter_launch on): Algorithm 1 lines 3-14."""
     src, tgt = batch["source"], batch["target"]
-    i0, i1, flow_01, flow_10 = tgt["frame0"], tgt["frame1"], tgt["flow01"], tgt["flow10"]
-    losses, tc = {}, None
+    i0, i1, flow_01, flow_10 = tgt["frame0"], tgt["frame1"], tgt["flow_01"], tgt["flow_10"]
+    losses, ltc = {}, None
     # What M sees (a train-mode forward moves BN's running statistics even when no loss reads its output):
     # source-only I^s; adversarial-only I^s, I0; I2VDA I^s, I0, It (It = I0 under --no-temporal-aug).
     inputs, i_t, t = [src["image"]], i0, None
@@ -172,15 +171,15 @@ def segmenter_step(nets: Nets, batch: dict, config: TrainConfig, step: Iteration
             losses["loss_adv"] = loss_adv.detach()
         if config.uses_tc and step.it >= config.iter_launch:
             flow_1t = _flow_1t(config, tgt, i_t, t, step.estimate_flow)
-            loss_tc, tc = _temporal_consistency(nets.proxy, config, tgt, i_t, prob_t, flow_1t)
+            loss_tc, ltc = _temporal_consistency(nets.proxy, config, tgt, i_t, prob_t, flow_1t)
             total = total + loss_tc
-            losses |= {"loss_tc": loss_tc.detach(), "pl_coverage": (tc.pl != IGNORE_INDEX).float().mean()}
+            losses |= {"loss_tc": loss_tc.detach(), "pl_coverage": (ltc.pl != IGNORE_INDEX).float().mean()}
     nets.opt_seg.zero_grad(set_to_none=True)
     nets.scaler_seg.scale(total).backward()
     nets.scaler_seg.step(nets.opt_seg)
     nets.scaler_seg.update()
     detached = [None if p is None else p.detach() for p in (prob_s, prob_0, prob_t)]
-    return SegmenterStep(losses, Predictions(*detached), tc)
+    return SegmenterStep(losses, Predictions(*detached), ltc)
 
 
 @torch.no_grad()
@@ -189,18 +188,18 @@ def _flow_1t(
 ) -> torch.Tensor:
     """F_1->t (B, 2, H, W): F(I1, It) online (Eq. 5), (1 - t) F_1->0 (linear), or F_1->0 itself when It = I0."""
     if config.no_temporal_aug:
-        return tgt["flow10"]  # It = I0: the precomputed F_1->0
+        return tgt["flow_10"]  # It = I0: the precomputed F_1->0
     if estimate_flow is None:
-        return linear_flow_1t(tgt["flow10"], t)
+        return linear_flow_1t(tgt["flow_10"], t)
     with torch.autocast(i_t.device.type, enabled=False):
         return estimate_flow(tgt["frame1"], i_t).float()  # Eq. 5: F(I1, It)
 
 
 def _temporal_consistency(
     proxy: nn.Module, config: TrainConfig, tgt: dict, i_t: torch.Tensor, prob_t: torch.Tensor, flow_1t: torch.Tensor
-) -> tuple[torch.Tensor, TemporalConsistency]:
+) -> tuple[torch.Tensor, LtcTensors]:
     """L_tc (Eq. 4-9): PL from M'(I1) on I1's grid, P_t carried to I1 with F_1->t; -> (loss, its tensors)."""
-    i1, flow_01, flow_10 = tgt["frame1"], tgt["flow01"], tgt["flow10"]
+    i1, flow_01, flow_10 = tgt["frame1"], tgt["flow_01"], tgt["flow_10"]
     with torch.no_grad():
         prob_1 = _probabilities(proxy_logits(proxy, _network_input(i1, config), config.proxy_bn), i1.shape[-2:])
         entropy = None if config.no_entropy else normalized_entropy(prob_1)  # Eq. 6
@@ -213,7 +212,7 @@ def _temporal_consistency(
         pl = pseudo_label(prob_1, entropy, not_occluded, config.delta)  # Eq. 8
     prob_1w = propagate_prediction(prob_t, flow_1t)  # Eq. 4
     loss_tc = temporal_consistency_loss(prob_1w, pl)  # Eq. 9
-    return loss_tc, TemporalConsistency(i_t, prob_1w.detach(), pl, flow_1t, flow_10, not_occluded)
+    return loss_tc, LtcTensors(i_t, prob_1w.detach(), pl, flow_1t, flow_10, not_occluded)
 
 
 def discriminator_step(nets: Nets, predictions: Predictions, config: TrainConfig) -> dict:

@@ -12,23 +12,20 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pipeline.errors import InputError
+from pipeline.flow.weights_fit import KEYS_SHOWN, listed, state_dict_fit
 
-CHECKPOINT_NAME = "FlowNet2_checkpoint.pth.tar"
+FLOWNET2_FILE_NAME = "FlowNet2_checkpoint.pth.tar"
 # torch >= 1.6 writes a zip archive; the legacy format starts with a pickle protocol opcode (0x80).
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = b"\x80"
 # nn.DataParallel's key prefix; the official file has none, re-saved wrapped models do.
 DATA_PARALLEL_PREFIX = "module."
-# How many key names an error message lists before "...": enough to recognise the file, short enough for one line.
-KEYS_SHOWN = 4
 
 
 def _first_line(text: str) -> str:
@@ -39,14 +36,14 @@ def _first_line(text: str) -> str:
 def _check_file_head(path: Path) -> None:
     """Reject what is plainly not a torch file (missing, empty, an HTML page) before unpickling."""
     if not path.is_file():
-        raise InputError(f"{path}: no such file (expected the FlowNet2 checkpoint {CHECKPOINT_NAME})")
+        raise InputError(f"{path}: no such file (expected the FlowNet2 checkpoint {FLOWNET2_FILE_NAME})")
     with open(path, "rb") as f:
         head = f.read(512)
     if not head:
-        raise InputError(f"{path}: empty file, not a PyTorch checkpoint (download {CHECKPOINT_NAME} again)")
+        raise InputError(f"{path}: empty file, not a PyTorch checkpoint (download {FLOWNET2_FILE_NAME} again)")
     if head.lstrip().startswith(b"<"):
         raise InputError(
-            f"{path}: an HTML page, not a PyTorch checkpoint (a failed download saved instead of {CHECKPOINT_NAME}?)"
+            f"{path}: an HTML page, not a PyTorch checkpoint (a failed download saved instead of {FLOWNET2_FILE_NAME}?)"
         )
     if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTO)):
         raise InputError(f"{path}: not a PyTorch checkpoint (the file starts with {head[:8]!r})")
@@ -61,7 +58,7 @@ def _refusal_reason(message: str) -> str | None:
     return f"it would run {found.group(1)}" if found else None
 
 
-def read_checkpoint(path: str | Path) -> object:
+def read_flownet2_file(path: str | Path) -> object:
     """torch.load(path, map_location="cpu", weights_only=True), with every failure as an InputError."""
     path = Path(path)
     _check_file_head(path)
@@ -92,7 +89,7 @@ def read_checkpoint(path: str | Path) -> object:
 
 def load_flownet2_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The float32 state_dict of a FlowNet2 checkpoint file (`{'state_dict': ...}` or a bare state_dict)."""
-    obj = read_checkpoint(path)
+    obj = read_flownet2_file(path)
     state_dict = obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
     if not isinstance(state_dict, dict) or not state_dict:
         raise InputError(
@@ -111,70 +108,19 @@ def load_flownet2_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _listed(keys, shown: int = KEYS_SHOWN) -> str:
-    keys = list(keys)
-    text = ", ".join(keys[:shown])
-    return f"{text}, ..." if len(keys) > shown else text
-
-
-@dataclass(frozen=True)
-class StateDictFit:
-    """How a state dict fits a network's, key for key (`state_dict_fit`); every tuple is in the network's order."""
-
-    missing: tuple[str, ...]  # keys of the network the file lacks
-    unexpected: tuple[str, ...]  # keys of the file the network does not have
-    not_tensors: tuple[str, ...]  # shared keys whose file entry is not a tensor
-    wrong_shapes: tuple[tuple[str, tuple, tuple], ...]  # (key, shape in the file, shape in the network)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.not_tensors or self.wrong_shapes)
-
-    def describe(self, shown: int = KEYS_SHOWN) -> str:
-        """One line: 'missing a, b; unexpected c; not tensors d; shape (file vs model) e (1,) vs (2,)', keys sorted."""
-        shapes = [f"{key} {have} vs {want}" for key, have, want in self.wrong_shapes]
-        parts = [
-            f"{what} {_listed(sorted(keys), shown)}"
-            for what, keys in (
-                ("missing", self.missing),
-                ("unexpected", self.unexpected),
-                ("not tensors", self.not_tensors),
-                ("shape (file vs model)", shapes),
-            )
-            if keys
-        ]
-        return "; ".join(parts)
-
-
-def state_dict_fit(expected: Mapping[str, torch.Tensor], given: Mapping, optional_suffix: str | None = None):
-    """Compare a file's state dict with a network's (`model.state_dict()`); keys ending in `optional_suffix` (e.g.
-    BatchNorm's num_batches_tracked, which old files lack) may be missing. -> StateDictFit."""
-    optional = optional_suffix or None
-    return StateDictFit(
-        missing=tuple(k for k in expected if k not in given and not (optional and k.endswith(optional))),
-        unexpected=tuple(k for k in given if k not in expected),
-        not_tensors=tuple(k for k in expected if k in given and not isinstance(given[k], torch.Tensor)),
-        wrong_shapes=tuple(
-            (k, tuple(given[k].shape), tuple(expected[k].shape))
-            for k in expected
-            if isinstance(given.get(k), torch.Tensor) and given[k].shape != expected[k].shape
-        ),
-    )
-
-
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+def check_flownet2_fit(model: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
     """Raise an InputError naming the file unless state_dict has exactly model's keys and shapes."""
     fit = state_dict_fit(model.state_dict(), state_dict)
     network = type(model).__name__
     if fit.missing or fit.unexpected:
         parts = []
         if fit.missing:
-            parts.append(f"{len(fit.missing)} missing keys ({_listed(fit.missing)})")
+            parts.append(f"{len(fit.missing)} missing keys ({listed(fit.missing)})")
         if fit.unexpected:
-            parts.append(f"{len(fit.unexpected)} unexpected keys ({_listed(fit.unexpected)})")
+            parts.append(f"{len(fit.unexpected)} unexpected keys ({listed(fit.unexpected)})")
         raise InputError(
             f"{path}: not a {network} checkpoint: {'; '.join(parts)} "
-            f"(a FlowNet2-C/-CS/-CSS/-S/-SD file? {network} needs {CHECKPOINT_NAME})"
+            f"(a FlowNet2-C/-CS/-CSS/-S/-SD file? {network} needs {FLOWNET2_FILE_NAME})"
         )
     if fit.wrong_shapes:
         key, have, want = fit.wrong_shapes[0]
