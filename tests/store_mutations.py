@@ -32,8 +32,8 @@ from hostile_stores import (
 )
 
 from pipeline.shards import MANIFEST_NAME
-from pipeline.shards.schema import MAX_MANIFEST_BYTES
 from pipeline.shards import png_bytes as encode_png
+from pipeline.shards.schema import MAX_MANIFEST_BYTES
 
 STORES = ("src", "tgt")
 HOSTILE_VALUES = [
