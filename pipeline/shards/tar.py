@@ -6,12 +6,12 @@ through it, so a damaged or hostile tar is the same one-line InputError everywhe
 a compressed shard (gzip, bzip2, xz or zstd magic) is refused, and so is a member that is not a regular file (sparse,
 a link, a folder, a device), whose name is not `<key>.<field>.<ext>` with a store's member type, or whose declared
 size exceeds what a store of that size allows (`samples.member_byte_limit`); a sample has at most
-MAX_SAMPLE_MEMBERS members. So reading never allocates more than the store's size allows, whatever the tar declares.
-Members are grouped into samples by WebDataset's own `group_by_keys`, so any WebDataset pipeline reads our shards the
-same way. Given the manifest's entry for the shard (`expected`), it also checks what reading costs nothing extra: the
-file's size before the first sample, and its sample count and sha256 once read to the end, so a tar cut at a member
-boundary or another shard copied over it is refused, not silently trained on; the entry's `size_hw` (the store's size)
-sets the member limits.
+MAX_SAMPLE_MEMBERS members (a run of layout 3, as many as its pairs take). So reading never allocates more than the
+store's size allows, whatever the tar declares. Members are grouped into samples by WebDataset's own
+`group_by_keys`, so any WebDataset pipeline reads our shards the same way. Given the manifest's entry for the shard
+(`expected`), it also checks what reading costs nothing extra: the file's size before the first sample, and its
+sample count and sha256 once read to the end, so a tar cut at a member boundary or another shard copied over it is
+refused, not silently trained on; the entry's `size_hw` (the store's size) sets the member limits.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ _MEMBER_KINDS = {
     tarfile.CONTTYPE: "a contiguous file",
 }
 _NAME_SHOWN = 80  # characters of a refused member's name in the error line
+MAX_RUN_PAIRS = 1024  # pairs of a run read without its manifest entry (a run is one snippet: Cityscapes' give 29)
 
 
 def shard_name(store_name: str, index: int) -> str:
@@ -130,8 +131,11 @@ def _compression(head: bytes) -> str | None:
 
 
 def _member_cap(expected) -> int:
-    """Members one sample may have: a pair's MAX_SAMPLE_MEMBERS, or a run of layout 3 as long as its shard's pairs
-    (n + 1 frames, 2n flows and run.json; `pipeline.shards.runs`)."""
+    """Members one sample may have: MAX_SAMPLE_MEMBERS in a store of one sample per pair, 3n + 2 for a run of layout
+    3 as long as its shard's n pairs (n + 1 frames, 2n flows, run.json; `pipeline.shards.runs`), and, for a shard
+    read without its manifest entry, a run of MAX_RUN_PAIRS."""
+    if expected is None:
+        return 3 * MAX_RUN_PAIRS + 2
     pairs = getattr(expected, "pairs", None)
     return MAX_SAMPLE_MEMBERS if pairs is None else max(MAX_SAMPLE_MEMBERS, 3 * pairs + 2)
 
