@@ -26,9 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import zstandard
-from test_train_loop import SOURCE, TARGET, make_stores
+from test_train_loop import SHIFT_XY, SOURCE, TARGET, _blocks, make_stores
 
-from pipeline.shards import MANIFEST_NAME, VAL_FILE, ValWriter, encode_val_item, shard_name, write_manifest
+from pipeline.shards import (
+    MANIFEST_NAME,
+    RUN_LAYOUT,
+    VAL_FILE,
+    RunEncoder,
+    ValWriter,
+    encode_val_item,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE_HW = (64, 128)  # the issue's 128x64 store
@@ -40,10 +50,31 @@ VAL_KEYS = ("aachen_000000_000019", "bochum_000001_000019")
 VAL_CLIP = 3  # frames per val clip
 
 
-def clean_stores(root: Path, size_hw=SIZE_HW, per_shard: int = 4) -> Path:
+def clean_stores(root: Path, size_hw=SIZE_HW, per_shard: int = 4, layout: int = 2) -> Path:
     """root/src and root/tgt (one shard each, `per_shard` samples of `size_hw`) as tests/test_train_loop.py makes
-    them; -> root."""
-    return make_stores(root, shards=1, per_shard=per_shard, size_hw=size_hw)
+    them; with `layout` 3 the target shard holds its pairs as two runs of consecutive frames instead, as
+    `i2vda-prep flows` writes them (`pipeline.shards.runs`); -> root."""
+    make_stores(root, shards=1, per_shard=per_shard, size_hw=size_hw)
+    if layout == 3:
+        rng = np.random.default_rng(1)
+        flow_01 = np.broadcast_to(np.array(SHIFT_XY, np.float32).reshape(2, 1, 1), (2, *size_hw)).copy()
+        runs = []
+        for r in range(2):
+            frame = _blocks(rng, size_hw)[0]
+            run = RunEncoder(frame)
+            for j in range(per_shard // 2):
+                frame = np.roll(frame, SHIFT_XY[::-1], axis=(0, 1))
+                run.add(f"r{r}_{j}", frame, flow_01, -flow_01, {})
+            runs.append(run.sample())
+        target = root / TARGET
+        entry = write_shard(target / shard_name(TARGET, 0), runs)
+        pairs = 2 * (per_shard // 2)
+        edit_manifest(
+            root,
+            TARGET,
+            lambda m: m.update(layout=RUN_LAYOUT, num_pairs=pairs, shards=[{**entry, "pairs": pairs, "skipped": []}]),
+        )
+    return root
 
 
 def shard_path(stores: Path, store: str, index: int = 0) -> Path:

@@ -303,7 +303,7 @@ def member_content(stores: Path, rng: random.Random) -> str:
         "flow": [f for f in fields if f.endswith(".zflow")],
         "png": [f for f in fields if f.endswith(".png")],
         "label": ["label.png"],
-        "meta": ["meta.json"],
+        "meta": [f for f in fields if f.endswith(".json")],  # a pair's meta.json, a run's run.json
         "any": fields,
     }[kind]
     field = rng.choice(choices)

@@ -1,10 +1,12 @@
 """Fuzzing the stores (issue 19): MUTATIONS seeded mutations of a tiny store pair (tests/store_mutations.py:
-manifests, tar headers, shard bytes, members), each trained on by `i2vda-train` (a quarter with 2 DataLoader workers)
-and every fourth also shown by `i2vda-prep inspect`. Each run is a child process forked from this one (no import
-cost, so ~250 runs fit in well under a minute), two at a time, whose address space may grow by at most HEADROOM over
-this process's (RLIMIT_AS) and which is killed after TIMEOUT_S. Each must end in exit 0 with training done (or the
-sheet written), or exit 2 with one `error:` line; never a traceback, a kill, a timeout, a peak resident memory more
-than MAX_GROWTH_MIB above its start, or a write outside its run folder."""
+manifests, tar headers, shard bytes, members; every other one on a target store of runs, layout 3), each trained on
+by `i2vda-train` (a quarter with 2 DataLoader workers) and every fourth also shown by `i2vda-prep inspect`. Each run
+is a child process forked from this one (no import cost, so ~250 runs fit in well under a minute), two at a time,
+whose address space may grow by at most HEADROOM over this process's (RLIMIT_AS) and which is killed after
+TIMEOUT_S. Each must end in exit 0 with training done (or the sheet written), or exit 2 with one `error:` line;
+never a traceback, a kill, a timeout, a peak resident memory more than MAX_GROWTH_MIB above its start, or a write
+outside its run folder.
+"""
 
 from __future__ import annotations
 
@@ -56,12 +58,13 @@ def _verdict(outcome, done: Path | None) -> str | None:
 
 def test_mutated_stores_train_or_give_one_line(tmp_path):
     warm_up()
-    pristine = clean_stores(tmp_path / "pristine" / "stores", per_shard=2, size_hw=(32, 64))
+    # Target shards of both layouts: one sample per pair (2), and runs of consecutive frames (3, what prep writes).
+    pristine = [clean_stores(tmp_path / f"pristine{layout}" / "stores", (32, 64), 2, layout) for layout in (2, 3)]
     rng = random.Random(SEED)
     cases, jobs = [], []
     for index in range(MUTATIONS):
         root = tmp_path / f"m{index:03d}"
-        stores = shutil.copytree(pristine, root / "stores")
+        stores = shutil.copytree(pristine[index % 2], root / "stores")
         what = mutate(stores, rng)
         run = root / "run"
         workers = 2 if index % 4 == 1 else 0

@@ -171,6 +171,50 @@ def test_the_line_is_the_same_with_dataloader_workers_and_in_inspect(stores, tmp
     assert not (tmp_path / "sheet.png").exists()
 
 
+# The same checks on a target store of runs (layout 3, what `i2vda-prep flows` writes): members named per frame.
+# Planted in both runs, in members every pair decodes (frame 1 belongs to both pairs of a run of 2); a refusal names
+# the pair and its member, as the reader sees the run (`pipeline.shards.expand_run`).
+RUN_CASES = {
+    "flow bomb in a run": (
+        ("flow01_000000.zflow", "flow01_000001.zflow"),
+        lambda: flow_bytes(16384, 16384),
+        ".flow01.zflow: its zstd-dx16x64 header declares 16384x16384 pixels, the store holds 128x64",  # named per pair
+        "refused before decoding",
+    ),
+    "PNG header 20000x20000 in a run": (
+        ("frame000001.png",),
+        lambda: png_bytes(20000, 20000, rows=0),
+        ".png: its PNG header declares 20000x20000 pixels",  # the pair's frame0.png or frame1.png
+        "refused before decoding",
+    ),
+    "run.json nested 100k deep": (
+        ("run.json",),
+        lambda: b"[" * 100_000 + b"]" * 100_000,
+        ".run.json: not a run description of layout 3",
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_CASES))
+def test_a_store_of_runs_is_checked_the_same_way(tmp_path, case):
+    stores = clean_stores(tmp_path / "stores", per_shard=4, layout=3)
+    members, make, *fragments = RUN_CASES[case]
+    data = make()
+    for sample in (0, 1):
+        for member in members:
+            with_member(stores, "tgt", member, data, sample=sample)
+    refused(forked(train_main, train_args(stores, tmp_path / "run")), *fragments)
+
+
+def test_a_run_with_more_members_than_its_pairs_take_is_refused(tmp_path):
+    stores = clean_stores(tmp_path / "stores", per_shard=4, layout=3)  # 4 pairs in the shard: at most 16 members
+    entries = read_members(shard_path(stores, "tgt"))
+    extra = [(f"r0_0.extra{i:02d}.json", b"{}") for i in range(9)]  # the first run's 8 members + 9
+    replace_shard(stores, "tgt", tar_bytes([*entries[:8], *extra, *entries[8:]]))
+    refused(forked(train_main, train_args(stores, tmp_path / "run")), "sample 'r0_0' has more than 16 members")
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
     return segmenter_checkpoint(tmp_path / "ckpt" / "iter_0000001.pt")
