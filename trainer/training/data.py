@@ -273,9 +273,9 @@ WORKER_DIED = "DataLoader worker"  # how PyTorch's RuntimeError starts when a wo
 
 def worker_death_line(exc: BaseException) -> str | None:
     """The one line for a DataLoader worker that died without a Python error (e.g. killed for memory): PyTorch's
-    RuntimeError, or the ConnectionError of reading from its queue as it died; else None."""
-    if isinstance(exc, ConnectionError):
-        reason = f"its queue: {exc.strerror or type(exc).__name__}"
+    RuntimeError, or the ConnectionError or EOFError of reading from its queue as it died; else None."""
+    if isinstance(exc, (ConnectionError, EOFError)):  # its end of the queue closed under the reader
+        reason = f"its queue: {getattr(exc, 'strerror', None) or type(exc).__name__}"
     elif isinstance(exc, RuntimeError) and WORKER_DIED in str(exc):
         reason = next((line for line in str(exc).splitlines() if WORKER_DIED in line), "").strip()
     else:
@@ -294,7 +294,7 @@ def _raise_worker_errors(batches: Iterator[dict]) -> Iterator[dict]:
             batch = next(batches)
         except StopIteration:
             return
-        except (RuntimeError, ConnectionError) as exc:
+        except (RuntimeError, ConnectionError, EOFError) as exc:
             line = worker_death_line(exc)
             if line is None:
                 raise

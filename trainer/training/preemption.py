@@ -9,8 +9,8 @@ names the newest checkpoint on disk. The handlers only note the signal (an excep
 TensorBoard's writer, could leave a lock or a queue behind); the loop asks `StopRequest.agreed()` after every
 iteration. Under DDP that is one all-reduce (max) of the signal number over a gloo group on the CPU, so every rank
 learns of a signal that reached any of them after the same iteration, and no GPU synchronisation is added; after the
-checkpoint the ranks leave together, and a process that is stopping notes further stop signals instead of dying of
-them.
+checkpoint the ranks leave together, and a process that is stopping ignores further SIGTERM and SIGUSR1 instead of
+dying of them.
 """
 
 from __future__ import annotations
@@ -74,8 +74,11 @@ class StopRequest:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is Preempted:  # the process is on its way out: a later signal (torchrun passes one on when a
-            return  # rank exits) is noted too, so it cannot kill a rank before it has said its line
+        if exc_type is Preempted:  # the process is on its way out: a later stop signal (torchrun sends SIGTERM to the
+            for signum in (signal.SIGTERM, signal.SIGUSR1):  # other ranks once one exits) must not kill it before its
+                if signum in self._previous:  # line and its exit status; SIG_IGN, unlike a Python handler, outlasts
+                    signal.signal(signum, signal.SIG_IGN)  # the interpreter's shutdown
+            return
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()  # the gloo group ends with the default group (`trainer.training.loop.train`)
