@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean docs-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+# The docs name only files, commands and flags that exist, and the README's tiny example prints what it says
+# (tools/docs_check.py; also part of make test).
+docs-check: $(VENV)/.installed
+	$(PY) tools/docs_check.py
 
 demo: $(VENV)/.installed
 	$(PY) -m trainer.experiment --out runs/demo

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.flow.viz import flow_to_color
+from pipeline.flow.viz import flow_key, flow_to_color
 from pipeline.shards import (
     SOURCE_KIND,
     TARGET_KIND,
@@ -21,11 +21,22 @@ from pipeline.shards import (
     open_store,
     raw_items,
 )
-from pipeline.sources import class_legend, colorize, get_protocol, stack_rows, tile, title_strip, write_png
+from pipeline.sources import (
+    class_legend,
+    colorize,
+    get_protocol,
+    legend_classes,
+    stack_rows,
+    tile,
+    title_strip,
+    write_png,
+)
 
 TILE_WIDTH = 320  # pixels per sheet column: four columns make a sheet that fits a screen
 DEFAULT_ROWS = 4
 VAL_SHEET_PROTOCOL = "viper15"  # the val store holds every protocol; the sheet shows one
+FLOW_SCALE = "printed on each flow tile"  # the flow key's full-colour length: each pair has its own scale
+SCALE_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def describe(store: str | os.PathLike, verify: bool = False) -> list[str]:
@@ -72,9 +83,16 @@ def _tile(image: np.ndarray, nearest: bool = False) -> np.ndarray:
 
 
 def _flow_pair_colors(flows: list[np.ndarray]) -> list[np.ndarray]:
-    """Colour flows on one magnitude scale, so that both directions of a pair compare."""
+    """Colour flows on one magnitude scale, so that both directions of a pair compare; each tile says the length
+    drawn in full colour."""
     max_flow = max(float(np.linalg.norm(f, axis=0).max()) for f in flows) or 1.0  # (2, H, W) flows
-    return [_tile(flow_to_color(f, max_flow=max_flow)) for f in flows]
+    tiles = [_tile(flow_to_color(f, max_flow=max_flow)) for f in flows]
+    for picture in tiles:
+        text = f"full colour: {max_flow:.1f} px"
+        (text_w, text_h), _ = cv2.getTextSize(text, SCALE_FONT, 0.4, 1)
+        cv2.rectangle(picture, (0, 0), (text_w + 6, text_h + 8), (255, 255, 255), thickness=-1)
+        cv2.putText(picture, text, (3, text_h + 4), SCALE_FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return tiles
 
 
 def spread_indices(count: int, rows: int) -> list[int]:
@@ -114,14 +132,15 @@ def _with_fields(sample: dict, fields: tuple[str, ...]) -> dict:
     return sample
 
 
-def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.ndarray]], object]:
-    """Column titles, rows of tiles, and the protocol whose colours the labels use (None: no labels)."""
+def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.ndarray]], object, list, bool]:
+    """Column titles, rows of tiles, the protocol whose colours the labels use (None: no labels), the label maps
+    shown (for the legend) and whether flows are shown (for the flow key)."""
     if kind == TARGET_KIND:
         tiles = [
             [_tile(s["frame0"]), _tile(s["frame1"]), *_flow_pair_colors([s["flow01"], s["flow10"]])]
             for s in sheet_samples(store, rows)
         ]
-        return ["I0 (frame f-1)", "I1 (frame f)", "flow 0->1", "flow 1->0"], tiles, None
+        return ["I0 (frame f-1)", "I1 (frame f)", "flow 0->1", "flow 1->0"], tiles, None, [], True
     if kind == SOURCE_KIND:
         samples = sheet_samples(store, rows)
         name = open_store(store).protocol or samples[0]["meta"].get("protocol")
@@ -129,31 +148,32 @@ def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.nd
             raise InputError(f"{store}: neither the manifest nor the samples' meta.json name a class protocol")
         protocol = get_protocol(name)
         tiles = [[_tile(s["image"]), _tile(colorize(s["label"], protocol), nearest=True)] for s in samples]
-        return ["image", f"label ({protocol.name})"], tiles, protocol
+        return ["image", f"label ({protocol.name})"], tiles, protocol, [s["label"] for s in samples], False
     with ValStore(store) as val:
-        tiles = []
+        tiles, labels = [], []
         keys = val.keys()
         held = val.protocols
         protocol = get_protocol(VAL_SHEET_PROTOCOL if VAL_SHEET_PROTOCOL in held or not held else held[0])
         for index in spread_indices(len(keys), rows):
             s = val.sample(keys[index])
-            label = val.label(keys[index], protocol.name)
-            row = [_tile(s["image"]), _tile(colorize(label, protocol), nearest=True)]
+            labels.append(val.label(keys[index], protocol.name))
+            row = [_tile(s["image"]), _tile(colorize(labels[-1], protocol), nearest=True)]
             if len(s["clip_flows"]):  # the flow leaving the annotated frame (entering it, if it ends the clip)
                 row += _flow_pair_colors([s["clip_flows"][min(s["annotated_index"], len(s["clip_flows"]) - 1)]])
             tiles.append(row)
-    return ["annotated frame", f"label ({protocol.name})", "flow leaving it"], tiles, protocol
+    flows = any(len(row) > 2 for row in tiles)
+    return ["annotated frame", f"label ({protocol.name})", "flow leaving it"], tiles, protocol, labels, flows
 
 
 def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndarray:
     """(H, W, 3) uint8 RGB sheet of `rows` samples spread over the store, under column titles: target frames + flows
-    in colour, source image + coloured label, val frame + coloured label + its forward flow; where labels are
-    drawn, the class legend below."""
+    in colour, source image + coloured label, val frame + coloured label + its forward flow; below, where labels are
+    drawn, the legend of the classes they show, and where flows are drawn, the key of the flow colours."""
     store = Path(store)
     kind = open_store(store).kind
     if kind not in (TARGET_KIND, SOURCE_KIND, VAL_KIND):
         raise InputError(f"{store}: unknown store kind {kind!r}")
-    titles, tiles, protocol = _rows(store, kind, rows)
+    titles, tiles, protocol, labels, flows = _rows(store, kind, rows)
     if not tiles:
         raise InputError(f"{store}: the store holds no samples to show")
     columns = max(len(r) for r in tiles)
@@ -166,7 +186,9 @@ def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndar
         ]
         lines.append(np.concatenate(fitted, axis=1))
     if protocol is not None:
-        lines.append(class_legend(protocol, columns * TILE_WIDTH))
+        lines.append(class_legend(protocol, columns * TILE_WIDTH, legend_classes(protocol, *labels)))
+    if flows:
+        lines.append(flow_key(columns * TILE_WIDTH, FLOW_SCALE))
     return stack_rows(lines)
 
 

@@ -138,7 +138,8 @@ def test_checkpoint_metrics_match_a_brute_force_count(tmp_path, capsys):
     key = store.keys()[0]
     color = cv2.imread(str(out / "pred" / f"{key}_pred_color.png"))
     assert color.shape == (*LABEL_HW, 3)
-    assert cv2.imread(str(out / "pred" / f"{key}_overlay.png")).shape == (*LABEL_HW, 3)
+    over = cv2.imread(str(out / "pred" / f"{key}_overlay.png"))  # at the label's size, the class legend below
+    assert over.shape[1:] == (LABEL_HW[1], 3) and over.shape[0] > LABEL_HW[0]
     video = cv2.VideoCapture(str(out / f"snippet_{key}.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == CLIP_LEN
     assert int(video.get(cv2.CAP_PROP_FRAME_WIDTH)) == 2 * INPUT_HW[1]

@@ -172,7 +172,7 @@ def test_resume_with_weights_that_are_not_its_configs_arch_is_one_line(stores, t
         (["--lr", "1e38", "--classifier-lr-mult", "10"], None, "the classifier's learning rate exceeds float32"),
         ([], {"seed": -1}, "--seed: expected an integer in 0..18446744073709551615 (2**64 - 1), got -1"),
         ([], {"lr": 1e39}, "--lr: expected a number >= 0 and at most 3.403e+38 (float32), got 1e+39"),
-        ([], {"keep_checkpoints": -2}, "--keep-checkpoints must be >= 0"),
+        ([], {"keep_checkpoints": -2}, "--keep-checkpoints: expected an integer >= 0, got -2"),
     ],
 )
 def test_bad_numbers_are_refused_before_the_run_folder_exists(stores, tmp_path, capsys, flags, config, message):

@@ -2,6 +2,7 @@
 same train ids as `i2vda-eval --save-pred` on the val store's frames."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,6 +15,7 @@ from pipeline.shards import ValWriter, encode_val_item
 from pipeline.sources import get_protocol, resize_rgb
 from trainer.evaluation.eval_cli import main as eval_main
 from trainer.evaluation.predict_cli import main
+from trainer.evaluation.predict_footage import SUFFIXES
 from trainer.models import build_segmenter
 
 VIPER15 = get_protocol("viper15")
@@ -82,12 +84,23 @@ def read_rgb(path):
 def test_a_video_gives_pictures_at_its_size_and_a_video_at_its_rate(tmp_path, capsys, random_ckpt):
     video = write_mp4(tmp_path / "clip.mp4", smooth_frames(np.random.default_rng(0), VIDEO_FRAMES, VIDEO_HW), VIDEO_FPS)
     out = tmp_path / "out"
-    code, stdout, err = run(
-        main,
-        ["--ckpt", str(random_ckpt), "--input", str(video), "--out", str(out), "--device", "cpu", "--batch-size", "2"],
-        capsys,
-    )
+    args = [
+        "--ckpt",
+        str(random_ckpt),
+        "--input",
+        str(video),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+    ]
+    code, stdout, err = run(main, [*args, "--color", "--overlay"], capsys)
     assert code == 0, err
+    assert "warning: the frames are 64x48 (aspect 1.33) but the network runs at 40x24 (1.67)" in err
+    assert "--size 32x24 keeps the frames' aspect" in err  # 24 * 64 / 48 = 32, a multiple of 8
+    assert err.count("warning:") == 1  # once, not once per frame
     summary = json.loads((out / "predict.json").read_text())
     assert summary["frames"] == VIDEO_FRAMES and summary["kind"] == "video" and summary["fps"] == VIDEO_FPS
     assert summary["size_wh"] == [VIDEO_HW[1], VIDEO_HW[0]] and summary["network_size_wh"] == [40, 24]
@@ -100,15 +113,71 @@ def test_a_video_gives_pictures_at_its_size_and_a_video_at_its_rate(tmp_path, ca
         assert ids.shape == VIDEO_HW and ids.max() < VIPER15.num_classes
         color = read_rgb(out / "pred" / f"{name}_pred_color.png")
         assert np.array_equal(color, np.asarray(VIPER15.palette, np.uint8)[ids])  # the protocol's colours
-        assert read_rgb(out / "pred" / f"{name}_overlay.png").shape == (*VIDEO_HW, 3)
+        over = read_rgb(out / "pred" / f"{name}_overlay.png")  # the frame, then the legend of the classes it shows
+        assert over.shape[1:] == (VIDEO_HW[1], 3) and over.shape[0] > VIDEO_HW[0]
+        assert {tuple(VIPER15.palette[i]) for i in np.unique(ids)} <= {
+            tuple(c) for c in over[VIDEO_HW[0] :][0::1, :].reshape(-1, 3)
+        }
     # The video of frame | overlay plays back at the input's rate with every frame.
     playback = cv2.VideoCapture(summary["video"])
     assert playback.get(cv2.CAP_PROP_FPS) == pytest.approx(VIDEO_FPS)
     count = 0
     while playback.read()[0]:
         count += 1
-    assert count == VIDEO_FRAMES and summary["video_codec"] in ("h264", "vp9", "mp4v")
+    assert count == VIDEO_FRAMES and summary["video_codec"] in ("h264", "mp4v")  # auto: a fast codec
     assert (out / "legend.png").is_file() and f"{VIDEO_FRAMES} frames" in stdout
+    written = {kind: sum(p.stat().st_size for p in (out / "pred").glob(f"*{s}")) for kind, s in SUFFIXES.items()}
+    assert summary["bytes_written"] == {**written, "video": Path(summary["video"]).stat().st_size}
+    assert summary["input_bytes"] == video.stat().st_size and summary["outputs"] == ["ids", "color", "overlay", "video"]
+    assert 0 < summary["network_seconds"] <= summary["seconds"]
+    assert summary["network_seconds_per_frame"] == pytest.approx(summary["network_seconds"] / VIDEO_FRAMES)
+
+
+def test_by_default_only_train_ids_and_the_video(tmp_path, capsys, random_ckpt):
+    video = write_mp4(tmp_path / "clip.mp4", smooth_frames(np.random.default_rng(0), VIDEO_FRAMES, VIDEO_HW), VIDEO_FPS)
+    out = tmp_path / "out"
+    code, stdout, err = run(
+        main, ["--ckpt", str(random_ckpt), "--input", str(video), "--out", str(out), "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "pred").iterdir()) == [f"frame_{i:06d}_pred.png" for i in range(VIDEO_FRAMES)]
+    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "legend.png", "pred", "predict.json"]
+    assert f"wrote {out}/pred/ (ids), clip.mp4 (mp4v): browsers do not play mp4v" in stdout
+    code, stdout, err = run(
+        main,
+        ["--ckpt", str(random_ckpt), "--input", str(video), "--out", str(tmp_path / "bare"), "--no-ids", "--no-video"],
+        capsys,
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["legend.png", "predict.json"]
+
+
+@pytest.mark.parametrize(
+    ("start", "every", "max_frames", "taken"), [(1, 2, None, [1, 3]), (0, 1, 2, [0, 1]), (3, 3, 9, [3])]
+)
+def test_start_every_and_max_frames_pick_frames_that_keep_their_index(
+    tmp_path, capsys, random_ckpt, start, every, max_frames, taken
+):
+    frames = smooth_frames(np.random.default_rng(0), VIDEO_FRAMES, VIDEO_HW)
+    video = write_mp4(tmp_path / "clip.mp4", frames, VIDEO_FPS)
+    folder = write_frames(tmp_path / "frames", frames, [f"f{i}.png" for i in range(VIDEO_FRAMES)])
+    picks = ["--start", str(start), "--every", str(every), *(["--max-frames", str(max_frames)] if max_frames else [])]
+    for source, names in ((video, [f"frame_{i:06d}" for i in taken]), (folder, [f"f{i}" for i in taken])):
+        out = tmp_path / f"out_{source.name}"
+        args = ["--ckpt", str(random_ckpt), "--input", str(source), "--out", str(out), "--device", "cpu", *picks]
+        code, _, err = run(main, args, capsys)
+        assert code == 0, err
+        assert sorted(p.name for p in (out / "pred").iterdir()) == [f"{n}_pred.png" for n in names]
+        summary = json.loads((out / "predict.json").read_text())
+        assert summary["frames"] == len(taken) and (summary["start"], summary["every"]) == (start, every)
+        if len(taken) > 1:  # a sequence: its video plays at the rate of the frames taken
+            assert cv2.VideoCapture(summary["video"]).get(cv2.CAP_PROP_FPS) == pytest.approx(summary["fps"] / every)
+    # The same frame, predicted alone or within the whole clip, gets the same ids.
+    whole = tmp_path / "whole"
+    code, _, err = run(main, ["--ckpt", str(random_ckpt), "--input", str(video), "--out", str(whole)], capsys)
+    assert code == 0, err
+    name = f"frame_{taken[-1]:06d}_pred.png"
+    assert np.array_equal(read_ids(whole / "pred" / name), read_ids(tmp_path / "out_clip.mp4" / "pred" / name))
 
 
 def test_a_frame_folder_keeps_cityscapes_names_and_a_constant_model_has_tc_100(tmp_path, capsys):
@@ -231,6 +300,7 @@ def _mixed_sizes(tmp_path):
         ("tc_on_an_image", "--tc"),
         ("bad_size", "WIDTHxHEIGHT"),
         ("amp_on_cpu", "CUDA only"),
+        ("start_past_the_end", "--start 1: "),
     ],
 )
 def test_bad_input_is_one_error_line(tmp_path, capsys, random_ckpt, case, expected):
@@ -256,7 +326,11 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, random_ckpt, case, expect
         extra = ["--size", "big"]
     elif case == "amp_on_cpu":
         extra = ["--amp", "bf16"]
+    elif case == "start_past_the_end":
+        extra = ["--start", "1"]
     code, _, err = run(main, [*(x for pair in args.items() for x in pair), *extra], capsys)
     lines = err.strip().splitlines()
     assert code == EXIT_BAD_INPUT and len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected in lines[0]
+    if case != "out_is_a_file":
+        assert not (tmp_path / "out").exists()  # refused before anything is created

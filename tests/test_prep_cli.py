@@ -12,9 +12,10 @@ from test_train_loop import SOURCE, TARGET, make_stores
 
 from pipeline.cli import cli, main
 from pipeline.errors import EXIT_BAD_INPUT
+from pipeline.flow.viz import KEY_WHEEL, flow_legend
 from pipeline.inspect_store import TILE_WIDTH, contact_sheet, sheet_samples, spread_indices
 from pipeline.shards import read_samples
-from pipeline.sources import LEGEND_ROW_HEIGHT, TITLE_HEIGHT, get_protocol
+from pipeline.sources import TITLE_HEIGHT, get_protocol
 
 COMMANDS = ["flows", "source", "val", "inspect", "demo-world"]
 
@@ -143,13 +144,21 @@ def test_the_sheet_spreads_its_rows_over_the_clips_with_titles_and_a_legend(stor
     sheet = contact_sheet(stores / TARGET, rows=4)
     first = next(s for s in read_samples(stores / TARGET) if s["__key__"] == keys[0])
     tile_h = round(first["frame0"].shape[0] * TILE_WIDTH / first["frame0"].shape[1])
-    assert sheet.shape == (TITLE_HEIGHT + 4 * tile_h, 4 * TILE_WIDTH, 3)  # titles, 4 rows, no legend: no labels
+    grid_h = TITLE_HEIGHT + 4 * tile_h
+    assert sheet.shape[1:] == (4 * TILE_WIDTH, 3) and sheet.shape[0] > grid_h  # titles, 4 rows, the flow key
+    key = sheet[grid_h:]
+    wheel = flow_legend(KEY_WHEEL)
+    assert any(np.array_equal(key[y : y + KEY_WHEEL, x : x + KEY_WHEEL], wheel) for y in range(9) for x in range(9))
+    assert (key < 128).any()  # and its explanation in dark text
     titles = sheet[:TITLE_HEIGHT]
     assert (titles < 128).any() and (titles == 255).mean() > 0.8  # dark text on white
     expected = cv2.resize(first["frame0"], (TILE_WIDTH, tile_h), interpolation=cv2.INTER_AREA)
     assert np.array_equal(sheet[TITLE_HEIGHT : TITLE_HEIGHT + tile_h, :TILE_WIDTH], expected)
     source = contact_sheet(stores / SOURCE, rows=2)
     legend = source[TITLE_HEIGHT + 2 * tile_h :]
-    assert source.shape[1] == 2 * TILE_WIDTH and legend.shape[0] >= LEGEND_ROW_HEIGHT
-    swatches = {tuple(c) for c in legend.reshape(-1, 3)}
-    assert all(tuple(int(v) for v in c) in swatches for c in get_protocol("viper15").palette[:15])
+    assert source.shape[1] == 2 * TILE_WIDTH and legend.shape[0] > 0
+    swatches = {tuple(int(v) for v in c) for c in legend.reshape(-1, 3)}
+    shown = set(np.unique(np.concatenate([s["label"].ravel() for s in sheet_samples(stores / SOURCE, rows=2)])))
+    palette = get_protocol("viper15").palette
+    assert {tuple(palette[i]) for i in range(15) if i in shown} <= swatches  # the classes the labels show ...
+    assert not {tuple(palette[i]) for i in range(15) if i not in shown} & swatches  # ... and no other

@@ -21,6 +21,7 @@ import ray
 from prep_trees import frame_path, label_path, write_cityscapes
 
 from pipeline.flow.dis import DISEstimator
+from pipeline.flow.viz import flow_key
 from pipeline.job import run_shards, run_val
 from pipeline.plan import PrepConfig
 from pipeline.shards import TARGET_KIND, VAL_KIND, ValStore, check_manifest, file_sha256, read_manifest, read_samples
@@ -465,8 +466,9 @@ def test_inspect_describes_a_store_and_draws_its_sheet(reference, tmp_path, caps
     assert "codec      zstd-dx16x64" in out and "frames     stored PNG" in out
     sheet = cv2.imread(str(sheet_path))[..., ::-1]
     tile_wh = (320, 160)  # STORE_WH scaled to the sheet's 320-pixel columns
-    # Titles over 3 pairs (frame0, frame1, flow01, flow10) spread over the store: PAIR_KEYS 2, 8 and 13.
-    assert sheet.shape == (TITLE_HEIGHT + 3 * tile_wh[1], 4 * tile_wh[0], 3)
+    # Titles over 3 pairs (frame0, frame1, flow01, flow10) spread over the store: PAIR_KEYS 2, 8 and 13; the key of
+    # the flow colours below.
+    assert sheet.shape == (TITLE_HEIGHT + 3 * tile_wh[1] + flow_key(4 * tile_wh[0]).shape[0], 4 * tile_wh[0], 3)
     first = next(s for s in read_samples(store) if s["__key__"] == PAIR_KEYS[2])
     assert np.array_equal(
         sheet[TITLE_HEIGHT : TITLE_HEIGHT + tile_wh[1], : tile_wh[0]],

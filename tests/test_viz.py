@@ -60,3 +60,17 @@ def test_legend_is_white_at_the_centre_and_red_on_the_right():
     assert tuple(legend[10, 20]) == (255, 0, 0)
     with pytest.raises(ValueError):
         flow_to_color(np.zeros((3, 3)))
+
+
+def test_the_public_estimator_output_colours_and_writes_as_the_components_first_flow(tmp_path):
+    # est(frames0, frames1) returns (H, W, 2); flow_to_color and write_flo take it as they take (2, H, W).
+    from pipeline.flow import read_flo, write_flo
+
+    rng = np.random.default_rng(3)
+    flow_chw = rng.normal(0, 3, (2, 5, 7)).astype(np.float32)
+    flow_hwc = np.ascontiguousarray(np.moveaxis(flow_chw, 0, -1))
+    assert np.array_equal(flow_to_color(flow_hwc), flow_to_color(flow_chw))
+    write_flo(tmp_path / "a.flo", flow_hwc)
+    write_flo(tmp_path / "b.flo", flow_chw)
+    assert (tmp_path / "a.flo").read_bytes() == (tmp_path / "b.flo").read_bytes()
+    assert np.array_equal(read_flo(tmp_path / "a.flo"), flow_chw)

@@ -103,7 +103,7 @@ def pseudo_label(
 ) -> torch.Tensor:
     """Eq. 8: PL = ArgMax(P_1) where E < delta and O = 1, else ignore_index; (B, H, W) long.
 
-    Pass entropy=None or not_occluded=None to drop that condition (the ablations of Table 4).
+    Pass entropy=None or not_occluded=None to drop that condition (the ablations of Table 3).
     """
     label = prob_1.argmax(dim=1)
     keep = torch.ones_like(label, dtype=torch.bool)

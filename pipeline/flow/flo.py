@@ -14,11 +14,20 @@ from pipeline.errors import InputError
 FLO_MAGIC = np.float32(202021.25)  # the bytes spell "PIEH"
 
 
+def components_first(flow: np.ndarray) -> np.ndarray:
+    """A flow as (2, H, W): given so, or with the components last, (H, W, 2), as the public `est(frames0, frames1)`
+    returns it (then H > 2 tells the layouts apart); anything else is a ValueError."""
+    flow = np.asarray(flow)
+    if flow.ndim == 3 and flow.shape[0] == 2:
+        return flow
+    if flow.ndim == 3 and flow.shape[-1] == 2:
+        return np.moveaxis(flow, -1, 0)
+    raise ValueError(f"flow must be (2, H, W) or (H, W, 2), got {flow.shape}")
+
+
 def write_flo(path: str | os.PathLike, flow: np.ndarray) -> None:
-    """Write a (2, H, W) flow in pixels (x, y) to `path`, atomically (temporary name, then rename)."""
-    flow = np.asarray(flow, dtype=np.float32)
-    if flow.ndim != 3 or flow.shape[0] != 2:
-        raise ValueError(f"flow must be (2, H, W), got {flow.shape}")
+    """Write a flow in pixels (x, y), (2, H, W) or (H, W, 2), to `path`, atomically (temporary name, then rename)."""
+    flow = components_first(np.asarray(flow, dtype=np.float32))
     h, w = flow.shape[1:]
     interleaved = np.moveaxis(flow, 0, -1).astype("<f4")  # (H, W, 2): u and v of each pixel side by side
     data = FLO_MAGIC.tobytes() + np.array([w, h], dtype="<i4").tobytes() + interleaved.tobytes()

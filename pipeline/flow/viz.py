@@ -10,7 +10,10 @@ above 1 it is darkened to 3/4. Non-finite flow is black.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+
+from pipeline.flow.flo import components_first
 
 # (ramp length, start colour, end colour): each ramp goes from its start to (just before) the next ramp's start.
 _RAMPS = (
@@ -36,10 +39,9 @@ def color_wheel() -> np.ndarray:
 
 
 def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray:
-    """(2, H, W) flow in pixels -> (H, W, 3) uint8 RGB in the Middlebury coding; `flow` is not modified."""
-    flow = np.asarray(flow, dtype=np.float64)
-    if flow.ndim != 3 or flow.shape[0] != 2:
-        raise ValueError(f"flow must be (2, H, W), got {flow.shape}")
+    """Flow in pixels, (2, H, W) or (H, W, 2) as `est()` returns it -> (H, W, 3) uint8 RGB in the Middlebury coding;
+    `flow` is not modified."""
+    flow = components_first(np.asarray(flow, dtype=np.float64))
     known = np.isfinite(flow).all(axis=0)
     u = np.where(known, flow[0], 0.0)
     v = np.where(known, flow[1], 0.0)
@@ -73,3 +75,24 @@ def flow_legend(size: int = 151) -> np.ndarray:
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     flow = np.stack((xs - centre, ys - centre))
     return flow_to_color(flow, max_flow=max(centre, 1.0))
+
+
+KEY_WHEEL = 64  # side of the colour wheel in a flow key, pixels
+KEY_TEXT = (
+    "flow colour: hue = direction (red right, yellow down, cyan left, violet up),",
+    "saturation = length: white = still, full colour = the longest vector ({scale})",
+)
+
+
+def flow_key(width: int, scale: str = "the largest in the picture") -> np.ndarray:
+    """(H, width, 3) uint8 white strip explaining the flow colours: the wheel (`flow_legend`) and two lines of text;
+    `scale` says which length is drawn in full colour."""
+    pad = 4
+    strip = np.full((KEY_WHEEL + 2 * pad, width, 3), 255, dtype=np.uint8)
+    side = min(KEY_WHEEL, width - 2 * pad)
+    if side > 0:
+        strip[pad : pad + side, pad : pad + side] = flow_legend(side)
+    for line, text in enumerate(KEY_TEXT):
+        origin = (KEY_WHEEL + 3 * pad, pad + 24 + 22 * line)
+        cv2.putText(strip, text.format(scale=scale), origin, cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip

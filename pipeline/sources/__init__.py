@@ -4,8 +4,8 @@ The face for the trainer: the class protocols (`get_protocol`, `protocol_names`,
 `IGNORE_ID`, the one home of the ignore label 255), the registry of labelled datasets (`SOURCES`, `SourceDataset`),
 the image helpers it shares with prep (`read_rgb`, `resize_rgb`, `resize_label`, `read_palette_png`, `write_png`),
 sizes as flags write them (`parse_size_wh`, `size_text`), the figure layout every picture shares (`figure_grid`,
-`class_legend`, `title_strip`, `tile`, `stack_rows`) and the gtFine layout (`label_files`, `label_key`,
-`read_cityscapes_label`), so no trainer module parses a dataset path.
+`class_legend` of the classes `legend_classes` finds, `with_legend`, `title_strip`, `tile`, `stack_rows`) and the
+gtFine layout (`label_files`, `label_key`, `read_cityscapes_label`), so no trainer module parses a dataset path.
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ from pipeline.sources.datasets import (
 )
 from pipeline.sources.figures import (
     GRID_PAD,
-    LEGEND_ENTRY_WIDTH,
     LEGEND_ROW_HEIGHT,
     TITLE_HEIGHT,
     as_rgb,
     class_legend,
     figure_grid,
+    legend_classes,
+    legend_entry_width,
     stack_rows,
     tile,
     title_strip,
+    with_legend,
 )
 from pipeline.sources.images import (
     parse_size_wh,
@@ -48,7 +50,6 @@ from pipeline.sources.records import SourceRecord
 __all__ = [
     "GRID_PAD",
     "IGNORE_ID",
-    "LEGEND_ENTRY_WIDTH",
     "LEGEND_ROW_HEIGHT",
     "TITLE_HEIGHT",
     "SOURCES",
@@ -64,6 +65,8 @@ __all__ = [
     "id_outside",
     "label_files",
     "label_key",
+    "legend_classes",
+    "legend_entry_width",
     "list_source",
     "make_protocol",
     "parse_size_wh",
@@ -78,5 +81,6 @@ __all__ = [
     "stack_rows",
     "tile",
     "title_strip",
+    "with_legend",
     "write_png",
 ]

@@ -1,6 +1,11 @@
 """Pictures people look at, laid out one way everywhere: tiles, title strips, class legends, figure grids and the
 sheets stacked from them (`i2vda-prep inspect`'s sheet, the world's contact sheet, i2vda-eval's and the demo's figures,
-i2vda-predict's video frames)."""
+i2vda-predict's video frames).
+
+A legend lists the classes a picture can show (`legend_classes`), never the protocol's whole list when the picture
+holds fewer. Colours are the protocol's (the Cityscapes palette); car (0, 0, 142), truck (0, 0, 70) and bus (0, 60,
+100) are close, so swatches are large and outlined, and wide pictures get a larger legend (`with_legend`).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,13 @@ GRID_PAD = 4  # white pixels between tiles of a figure grid
 TITLE_HEIGHT = 22  # pixels of the white strip that carries a title
 TITLE_FONT = cv2.FONT_HERSHEY_SIMPLEX
 TITLE_SCALE = 0.5
-LEGEND_FONT_SCALE = 0.4
-LEGEND_SWATCH = 14  # side of a class colour square in a legend, pixels
-LEGEND_ENTRY_WIDTH = 118  # pixels per legend entry: swatch, gap, class name
-LEGEND_ROW_HEIGHT = 20
+LEGEND_FONT_SCALE = 0.5  # 12-pixel capitals at scale 1
+LEGEND_SWATCH_HW = (16, 28)  # a class colour, pixels at scale 1
+LEGEND_ROW_HEIGHT = 26
+LEGEND_GAP = 6  # between a swatch and its name, and around the strip
+LEGEND_ENTRY_PAD = 16  # between one entry's name and the next swatch
+LEGEND_OUTLINE = (96, 96, 96)  # grey frame around each swatch: dark blues stay apart from each other and the text
+LEGEND_WIDTH_PER_SCALE = 1024  # `with_legend`: a picture this wide gets the legend at scale 1, twice as wide at 2
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -50,11 +58,14 @@ def title_strip(title: str, width: int) -> np.ndarray:
     return strip
 
 
-def figure_grid(rows, titles=None, tile_hw=None, pad: int = GRID_PAD, legend: Protocol | None = None) -> np.ndarray:
+def figure_grid(
+    rows, titles=None, tile_hw=None, pad: int = GRID_PAD, legend: Protocol | None = None, legend_ids=None
+) -> np.ndarray:
     """(H, W, 3) uint8 figure: `rows` of equally many images, `titles` one per column above the first row.
 
     Every tile is resized to `tile_hw` (default: the first image's size); grey images are shown as RGB. With
-    `legend`, the protocol's class colours and names are drawn below the grid (`class_legend`).
+    `legend`, the class colours and names of `legend_ids` (default: the protocol's trained classes) are drawn below
+    the grid (`class_legend`).
     """
     rows = [list(row) for row in rows]
     if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
@@ -78,28 +89,55 @@ def figure_grid(rows, titles=None, tile_hw=None, pad: int = GRID_PAD, legend: Pr
             x = pad + c * (tile_w + pad)
             canvas[y : y + tile_h, x : x + tile_w] = resize_rgb(as_rgb(image), (tile_w, tile_h))
     if legend is not None:
-        canvas = np.concatenate([canvas, class_legend(legend, width)], axis=0)
+        canvas = np.concatenate([canvas, class_legend(legend, width, legend_ids)], axis=0)
     return canvas
 
 
-def class_legend(protocol: Protocol, width: int) -> np.ndarray:
-    """(H, width, 3) uint8 white strip: a colour square and the name of each trained class, wrapped into rows."""
-    per_row = max(1, (width - GRID_PAD) // LEGEND_ENTRY_WIDTH)
-    rows = -(-protocol.num_classes // per_row)  # ceil
-    strip = np.full((rows * LEGEND_ROW_HEIGHT + GRID_PAD, width, 3), WHITE, dtype=np.uint8)
-    for i, name in enumerate(protocol.class_names[: protocol.num_classes]):
-        x = GRID_PAD + (i % per_row) * LEGEND_ENTRY_WIDTH
-        y = (i // per_row) * LEGEND_ROW_HEIGHT + (LEGEND_ROW_HEIGHT - LEGEND_SWATCH) // 2
-        color = tuple(int(c) for c in protocol.palette[i])
-        cv2.rectangle(strip, (x, y), (x + LEGEND_SWATCH - 1, y + LEGEND_SWATCH - 1), color, thickness=-1)
-        cv2.putText(
-            strip,
-            str(name),
-            (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2),
-            TITLE_FONT,
-            LEGEND_FONT_SCALE,
-            (0, 0, 0),
-            1,
-            cv2.LINE_AA,
-        )
+def legend_classes(protocol: Protocol, *label_maps: np.ndarray) -> list[int]:
+    """The protocol's trained class ids that occur in any of `label_maps` (train ids; 255 and others skipped)."""
+    present = np.zeros(protocol.num_classes, dtype=bool)
+    for labels in label_maps:
+        ids = np.unique(np.asarray(labels))
+        present[ids[ids < protocol.num_classes].astype(np.int64)] = True
+    return [int(i) for i in np.flatnonzero(present)]
+
+
+def legend_entry_width(protocol: Protocol, class_ids=None, scale: float = 1.0) -> int:
+    """Pixels one legend entry takes: the swatch, the widest class name shown and the gaps."""
+    ids = range(protocol.num_classes) if class_ids is None else list(class_ids)
+    font = LEGEND_FONT_SCALE * scale
+    widest = max((cv2.getTextSize(protocol.class_names[i], TITLE_FONT, font, 1)[0][0] for i in ids), default=0)
+    return round((LEGEND_SWATCH_HW[1] + LEGEND_GAP + LEGEND_ENTRY_PAD) * scale) + widest
+
+
+def class_legend(protocol: Protocol, width: int, class_ids=None, scale: float = 1.0) -> np.ndarray:
+    """(H, width, 3) uint8 white strip: a swatch and the name of each class of `class_ids` (default: every trained
+    class of `protocol`), in train-id order, wrapped into rows; `scale` enlarges everything (wide pictures)."""
+    ids = list(range(protocol.num_classes)) if class_ids is None else sorted({int(i) for i in class_ids})
+    ids = [i for i in ids if 0 <= i < protocol.num_classes]
+    pad, row_h = round(LEGEND_GAP * scale), round(LEGEND_ROW_HEIGHT * scale)
+    swatch_h, swatch_w = round(LEGEND_SWATCH_HW[0] * scale), round(LEGEND_SWATCH_HW[1] * scale)
+    step = legend_entry_width(protocol, ids, scale)
+    per_row = max(1, (width - pad) // step)
+    rows = max(1, -(-len(ids) // per_row))  # an empty legend still takes one row: the picture keeps its layout
+    strip = np.full((rows * row_h + pad, width, 3), WHITE, dtype=np.uint8)
+    thickness, font = max(1, round(scale)), LEGEND_FONT_SCALE * scale
+    for k, class_id in enumerate(ids):
+        x = pad + (k % per_row) * step
+        y = pad // 2 + (k // per_row) * row_h + (row_h - swatch_h) // 2
+        color = tuple(int(c) for c in protocol.palette[class_id])
+        cv2.rectangle(strip, (x, y), (x + swatch_w - 1, y + swatch_h - 1), color, thickness=-1)
+        cv2.rectangle(strip, (x, y), (x + swatch_w - 1, y + swatch_h - 1), LEGEND_OUTLINE, thickness=1)
+        name = str(protocol.class_names[class_id])
+        (_, text_h), _ = cv2.getTextSize(name, TITLE_FONT, font, thickness)
+        origin = (x + swatch_w + pad, y + (swatch_h + text_h) // 2)
+        cv2.putText(strip, name, origin, TITLE_FONT, font, (0, 0, 0), thickness, cv2.LINE_AA)
     return strip
+
+
+def with_legend(picture: np.ndarray, protocol: Protocol, *label_maps: np.ndarray) -> np.ndarray:
+    """`picture` with the legend of the classes `label_maps` show below it, scaled to its width."""
+    width = picture.shape[1]
+    scale = max(1.0, width / LEGEND_WIDTH_PER_SCALE)
+    strip = class_legend(protocol, width, legend_classes(protocol, *label_maps), scale)
+    return np.concatenate([as_rgb(picture), strip], axis=0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.flow.viz import flow_to_color
-from pipeline.sources.figures import stack_rows, tile, title_strip
+from pipeline.flow.viz import flow_key, flow_to_color
+from pipeline.sources.figures import class_legend, stack_rows, tile, title_strip
 from pipeline.sources.protocols import IGNORE_ID, SYNTHIA11, VIPER15, Protocol, colorize
 from pipeline.world.classes import CITYSCAPES_LUT, SYNTHIA_LUT, VIPER_LUT, WorldClass
 
@@ -47,6 +47,12 @@ def _to_train(world_cls: np.ndarray, protocol: Protocol, domain: str) -> np.ndar
     return _train_ids_of_world(protocol, domain)[world_cls]
 
 
+def world_class_ids(protocol: Protocol, source: str) -> list[int]:
+    """The protocol's train ids the world can produce, in its source domain or its target frames (the legend's)."""
+    ids = np.concatenate([_train_ids_of_world(protocol, source), _train_ids_of_world(protocol, "target")])
+    return [int(i) for i in np.unique(ids) if i < protocol.num_classes]
+
+
 def _tile(image: np.ndarray, nearest: bool) -> np.ndarray:
     return tile(image, height=SHEET_TILE_H, nearest=nearest)
 
@@ -58,7 +64,8 @@ def _row(caption: str, tiles: list[np.ndarray]) -> np.ndarray:
 
 def world_sheet(samples: dict[str, list[tuple]]) -> np.ndarray:
     """(H, W, 3) uint8 RGB: source frames next to their labels in the protocol palette (two per row); target frames
-    with their labels in both protocols and their ground-truth flow (one per row).
+    with their labels in both protocols and their ground-truth flow (one per row); below, per protocol the legend of
+    the classes the world holds in it, and the key of the flow colours.
 
     `samples[domain]` holds (rgb, world classes, flow to the next frame or None) tuples.
     """
@@ -78,4 +85,10 @@ def world_sheet(samples: dict[str, list[tuple]]) -> np.ndarray:
         ]
         tiles += [] if flow is None else [_tile(flow_to_color(flow), False)]
         rows.append(_row("Cityscapes target (camera style), labels in viper15 and synthia11, ground-truth flow", tiles))
+    width = max(row.shape[1] for row in rows)
+    for protocol, source in ((VIPER15, "viper"), (SYNTHIA11, "synthia")):
+        legend = class_legend(protocol, width, world_class_ids(protocol, source))
+        rows.append(_row(f"classes of the world in {protocol.name} labels", [legend]))
+    if any(flow is not None for _, _, flow in samples.get("target", [])):
+        rows.append(flow_key(width, "each tile's own longest vector"))
     return stack_rows(rows)

@@ -3,13 +3,15 @@
 Frames come out as `(B, H, W, 3)` uint8 RGB with a name each; every frame of one input has the same size. Bad input
 (an unreadable video, an empty folder, frames of mixed sizes, a corrupt image) raises `InputError` naming the file,
 before any frame is handed out where it can be checked up front (sizes are read from the image headers).
+`Footage.select` takes a part of a long input (`--start`, `--every`, `--max-frames`): a frame keeps the name of its
+place in the whole input, so predictions of two parts never collide.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -34,13 +36,39 @@ class Footage:
     kind: str
     size_hw: tuple[int, int]
     fps: float
-    count: int | None  # None where a video does not say how many frames it holds
+    count: int | None  # frames handed out; None where a video does not say how many frames it holds
     files: tuple[Path, ...] = ()  # the frames of a folder (or the one image), in name order
+    start: int = 0  # index of the first frame handed out
+    every: int = 1  # one frame out of `every`
+    max_frames: int | None = None  # at most this many frames (None: to the end)
 
     @property
     def is_sequence(self) -> bool:
         """Whether the frames follow each other in time (a video, or a folder of more than one frame)."""
         return self.kind == "video" or (self.kind == "frames" and len(self.files) > 1)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the input on disk: the video file, or the frame files taken."""
+        return sum(path.stat().st_size for path in (self.files if self.kind != "video" else (self.path,)))
+
+    @property
+    def output_fps(self) -> float:
+        """The rate of the frames handed out: one of `every` frames is kept."""
+        return self.fps / self.every
+
+    def select(self, start: int = 0, every: int = 1, max_frames: int | None = None, flag: str = "--start") -> Footage:
+        """Frames start, start + every, ... (at most `max_frames`); a start past a known end raises InputError."""
+        if start < 0 or every < 1 or (max_frames is not None and max_frames < 1):
+            raise ValueError(f"expected start >= 0, every >= 1, max_frames >= 1; got {start}, {every}, {max_frames}")
+        total = self.count
+        if total is not None and start >= total:
+            raise InputError(f"{flag} {start}: {self.path} has {total} frame(s), numbered from 0")
+        count = None if total is None else -(-(total - start) // every)  # ceil
+        if max_frames is not None:
+            count = max_frames if count is None else min(count, max_frames)
+        files = self.files[start::every][:max_frames] if self.files else ()
+        return replace(self, count=count, files=files, start=start, every=every, max_frames=max_frames)
 
     def batches(self, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
         """(names, (B, H, W, 3) uint8 RGB frames) of up to `batch_size` frames at a time, in order."""
@@ -53,7 +81,7 @@ class Footage:
 
     def _frames(self) -> Iterator[tuple[str, np.ndarray]]:
         if self.kind == "video":
-            yield from _video_frames(self.path, self.size_hw)
+            yield from _video_frames(self.path, self.size_hw, self.start, self.every, self.max_frames)
             return
         for path in self.files:
             yield frame_name(path), _read_image(path, self.size_hw)
@@ -127,20 +155,29 @@ def _open_video(path: Path, fps: float | None, flag: str) -> Footage:
     return Footage(path, "video", tuple(first.shape[:2]), float(rate), count if count > 0 else None)
 
 
-def _video_frames(path: Path, size_hw: tuple[int, int]) -> Iterator[tuple[str, np.ndarray]]:
+def _video_frames(
+    path: Path, size_hw: tuple[int, int], start: int = 0, every: int = 1, max_frames: int | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Frames start, start + every, ... of a video, named by their index in it; skipped frames are only grabbed
+    (demuxed and decoded, not converted), since seeking by frame number is not exact in every container."""
     capture = cv2.VideoCapture(str(path))
     try:
-        index = 0
-        while True:
-            ok, bgr = capture.read()
+        index, handed = 0, 0
+        while max_frames is None or handed < max_frames:
+            wanted = index >= start and (index - start) % every == 0
+            ok = capture.grab()
+            if ok and wanted:
+                ok, bgr = capture.retrieve()
             if not ok:
                 return
-            if bgr.shape[:2] != tuple(size_hw):
-                raise InputError(
-                    f"--input {path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]}, the first was "
-                    f"{size_hw[1]}x{size_hw[0]}"
-                )
-            yield VIDEO_NAME.format(index), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            if wanted:
+                if bgr.shape[:2] != tuple(size_hw):
+                    raise InputError(
+                        f"--input {path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]}, the first was "
+                        f"{size_hw[1]}x{size_hw[0]}"
+                    )
+                yield VIDEO_NAME.format(index), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                handed += 1
             index += 1
     finally:
         capture.release()

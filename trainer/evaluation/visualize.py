@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.sources import IGNORE_ID, Protocol, as_rgb, colorize, resize_label, resize_rgb, write_png
+from pipeline.sources import IGNORE_ID, Protocol, as_rgb, colorize, resize_label, resize_rgb, with_legend, write_png
 
 DEFAULT_ALPHA = 0.5  # weight of the class colour over the frame in an overlay
 MP4_FOURCC = "mp4v"  # MPEG-4 part 2: written by every OpenCV build; VLC, mpv and ffplay play it, browsers do not
@@ -138,14 +138,16 @@ def save_prediction_pngs(
     label: np.ndarray | None,
     protocol: Protocol,
 ) -> list[Path]:
-    """Write `<key>_pred.png` (train ids), `_pred_color.png`, `_overlay.png` (and `_gt_color.png`) at the label size."""
+    """Write `<key>_pred.png` (train ids), `_pred_color.png`, `_overlay.png` (and `_gt_color.png`) at the label size;
+    the overlay carries the legend of the classes the prediction and the ground truth show."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     h, w = pred.shape
+    shown = [] if label is None else [label]
     pictures = {
         "_pred.png": pred,  # grey train ids, readable back by `i2vda-eval --pred-dir`
         "_pred_color.png": colorize(pred, protocol),
-        "_overlay.png": overlay(resize_rgb(rgb, (w, h)), pred, protocol),
+        "_overlay.png": with_legend(overlay(resize_rgb(rgb, (w, h)), pred, protocol), protocol, pred, *shown),
     }
     if label is not None:
         pictures["_gt_color.png"] = colorize(label, protocol)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.shards import ValStore
-from pipeline.sources import colorize, figure_grid, get_protocol, write_png
+from pipeline.sources import colorize, figure_grid, get_protocol, legend_classes, write_png
 from trainer.evaluation.eval_cli import METRICS_NAME
 from trainer.evaluation.predict import predict_labels
 from trainer.experiment.outputs import Paths
@@ -179,6 +179,7 @@ def write_figure(
         titles=[FRAME_TITLE, LABEL_TITLE, *(title for title, _ in columns)],
         tile_hw=frames.shape[1:3],
         legend=protocol,
+        legend_ids=legend_classes(protocol, *labels, *preds),  # the classes shown, not the protocol's whole list
     )
     write_png(path, picture)
     return Path(path)

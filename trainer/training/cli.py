@@ -2,9 +2,12 @@
 
 Settings come from the TrainConfig defaults (the paper's), then, when `--resume` continues a run that has a
 checkpoint, that run's own RUN/config.json, then `--config FILE` (JSON or YAML, field names as in RUN/config.json),
-then the flags given on the command line: `i2vda-train --out RUN --resume latest` alone continues RUN as it was
-started. A flag given explicitly wins; one that a resume may not change (outside RESUMABLE_FIELDS) and that differs
-from the checkpoint's is refused with one line. Under `torchrun --nproc_per_node N` it trains with DDP.
+then the flags given on the command line: every setting has a flag, `none` clears an optional one (`--init none`: no
+init file), and each on/off flag has its opposite (`--no-tc` / `--with-tc`). `i2vda-train --out RUN --resume latest`
+alone continues RUN as it was started; a flag given explicitly wins, and one that a resume may not change (outside
+RESUMABLE_FIELDS) and that differs from the checkpoint's is refused with one line. `--check` resolves the settings,
+checks every store and file the run needs and reports every problem, without training. Under
+`torchrun --nproc_per_node N` it trains with DDP.
 
 Exit status: 0 done, 2 bad input (one `error:` line), 75 stopped by SIGTERM or SIGUSR1 after writing a checkpoint,
 130 stopped by Ctrl-C (`trainer/training/preemption.py`); each stop prints the line to resume with.
@@ -14,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from pipeline.errors import one_line_errors
+from pipeline.errors import InputError, one_line_errors
 from pipeline.sources import parse_size_wh
 from trainer.models import SEGMENTERS
 from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
@@ -37,9 +41,13 @@ from trainer.training.config import (
 )
 from trainer.training.loop import CONFIG_NAME, train
 from trainer.training.preemption import EXIT_INTERRUPTED, Preempted, resume_command
+from trainer.training.preflight import check_run, report
 
 # Every flag's default is the TrainConfig field's (the paper's where it gives one).
 D = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+# A flag given this word clears its optional setting, a --config file's value included (`--init none`: no init file).
+NONE_WORD = "none"
+CLEARABLE = ("protocol", "flow_estimator", "flow_ckpt", "init", "proxy_ckpt", "val")
 
 
 def _choice(values) -> click.Choice:
@@ -82,13 +90,18 @@ def _choice(values) -> click.Choice:
 @click.option(
     "--protocol",
     default=None,
-    help="Class protocol (viper15, synthia11, synthia12); default: the source store's, and a different one is refused.",
+    help="Class protocol (viper15, synthia11, synthia12); default: the source store's, and a different one is refused "
+    "(none: the store's, whatever a --config says).",
 )
-@click.option("--target-size", default=None, help="WxH the target store must hold (paper 1024x512); default: its own.")
+@click.option(
+    "--target-size",
+    default=None,
+    help="WxH the target store must hold (paper 1024x512); default (or none): its own.",
+)
 @click.option(
     "--source-size",
     default=None,
-    help="WxH the source store must hold (paper: VIPER 896x512, SYNTHIA 1280x768); default: its own.",
+    help="WxH the source store must hold (paper: VIPER 896x512, SYNTHIA 1280x768); default (or none): its own.",
 )
 @click.option("--max-iter", type=int, default=D["max_iter"], show_default=True, help="MAX_ITER; also the poly horizon.")
 @click.option(
@@ -135,14 +148,23 @@ def _choice(values) -> click.Choice:
     help="Entropy threshold of Eq. 8 (Table 5's best; the text says 0.8).",
 )
 @click.option("--alpha", type=float, default=D["alpha"], show_default=True, help="Blend of Eq. 3.")
-@click.option("--t", "t", type=float, default=None, help="Fixed t of Eq. 2 in [0, 1]; default: U(0, 1) per iteration.")
-@click.option("--no-temporal-aug", is_flag=True, help="It := I0 and F_1->t := F_1->0 (Table 3 ablation).")
-@click.option("--no-tc", is_flag=True, help="No L_tc and no proxy (Table 3 ablation).")
+@click.option(
+    "--t",
+    "t",
+    default=None,
+    help="Fixed t of Eq. 2 in [0, 1]; default (or random): U(0, 1) per iteration.",
+)
+@click.option(
+    "--no-temporal-aug/--with-temporal-aug",
+    default=False,
+    help="It := I0 and F_1->t := F_1->0 (Table 3 ablation).",
+)
+@click.option("--no-tc/--with-tc", default=False, help="No L_tc and no proxy (Table 3 ablation).")
 @click.option(
     "--proxy-ckpt",
     default=None,
     help="A fixed proxy M' loaded from one of our checkpoints and never copied from M (a teacher, e.g. an "
-    "oracle to test the L_tc path); default: M' <- M every --iter-copy iterations.",
+    "oracle to test the L_tc path); default (or none): M' <- M every --iter-copy iterations.",
 )
 @click.option(
     "--proxy-bn",
@@ -175,8 +197,8 @@ def _choice(values) -> click.Choice:
     show_default=True,
     help="With --pl-select class-balanced: share of each class's predicted pixels kept at most.",
 )
-@click.option("--no-occlusion", is_flag=True, help="Drop O from Eq. 8 (Table 3 ablation).")
-@click.option("--no-entropy", is_flag=True, help="Drop E from Eq. 8 (Table 3 ablation).")
+@click.option("--no-occlusion/--with-occlusion", default=False, help="Drop O from Eq. 8 (Table 3 ablation).")
+@click.option("--no-entropy/--with-entropy", default=False, help="Drop E from Eq. 8 (Table 3 ablation).")
 @click.option(
     "--occlusion-grid",
     type=_choice(OCCLUSION_GRIDS),
@@ -191,13 +213,22 @@ def _choice(values) -> click.Choice:
     show_default=True,
     help="F_1->t: the target store's estimator on (I1, It) (Eq. 5), or linear (1 - t) F_1->0.",
 )
-@click.option("--flow-estimator", default=None, help="Estimator the target store must have used; default: its own.")
-@click.option("--flow-ckpt", default=None, help="FlowNet2_checkpoint.pth.tar for the online flow of a FlowNet2 store.")
+@click.option(
+    "--flow-estimator",
+    default=None,
+    help="Estimator the target store must have used; default (or none): its own.",
+)
+@click.option(
+    "--flow-ckpt",
+    default=None,
+    help="FlowNet2_checkpoint.pth.tar for the online flow of a FlowNet2 store (none: no file).",
+)
 @click.option(
     "--init",
     default=None,
     help="Initial weights of M: DeepLab_resnet_pretrained_imagenet.pth, a torchvision ResNet, or one of our "
-    "checkpoints (--init-format segmenter, e.g. a source-only warm-up).",
+    "checkpoints (--init-format segmenter, e.g. a source-only warm-up); none: random weights, whatever a --config "
+    "says.",
 )
 @click.option(
     "--init-format",
@@ -237,7 +268,8 @@ def _choice(values) -> click.Choice:
     "--val",
     default=None,
     help="A val store (i2vda-prep val): M's mIoU and per-class IoU on it, "
-    "without TC, every --val-interval iterations and at the end, into log.jsonl and TensorBoard (rank 0).",
+    "without TC, every --val-interval iterations and at the end, into log.jsonl and TensorBoard (rank 0); "
+    "none: no val store.",
 )
 @click.option(
     "--val-interval",
@@ -254,7 +286,7 @@ def _choice(values) -> click.Choice:
     show_default=True,
     help="Autocast precision on CUDA (bf16 on Ampere and later).",
 )
-@click.option("--channels-last", is_flag=True, help="channels_last memory format on CUDA.")
+@click.option("--channels-last/--no-channels-last", default=False, help="channels_last memory format on CUDA.")
 @click.option(
     "--num-workers",
     type=int,
@@ -285,16 +317,36 @@ def _choice(values) -> click.Choice:
     "RUN/config.json's settings (flags given here override those a resume may change).",
 )
 @click.option(
-    "--resume-other-stores",
-    is_flag=True,
+    "--resume-other-stores/--no-resume-other-stores",
+    default=False,
     help="With --resume: continue even if the stores' content differs from the checkpoint's (e.g. rebuilt "
     "with another estimator preset); a warning names what differs.",
 )
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Dry run: resolve the settings, open every store, read every file the run needs (init, FlowNet2 "
+    "weights, the stores' shards, their estimator, protocol and sizes against the settings), print the resolved "
+    "settings and every problem found; exit 0 (none) or 2, train nothing.",
+)
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None, target_size: str | None, source_size: str | None, **options):
+def cli(
+    ctx: click.Context,
+    config_file: str | None,
+    target_size: str | None,
+    source_size: str | None,
+    t: str | None,
+    check: bool,
+    **options,
+):
     """Train a segmenter on source images and target video pairs: I2VDA (ECCV 2022) Algorithm 1 or a baseline."""
+    problems: list[str] | None = [] if check else None
     values = _run_settings(options["out"], options["resume"])
-    values |= read_config_file(config_file) if config_file else {}
+    values |= read_config_file(config_file, problems) if config_file else {}
+    options["t"] = None if t is None or t.lower() in ("random", NONE_WORD) else _number("--t", t)
+    for name in CLEARABLE:
+        if isinstance(options[name], str) and options[name].lower() == NONE_WORD:
+            options[name] = None
     for name, value in options.items():
         if name not in values or ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
             values[name] = value
@@ -303,8 +355,11 @@ def cli(ctx: click.Context, config_file: str | None, target_size: str | None, so
         ("source_size_hw", source_size, "--source-size"),
     ):
         if value is not None:
-            values[field] = parse_size_wh(value, flag)[::-1]  # flags write W x H, the config holds (H, W)
-    config = TrainConfig.from_dict(values, where=config_file or "flags")
+            values[field] = None if value.lower() == NONE_WORD else parse_size_wh(value, flag)[::-1]  # (H, W)
+    where = f"--config {config_file}" if config_file else "flags"
+    if check:
+        sys.exit(report(*check_run(values, where, problems)))
+    config = TrainConfig.from_dict(values, where=where)
     try:
         result = train(config)
     except Preempted as stop:  # SIGTERM, SIGUSR1 or a first Ctrl-C: the checkpoint of the iteration is written
@@ -329,6 +384,13 @@ def _run_settings(out: str, resume: str | None) -> dict:
     values = read_config_file(saved)
     values.pop("num_classes", None)  # derived from the protocol, not a setting
     return values
+
+
+def _number(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{flag} {text}: expected a number in [0, 1] or random") from None
 
 
 main = one_line_errors(cli)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.errors import InputError
 from pipeline.sources import get_protocol, parse_size_wh
 from trainer.losses import LAMBDA_ADV, POLY_POWER
 from trainer.temporal import ALPHA, DELTA, ETA_PX, OCCLUSION_GRIDS, PL_PORTION, PL_SELECTIONS
+from trainer.training.value_types import typed_values
 
 METHODS = ("i2vda", "source_only", "adv_only")  # adv_only = Table 3's baseline: L_seg + 0.01 L_adv on P0
 ONLINE_FLOWS = ("estimator", "linear")  # F_1->t = F(I1, It) online (Eq. 5), or (1 - t) F_1->0
@@ -124,79 +126,9 @@ class TrainConfig:
     resume_other_stores: bool = False  # resume even if the stores hold other data than the checkpoint's (a warning)
 
     def __post_init__(self) -> None:
-        for name, allowed in (
-            ("method", METHODS),
-            ("online_flow", ONLINE_FLOWS),
-            ("amp", AMP_MODES),
-            ("device", DEVICES),
-            ("init_format", INIT_FORMATS),
-            ("occlusion_grid", OCCLUSION_GRIDS),
-            ("proxy_bn", PROXY_BN_MODES),
-            ("bn_stats", BN_STATS_MODES),
-            ("pl_select", PL_SELECTIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise InputError(f"{_flag(name)}: got {getattr(self, name)!r}, expected one of {', '.join(allowed)}")
-        for name in (
-            "max_iter",
-            "batch_size",
-            "disc_width",
-            "iter_copy",
-            "checkpoint_interval",
-            "log_interval",
-            "image_interval",
-            "shuffle_buffer",
-            "block_iters",
-        ):
-            if getattr(self, name) < 1:
-                raise InputError(f"{_flag(name)}: expected a positive integer, got {getattr(self, name)}")
-        if self.iter_launch < 0 or self.num_workers < 0 or self.keep_checkpoints < 0:
-            raise InputError("--iter-launch, --num-workers and --keep-checkpoints must be >= 0")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise InputError(f"--seed: expected an integer in 0..{MAX_SEED} (2**64 - 1), got {self.seed}")
-        if self.val_interval < 0 or (self.val_interval and self.val is None):
-            raise InputError(
-                f"--val-interval {self.val_interval}: expected iterations >= 0 between scorings on "
-                f"the --val store{'' if self.val is not None else ', and --val is not given'}"
-            )
-        for name, low, strict in (
-            ("lr", 0.0, False),
-            ("lr_d", 0.0, False),
-            ("eta", 0.0, True),  # lr 0: a frozen M
-            ("weight_decay", 0.0, False),
-            ("poly_power", 0.0, False),
-            ("lambda_adv", 0.0, False),
-            ("classifier_lr_mult", 0.0, False),
-        ):
-            _check_number(name, getattr(self, name), low, strict)
-        if self.lr * self.classifier_lr_mult > FLOAT32_MAX:
-            raise InputError(
-                f"--lr {self.lr} x --classifier-lr-mult {self.classifier_lr_mult}: the classifier's learning rate "
-                f"exceeds float32's {FLOAT32_MAX:.4g}"
-            )
-        _check_unit(("momentum",), (self.momentum,))
-        if len(self.betas_d) != 2:
-            raise InputError(f"--betas-d: expected two numbers, got {len(self.betas_d)}")
-        _check_unit(("betas_d",) * 2, self.betas_d)
-        for name in ("t", "alpha", "delta", "pl_portion"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise InputError(f"{_flag(name)}: expected a number in [0, 1], got {value}")
-        for name in _SIZE_FIELDS:
-            size = getattr(self, name)
-            if size is not None and (len(size) != 2 or min(size) < 1):
-                raise InputError(f"{_flag(name)}: expected two positive sizes, got {size}")
-        if self.protocol is not None:
-            get_protocol(self.protocol)  # an unknown name is an InputError naming --protocol
-        if self.proxy_ckpt is not None and not self.uses_tc:
-            raise InputError(
-                f"--proxy-ckpt: only I2VDA with L_tc has a proxy M' (got --method {self.method}"
-                f"{' --no-tc' if self.no_tc else ''})"
-            )
-        if self.bn_stats == "target" and not self.uses_target:
-            raise InputError("--bn-stats target: source-only M sees no target frame to take statistics from")
-        if self.amp != "off" and self.device == "cpu":
-            raise InputError(f"--amp {self.amp}: autocast is used on CUDA only; pass --amp off on the CPU")
+        problems = setting_problems(self)
+        if problems:
+            raise SettingsError(problems)
 
     @property
     def uses_disc(self) -> bool:
@@ -235,11 +167,120 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> TrainConfig:
-        """The inverse of to_dict; unknown keys raise InputError naming `where`."""
+        """The inverse of to_dict; unknown keys and values of the wrong type raise InputError naming `where`."""
         known = _check_known(values, where)
-        tuples = {"betas_d", *_SIZE_FIELDS}
-        kwargs = {k: tuple(v) if k in tuples and v is not None else v for k, v in values.items() if k in known}
-        return cls(**kwargs)
+        typed, problems = coerce_settings({k: v for k, v in values.items() if k in known}, where)
+        if problems:
+            raise SettingsError(problems)
+        return cls(**typed)
+
+
+class SettingsError(InputError):
+    """Every invalid setting found at once: `problems` lists (field, message); the line shown is the first message."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__(problems[0][1])
+        self.problems = problems
+
+
+def setting_problems(c: TrainConfig) -> list[tuple[str, str]]:
+    """(field, one-line message) for every setting of `c` out of its range or against another setting."""
+    problems: list[tuple[str, str]] = []
+
+    def bad(name: str, message: str) -> None:
+        problems.append((name, message))
+
+    for name, allowed in (
+        ("method", METHODS),
+        ("online_flow", ONLINE_FLOWS),
+        ("amp", AMP_MODES),
+        ("device", DEVICES),
+        ("init_format", INIT_FORMATS),
+        ("occlusion_grid", OCCLUSION_GRIDS),
+        ("proxy_bn", PROXY_BN_MODES),
+        ("bn_stats", BN_STATS_MODES),
+        ("pl_select", PL_SELECTIONS),
+    ):
+        if getattr(c, name) not in allowed:
+            bad(name, f"{_flag(name)}: got {getattr(c, name)!r}, expected one of {', '.join(allowed)}")
+    for name in (
+        "max_iter",
+        "batch_size",
+        "disc_width",
+        "iter_copy",
+        "checkpoint_interval",
+        "log_interval",
+        "image_interval",
+        "shuffle_buffer",
+        "block_iters",
+    ):
+        if getattr(c, name) < 1:
+            bad(name, f"{_flag(name)}: expected a positive integer, got {getattr(c, name)}")
+    for name in ("iter_launch", "num_workers", "keep_checkpoints"):
+        if getattr(c, name) < 0:
+            bad(name, f"{_flag(name)}: expected an integer >= 0, got {getattr(c, name)}")
+    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed <= MAX_SEED:
+        bad("seed", f"--seed: expected an integer in 0..{MAX_SEED} (2**64 - 1), got {c.seed}")
+    if c.val_interval < 0 or (c.val_interval and c.val is None):
+        bad(
+            "val_interval",
+            f"--val-interval {c.val_interval}: expected iterations >= 0 between scorings on "
+            f"the --val store{'' if c.val is not None else ', and --val is not given'}",
+        )
+    for name, low, strict in (
+        ("lr", 0.0, False),  # lr 0: a frozen M
+        ("lr_d", 0.0, False),
+        ("eta", 0.0, True),
+        ("weight_decay", 0.0, False),
+        ("poly_power", 0.0, False),
+        ("lambda_adv", 0.0, False),
+        ("classifier_lr_mult", 0.0, False),
+    ):
+        message = _number_problem(name, getattr(c, name), low, strict)
+        if message:
+            bad(name, message)
+    rates_ok = not {"lr", "classifier_lr_mult"} & {name for name, _ in problems}
+    if rates_ok and c.lr * c.classifier_lr_mult > FLOAT32_MAX:
+        bad(
+            "lr",
+            f"--lr {c.lr} x --classifier-lr-mult {c.classifier_lr_mult}: the classifier's learning rate exceeds "
+            f"float32's {FLOAT32_MAX:.4g}",
+        )
+    if len(c.betas_d) != 2:
+        bad("betas_d", f"--betas-d: expected two numbers, got {len(c.betas_d)}")
+    for name, values in (("momentum", (c.momentum,)), ("betas_d", c.betas_d)):
+        if not all(isinstance(v, (int, float)) and 0.0 <= v < 1.0 for v in values):
+            bad(name, f"{_flag(name)}: expected numbers in [0, 1), got {', '.join(map(str, values))}")
+    for name in ("t", "alpha", "delta", "pl_portion"):
+        value = getattr(c, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            bad(name, f"{_flag(name)}: expected a number in [0, 1], got {value}")
+    for name in _SIZE_FIELDS:
+        size = getattr(c, name)
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            bad(name, f"{_flag(name)}: expected two positive sizes, got {size}")
+    if c.protocol is not None:
+        try:
+            get_protocol(c.protocol)  # an unknown name is an InputError naming --protocol
+        except InputError as exc:
+            bad("protocol", str(exc))
+    if c.proxy_ckpt is not None and not c.uses_tc:
+        bad(
+            "proxy_ckpt",
+            f"--proxy-ckpt: only I2VDA with L_tc has a proxy M' (got --method {c.method}"
+            f"{' --no-tc' if c.no_tc else ''})",
+        )
+    if c.bn_stats == "target" and not c.uses_target:
+        bad("bn_stats", "--bn-stats target: source-only M sees no target frame to take statistics from")
+    if c.amp != "off" and c.device == "cpu":
+        bad("amp", f"--amp {c.amp}: autocast is used on CUDA only; pass --amp off on the CPU")
+    return problems
+
+
+def coerce_settings(values: dict, where: str) -> tuple[dict, list[tuple[str, str]]]:
+    """Settings in their TrainConfig field types -> (the typed settings, (key, one-line message) for each value of
+    another type, left out of the typed ones). Every message names `where`, the key and the type expected."""
+    return typed_values(values, typing.get_type_hints(TrainConfig), where)
 
 
 def _check_known(values: dict, where: str) -> set[str]:
@@ -256,34 +297,32 @@ def _flag(name: str) -> str:
     return "--" + name.removesuffix("_hw").replace("_", "-")
 
 
-def _check_number(name: str, value, low: float, strict: bool) -> None:
-    """A number above `low` (`strict`) or at least `low`, finite in float32; else a one-line InputError naming the
-    flag."""
+def _number_problem(name: str, value, low: float, strict: bool) -> str | None:
+    """None for a number above `low` (`strict`) or at least `low` that float32 holds; else a one-line message naming
+    the flag."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and (value > low if strict else value >= low) and abs(value) <= FLOAT32_MAX):
-        bound = f"{'>' if strict else '>='} {low:g}"
-        raise InputError(
-            f"{_flag(name)}: expected a number {bound} and at most {FLOAT32_MAX:.4g} (float32), got {value}"
-        )
-
-
-def _check_unit(names: tuple[str, ...], values) -> None:
-    """Momentum-like factors: finite, in [0, 1)."""
-    for name, value in zip(names, values):
-        if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-            raise InputError(f"{_flag(name)}: expected numbers in [0, 1), got {value}")
+    if ok and (value > low if strict else value >= low) and abs(value) <= FLOAT32_MAX:
+        return None
+    bound = f"{'>' if strict else '>='} {low:g}"
+    return f"{_flag(name)}: expected a number {bound} and at most {FLOAT32_MAX:.4g} (float32), got {value}"
 
 
 # Sizes as the flags write them ("1024x512", width first) -> the (H, W) fields; config files use these keys.
 WH_SIZE_KEYS = {"target_size": "target_size_hw", "source_size": "source_size_hw"}
 
 
-def read_config_file(path: str | Path) -> dict:
-    """Settings from a JSON or YAML file (`--config`): a mapping of TrainConfig field names to values; sizes may be
-    written as the flags write them (`target_size: 1024x512`, `source_size: 896x512`: width first)."""
+def read_config_file(path: str | Path, problems: list[str] | None = None) -> dict:
+    """Settings from a JSON or YAML file (`--config`): a mapping of TrainConfig field names to values, each checked
+    against its field's type (YAML's `1e-2`, text to PyYAML, is read as the number); sizes may be written as the flags
+    write them (`target_size: 1024x512`, `source_size: 896x512`: width first).
+
+    A bad setting (unknown key, wrong type, bad size) raises one InputError naming the file, the key and what was
+    expected; given a `problems` list, every bad setting's message is appended there instead and the key left out.
+    A file that cannot be read or parsed raises InputError either way."""
     path = Path(path)
+    where = f"--config {path}"
     if not path.is_file():
-        raise InputError(f"--config {path}: no such file")
+        raise InputError(f"{where}: no such file")
     text = path.read_text()
     try:
         if path.suffix in (".yaml", ".yml"):
@@ -294,16 +333,33 @@ def read_config_file(path: str | Path) -> dict:
             values = json.loads(text)
     except Exception as exc:  # any parse failure is bad input
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"--config {path}: not valid JSON/YAML ({first})") from None
+        raise InputError(f"{where}: not valid JSON/YAML ({first})") from None
     if not isinstance(values, dict):
-        raise InputError(f"--config {path}: expected a mapping of settings, got {type(values).__name__}")
+        raise InputError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
+    found: list[str] = []
     for key, field in WH_SIZE_KEYS.items():
-        if key in values:
-            if field in values:
-                raise InputError(f"--config {path}: give {key} (WIDTHxHEIGHT) or {field} ([H, W]), not both")
-            values[field] = list(parse_size_wh(values.pop(key), f"--config {path}: {key}")[::-1])
-    _check_known(values, f"--config {path}")
-    return values
+        if key not in values:
+            continue
+        value = values.pop(key)
+        if field in values:
+            found.append(f"{where}: give {key} (WIDTHxHEIGHT) or {field} ([H, W]), not both")
+            values.pop(field)
+            continue
+        try:
+            values[field] = None if value is None else list(parse_size_wh(value, f"{where}: {key}")[::-1])
+        except InputError as exc:
+            found.append(str(exc))
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known - {"num_classes"})
+    if unknown:
+        found.append(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    typed, wrong = coerce_settings({k: v for k, v in values.items() if k in known}, where)
+    found += [message for _, message in wrong]
+    if found and problems is None:
+        raise InputError(found[0])
+    if problems is not None:
+        problems.extend(found)
+    return {key: list(v) if isinstance(v, tuple) else v for key, v in typed.items()}
 
 
 def resume_mismatch(saved: dict, config: TrainConfig) -> str | None:
