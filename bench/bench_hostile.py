@@ -13,7 +13,6 @@ same crafted stores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the crafting helpers live with the tests that use them
 
+import click  # noqa: E402
 import hostile_stores as hs  # noqa: E402
 
 GIB = 2**30
@@ -97,23 +97,25 @@ def run_tool(argv: list[str], repo: Path, cap_bytes: int, group: Path | None) ->
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose tools are measured")
-    parser.add_argument("--cap-gib", type=float, default=6.0, help="memory cgroup (or RLIMIT_AS) limit per run")
-    parser.add_argument("--cases", nargs="*", default=None, help="case names (default: all)")
-    parser.add_argument("--tools", nargs="*", default=["train", "train-w2", "inspect", "eval"])
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    cap = int(args.cap_gib * GIB)
+@click.command()
+@click.option("--repo", type=click.Path(path_type=Path), default=REPO, help="Checkout whose tools are measured.")
+@click.option("--cap-gib", type=float, default=6.0, show_default=True, help="Memory cgroup (or RLIMIT_AS) per run.")
+@click.option("--cases", multiple=True, help="A case name (repeat for several; default: all).")
+@click.option(
+    "--tools", multiple=True, default=("train", "train-w2", "inspect", "eval"), show_default=True, help="Tools run."
+)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON file of the results.")
+def main(repo: Path, cap_gib: float, cases: tuple[str, ...], tools: tuple[str, ...], out: Path | None) -> None:
+    """Peak memory of i2vda-train, i2vda-prep inspect and i2vda-eval on hostile 128x64 stores."""
+    cap = int(cap_gib * GIB)
     group = memory_cgroup(cap)
-    results = {"repo": str(args.repo), "cap_gib": args.cap_gib, "limit": "cgroup" if group else "RLIMIT_AS"}
+    results = {"repo": str(repo), "cap_gib": cap_gib, "limit": "cgroup" if group else "RLIMIT_AS"}
     results["cases"] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench_hostile_") as tmp:
             checkpoint = hs.segmenter_checkpoint(Path(tmp) / "ckpt" / "iter_0000001.pt")
             for case, bomb in _bombs().items():
-                if args.cases and case not in args.cases:
+                if cases and case not in cases:
                     continue
                 stores = hs.clean_stores(Path(tmp) / f"case{len(results['cases'])}" / "stores")
                 if bomb is not None:
@@ -123,7 +125,7 @@ def main() -> None:
                     else:
                         hs.with_member(stores, store, field, make())
                 row = {}
-                for tool in args.tools:
+                for tool in tools:
                     start = time.perf_counter()
                     if tool.startswith("train"):
                         workers = 2 if tool == "train-w2" else 0
@@ -141,17 +143,15 @@ def main() -> None:
                             *("--ckpt", str(checkpoint), "--val", str(val), "--out", str(stores.parent / "eval")),
                             *("--device", "cpu", "--save-pred", "0"),
                         )
-                    row[tool] = run_tool(argv, args.repo, cap, group) | {
-                        "wall_s": round(time.perf_counter() - start, 1)
-                    }
+                    row[tool] = run_tool(argv, repo, cap, group) | {"wall_s": round(time.perf_counter() - start, 1)}
                     print(f"{case:48s} {tool:9s} {json.dumps(row[tool])}", flush=True)
                 results["cases"][case] = row
     finally:
         if group is not None:
             group.rmdir()
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
