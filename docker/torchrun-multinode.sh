@@ -13,6 +13,8 @@
 # MAX_RESTARTS    times torchrun restarts all processes after a failure (default 0); pass --resume latest so that a
 #                 restart continues from the last checkpoint instead of iteration 0
 # TRAIN_COMMAND   the program started in every process (default: i2vda-train), e.g. a wrapper script
+# SHUTDOWN_TIMEOUT seconds torchrun gives its processes to stop after it passes them SIGTERM or SIGUSR1 (default
+#                 100): they finish the iteration and write a checkpoint first (docs/CLUSTER.md, section 3c)
 #
 # The world size is NNODES x NPROC_PER_NODE. Rank r streams the shards r, r + world, r + 2 world, ... of each store
 # (docs/CLUSTER.md); a resumed run needs the same world size. The backend is nccl on GPUs and gloo on CPUs, and only
@@ -29,5 +31,7 @@ exec torchrun \
     --rdzv_endpoint "${RDZV_ENDPOINT}" \
     --rdzv_id "${RUN_ID:-i2vda}" \
     --max_restarts "${MAX_RESTARTS:-0}" \
+    --signals-to-handle "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" \
+    --shutdown-timeout "${SHUTDOWN_TIMEOUT:-100}" \
     --no-python \
     "${TRAIN_COMMAND:-i2vda-train}" "$@"

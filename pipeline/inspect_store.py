@@ -102,20 +102,34 @@ def spread_indices(count: int, rows: int) -> list[int]:
     return [(2 * k + 1) * count // (2 * rows) for k in range(rows)]
 
 
+# The members each kind of store's sheet shows (stores/README.md): a sample without one is refused, naming it.
+SHEET_FIELDS = {TARGET_KIND: ("frame0", "frame1", "flow01", "flow10"), SOURCE_KIND: ("image", "label")}
+
+
 def sheet_samples(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> list[dict]:
     """The decoded samples the sheet of a shard store shows (`spread_indices`); only the shards holding them are
-    read, each up to its last chosen sample."""
-    entries = open_store(store).sample_entries()
+    read, each up to its last chosen sample, with the store's member limits and size checks (`raw_items`)."""
+    info = open_store(store)
+    entries = info.sample_entries()
     wanted = spread_indices(sum(e.items for e in entries), rows)
     samples, first = [], 0
     for entry in entries:
         local = [i - first for i in wanted if first <= i < first + entry.items]
         first += entry.items
-        if local:
-            samples += [
-                decode_sample(raw) for i, raw in enumerate(islice(raw_items(entry.path), local[-1] + 1)) if i in local
-            ]
+        for i, raw in enumerate(islice(raw_items(entry.path, entry), local[-1] + 1 if local else 0)):
+            if i in local:
+                samples.append(_with_fields(decode_sample(raw, entry.size_hw), SHEET_FIELDS.get(info.kind, ())))
     return samples
+
+
+def _with_fields(sample: dict, fields: tuple[str, ...]) -> dict:
+    missing = [field for field in fields if field not in sample]
+    if missing:
+        raise InputError(
+            f"{sample.get('__url__', 'shard')}: sample {sample.get('__key__')!r} lacks {', '.join(missing)}; the "
+            f"shard is damaged, rebuild the store with i2vda-prep"
+        )
+    return sample
 
 
 def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.ndarray]], object, list, bool]:
@@ -129,22 +143,26 @@ def _rows(store: Path, kind: str, rows: int) -> tuple[list[str], list[list[np.nd
         return ["I0 (frame f-1)", "I1 (frame f)", "flow 0->1", "flow 1->0"], tiles, None, [], True
     if kind == SOURCE_KIND:
         samples = sheet_samples(store, rows)
-        protocol = get_protocol(open_store(store).protocol or samples[0]["meta"]["protocol"])
+        name = open_store(store).protocol or samples[0]["meta"].get("protocol")
+        if not isinstance(name, str):
+            raise InputError(f"{store}: neither the manifest nor the samples' meta.json name a class protocol")
+        protocol = get_protocol(name)
         tiles = [[_tile(s["image"]), _tile(colorize(s["label"], protocol), nearest=True)] for s in samples]
         return ["image", f"label ({protocol.name})"], tiles, protocol, [s["label"] for s in samples], False
-    protocol = get_protocol(VAL_SHEET_PROTOCOL)
     with ValStore(store) as val:
         tiles, labels = [], []
         keys = val.keys()
+        held = val.protocols
+        protocol = get_protocol(VAL_SHEET_PROTOCOL if VAL_SHEET_PROTOCOL in held or not held else held[0])
         for index in spread_indices(len(keys), rows):
             s = val.sample(keys[index])
-            labels.append(s["labels"][VAL_SHEET_PROTOCOL])
+            labels.append(val.label(keys[index], protocol.name))
             row = [_tile(s["image"]), _tile(colorize(labels[-1], protocol), nearest=True)]
             if len(s["clip_flows"]):  # the flow leaving the annotated frame (entering it, if it ends the clip)
                 row += _flow_pair_colors([s["clip_flows"][min(s["annotated_index"], len(s["clip_flows"]) - 1)]])
             tiles.append(row)
     flows = any(len(row) > 2 for row in tiles)
-    return ["annotated frame", f"label ({VAL_SHEET_PROTOCOL})", "flow leaving it"], tiles, protocol, labels, flows
+    return ["annotated frame", f"label ({protocol.name})", "flow leaving it"], tiles, protocol, labels, flows
 
 
 def contact_sheet(store: str | os.PathLike, rows: int = DEFAULT_ROWS) -> np.ndarray:

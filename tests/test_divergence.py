@@ -94,8 +94,9 @@ def test_a_non_finite_loss_names_its_iteration(stores, tmp_path, monkeypatch):
     run = tmp_path / "run"
     with pytest.raises(InputError) as err:
         train(tiny_config(stores, run, method="adv_only", max_iter=4, checkpoint_interval=2, disc_width=8))
+    # The third iteration (index 2) diverged: counted from 1, as the progress lines ("iteration 3/4") and checkpoints.
     expected = (
-        f"iteration 2: loss_seg is nan: the run diverged (try a lower --lr); the last good checkpoint is "
+        f"iteration 3: loss_seg is nan: the run diverged (try a lower --lr); the last good checkpoint is "
         f"{run / 'checkpoints' / 'iter_0000002.pt'}"
     )
     assert str(err.value) == expected
@@ -119,7 +120,7 @@ def test_non_finite_weights_are_never_written_and_never_evaluated(stores, tmp_pa
 
 def test_losses_are_checked_where_the_loop_reads_them_back(stores, tmp_path, monkeypatch):
     """No host sync on the other iterations: with --log-interval 3 and a checkpoint every 4, a loss that is NaN from
-    iteration 1 on is caught at iteration 2 (the first log line), not before."""
+    iteration index 1 on is caught at index 2 (the first log line, "iteration 3/8"), not before."""
     real_step, seen = loop.segmenter_step, []
 
     def nan_from_1(nets, batch, config, step):
@@ -130,7 +131,7 @@ def test_losses_are_checked_where_the_loop_reads_them_back(stores, tmp_path, mon
         return dataclasses.replace(out, losses={**out.losses, "loss_seg": torch.tensor(float("nan"))})
 
     monkeypatch.setattr(loop, "segmenter_step", nan_from_1)
-    with pytest.raises(InputError, match="^iteration 2: loss_seg is nan"):
+    with pytest.raises(InputError, match="^iteration 3: loss_seg is nan"):
         train(
             tiny_config(
                 stores, tmp_path / "run", method="source_only", max_iter=8, checkpoint_interval=4, log_interval=3

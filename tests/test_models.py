@@ -248,7 +248,13 @@ def test_mismatched_checkpoints_are_refused(tmp_path):
 
     path = tmp_path / "pickled.pth"
     torch.save({"model": NotWeights()}, path)
-    assert_one_line_refusal(load_segmenter_weights, deeplab_tiny(4), path, "holds pickled objects beyond tensors")
+    assert_one_line_refusal(
+        load_segmenter_weights,
+        deeplab_tiny(4),
+        path,
+        "refused: the file pickles Python objects beyond tensors (test_models.NotWeights)",
+        "it was not loaded and nothing in it was run",
+    )
     path = tmp_path / "junk.pth"
     path.write_text("not a checkpoint")
     assert_one_line_refusal(load_segmenter_weights, deeplab_tiny(4), path, "unreadable as a torch file")

@@ -3,9 +3,11 @@ ranks on the CPU over a tiny store written here; only rank 0 writes, and its che
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +70,8 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
+def _launch(tmp_path: Path, max_iter: int) -> tuple[dict, list[str]]:
+    """The environment and arguments of docker/torchrun-multinode.sh for WORLD gloo ranks on the tiny stores."""
     shards = tmp_path / "stores"
     make_stores(shards)
     # Each rank starts in its own folder and is given the same relative --out: whatever a rank writes lands in
@@ -87,38 +90,15 @@ def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
         "OMP_NUM_THREADS": "1",
         "TQDM_DISABLE": "1",
     }
-    args = [
-        "--shards",
-        str(shards),
-        "--source",
-        "viper",
-        "--target",
-        "cityscapes_seq",
-        "--out",
-        "run",
-        "--method",
-        "i2vda",
-        "--arch",
-        "deeplab_tiny",
-        "--max-iter",
-        str(MAX_ITER),
-        "--iter-copy",
-        "1",
-        "--iter-launch",
-        "1",
-        "--checkpoint-interval",
-        str(MAX_ITER),
-        "--log-interval",
-        "1",
-        "--image-interval",
-        "100",
-        "--num-workers",
-        "0",
-        "--shuffle-buffer",
-        "2",
-        "--device",
-        "cpu",
-    ]
+    flags = {"--shards": shards, "--source": "viper", "--target": "cityscapes_seq", "--out": "run"}
+    flags |= {"--method": "i2vda", "--arch": "deeplab_tiny", "--max-iter": max_iter, "--iter-copy": 1}
+    flags |= {"--iter-launch": 1, "--checkpoint-interval": MAX_ITER, "--log-interval": 1, "--image-interval": 100}
+    flags |= {"--num-workers": 0, "--shuffle-buffer": 2, "--device": "cpu"}
+    return env, [str(v) for pair in flags.items() for v in pair]
+
+
+def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
+    env, args = _launch(tmp_path, MAX_ITER)
     result = subprocess.run(
         ["bash", str(LAUNCHER), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
@@ -145,3 +125,52 @@ def test_two_ranks_train_and_only_rank_0_writes(tmp_path):
 
     logged = [json.loads(line)["iteration"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert logged == list(range(MAX_ITER)), f"expected one log line per iteration, got {logged}"
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the training process of `rank` among torchrun's children (from its RANK variable), or None."""
+    children = [
+        int(c) for task in Path(f"/proc/{launcher_pid}/task").iterdir() for c in (task / "children").read_text().split()
+    ]
+    for pid in children:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def test_sigusr1_to_one_rank_stops_both_after_the_same_iteration(tmp_path):
+    # Slurm's `--signal` may reach any process of the step first: here rank 1 alone gets SIGUSR1. The ranks agree
+    # (one all-reduce per iteration), stop after the same iteration, rank 0 writes its checkpoint, both exit 75, and
+    # torchrun reports the failed workers.
+    env, args = _launch(tmp_path, 100_000)
+    args[args.index("--checkpoint-interval") + 1] = "100000"
+    proc = subprocess.Popen(
+        ["bash", str(LAUNCHER), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    log = tmp_path / "rank0" / "run" / "log.jsonl"
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        rank1 = _rank_pid(proc.pid, 1)  # the script exec's torchrun: proc.pid is torchrun's
+        assert rank1 is not None
+        os.kill(rank1, signal.SIGUSR1)
+        _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    checkpoints = sorted((tmp_path / "rank0" / "run" / "checkpoints").iterdir())
+    assert len(checkpoints) == 1, err[-3000:]
+    state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)
+    done = state["iteration"]
+    assert 2 <= done < 100_000 and len(state["rng"]) == WORLD
+    assert (
+        err.count(f"stopped on SIGUSR1 after {done} iterations; checkpoint run/checkpoints/{checkpoints[0].name}") == 1
+    )
+    assert err.count("exitcode  : 75") == WORLD, err[-3000:]  # torchrun's report: both ranks exited 75
+    assert not list((tmp_path / "rank1").rglob("*.pt")), "rank 1 wrote a checkpoint"

@@ -29,25 +29,26 @@ SHIFT_XY = (2, 1)  # frame 1 is frame 0 moved by this many pixels: F_0->1 = SHIF
 SOURCE, TARGET = "src", "tgt"
 
 
-def _blocks(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _blocks(rng: np.random.Generator, size_hw=SIZE_HW) -> tuple[np.ndarray, np.ndarray]:
     """A (H, W, 3) uint8 picture of coloured blocks and its (H, W) uint8 label."""
-    h, w = SIZE_HW
+    h, w = size_hw
     classes = rng.integers(0, len(PALETTE), size=(h // BLOCK_PX, w // BLOCK_PX))
     label = np.kron(classes, np.ones((BLOCK_PX, BLOCK_PX), np.int64)).astype(np.uint8)
     image = PALETTE[label].astype(np.int16) + rng.integers(-NOISE, NOISE + 1, size=(h, w, 3))
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-def make_stores(root: Path, shards: int = 2, per_shard: int = 6, seed: int = 0) -> Path:
-    """root/src (source, viper15) and root/tgt (target pairs, DIS flows) with `shards` shards each; -> root."""
+def make_stores(root: Path, shards: int = 2, per_shard: int = 6, seed: int = 0, size_hw=SIZE_HW) -> Path:
+    """root/src (source, viper15) and root/tgt (target pairs, DIS flows) with `shards` shards each, pictures of
+    `size_hw` (multiples of BLOCK_PX); -> root."""
     rng = np.random.default_rng(seed)
-    h, w = SIZE_HW
+    h, w = size_hw
     flow_01 = np.broadcast_to(np.array(SHIFT_XY, np.float32).reshape(2, 1, 1), (2, h, w)).copy()
     source, target = [], []
     for s in range(shards):
-        source += [encode_source_sample(f"s{s}_{j}", *_blocks(rng), {}) for j in range(per_shard)]
+        source += [encode_source_sample(f"s{s}_{j}", *_blocks(rng, size_hw), {}) for j in range(per_shard)]
         for j in range(per_shard):
-            frame0, _ = _blocks(rng)
+            frame0, _ = _blocks(rng, size_hw)
             frame1 = np.roll(frame0, SHIFT_XY[::-1], axis=(0, 1))
             target.append(encode_target_sample(f"t{s}_{j}", frame0, frame1, flow_01, -flow_01, {}))
     write_store(root / SOURCE, SOURCE_KIND, source, per_shard, protocol="viper15", size_wh=[w, h])

@@ -20,6 +20,8 @@ The extension "zflow" matches none of webdataset's auto-decoders, so its bytes p
 reader calls `decode_flow`. Flows beyond the range are clipped by default (a displacement of 512 px at the 1024x512
 training size is an estimator failure, not motion); `on_overflow="raise"` raises InputError instead. Non-finite flows
 always raise. Corrupt or truncated bytes raise InputError naming the member (the zstd checksum covers the payload).
+The size a header declares (W x H, and the zstd frame's content size) is checked before anything is decompressed:
+against the store's size when the reader gives it, else against `pipeline.limits.MAX_SIDE_PX`.
 
 Stores of shard layout v1 hold `png16x64` flows (`flow01.png16`: one 16-bit grayscale PNG of size (2H, W), u rows
 above v rows, `round(64 * f) + 2**15`); `decode_flow` recognises them by the PNG signature and reads them too.
@@ -33,7 +35,8 @@ import cv2
 import numpy as np
 import zstandard
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, echo_native, native_stderr
+from pipeline.limits import PNG_GRAY, PNG_SIGNATURE, check_declared_size, read_png_header
 
 FLOW_CODEC = "zstd-dx16x64"
 FLOW_EXT = "zflow"
@@ -49,7 +52,6 @@ ON_OVERFLOW = ("clip", "raise")
 
 _MAGIC, _VERSION = b"I2VF", 1
 _HEADER = struct.Struct("<4sB3xII")  # 16 bytes: magic, version, 3 reserved, H, W
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _LEGACY_OFFSET = 2**15  # png16x64 stores code + 2**15 as an unsigned 16-bit sample
 
 
@@ -86,20 +88,30 @@ def encode_flow(flow: np.ndarray, on_overflow: str = "clip", level: int = ZSTD_L
     return _HEADER.pack(_MAGIC, _VERSION, height, width) + compressor.compress(payload.tobytes())
 
 
-def decode_flow(data: bytes, name: str = "flow member") -> np.ndarray:
+def decode_flow(data: bytes, name: str = "flow member", size_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Decode zstd-dx16x64 (or legacy png16x64) bytes into a (2, H, W) float32 flow in pixels; bad bytes raise
-    InputError naming `name`."""
+    InputError naming `name`. The size the header declares must be `size_hw` (H, W) when given (the store's), else at
+    most MAX_SIDE_PX a side, and the zstd frame must declare exactly the bytes of that size: both are checked before
+    anything is decompressed (`pipeline.limits`)."""
     data = bytes(data) if not isinstance(data, (bytes, bytearray, memoryview)) else data
-    if bytes(data[: len(_PNG_SIGNATURE)]) == _PNG_SIGNATURE:
-        return _decode_legacy_png16(data, name)
+    if bytes(data[: len(PNG_SIGNATURE)]) == PNG_SIGNATURE:
+        return _decode_legacy_png16(data, name, size_hw)
     if len(data) < _HEADER.size or bytes(data[:4]) != _MAGIC:
         raise InputError(f"{name}: not a {FLOW_CODEC} flow (no {_MAGIC.decode()} header in {len(data)} bytes)")
     _, version, height, width = _HEADER.unpack_from(data)
-    if version != _VERSION or height == 0 or width == 0:
+    if version != _VERSION:
         raise InputError(f"{name}: unsupported {FLOW_CODEC} header (version {version}, size {width}x{height})")
-    count = 2 * height * width
+    check_declared_size(name, f"{FLOW_CODEC} header", width, height, size_hw)
+    count = 2 * height * width  # int16 codes: u and v per pixel
+    payload = memoryview(data)[_HEADER.size :]
     try:
-        raw = zstandard.ZstdDecompressor().decompress(memoryview(data)[_HEADER.size :], max_output_size=2 * count)
+        declared = zstandard.frame_content_size(payload)
+        if declared != 2 * count:  # -1: a frame that does not say (our writer always does)
+            raise InputError(
+                f"{name}: its zstd frame declares {declared} bytes, a {width}x{height} flow has {2 * count}; "
+                f"refused before decompressing"
+            )
+        raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=2 * count)
     except zstandard.ZstdError as exc:
         raise InputError(f"{name}: corrupt or truncated {FLOW_CODEC} flow ({exc})") from None
     if len(raw) != 2 * count:
@@ -117,11 +129,21 @@ def decode_flow(data: bytes, name: str = "flow member") -> np.ndarray:
     return flow
 
 
-def _decode_legacy_png16(data, name: str) -> np.ndarray:
-    planes = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+def _decode_legacy_png16(data, name: str, size_hw: tuple[int, int] | None) -> np.ndarray:
+    header = read_png_header(data, name)
+    if header.bit_depth != 16 or header.colour_type != PNG_GRAY or header.height % 2:
+        raise InputError(
+            f"{name}: expected a 16-bit grayscale PNG of even height ({LEGACY_CODEC}), its header declares "
+            f"{header.bit_depth}-bit colour type {header.colour_type}, {header.width}x{header.height}"
+        )
+    check_declared_size(name, f"{LEGACY_CODEC} PNG header", header.width, header.height // 2, size_hw)
+    with native_stderr() as said:  # libpng's own error line goes into ours
+        planes = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if planes is None:
-        raise InputError(f"{name}: corrupt or truncated {LEGACY_CODEC} PNG ({len(data)} bytes)")
-    if planes.dtype != np.uint16 or planes.ndim != 2 or planes.shape[0] % 2:
+        reason = f"; {said[-1]}" if said else ""
+        raise InputError(f"{name}: corrupt or truncated {LEGACY_CODEC} PNG ({len(data)} bytes{reason})")
+    echo_native(said)
+    if planes.dtype != np.uint16 or planes.ndim != 2 or planes.shape != (header.height, header.width):
         raise InputError(
             f"{name}: expected a 16-bit grayscale PNG of even height ({LEGACY_CODEC}), got {planes.dtype} "
             f"{planes.shape}"

@@ -6,7 +6,8 @@ Three layers, each usable without the one above it and without Ray:
 - `remote.py`: stores at a URL (http://, https://, pipe:COMMAND), read as streams with bounded retries;
 - `runs.py`: shard layout 3 of target stores, runs of consecutive frames (`RunEncoder`), read back as pairs
   (`raw_items`: what readers train on);
-- `store.py`: a store folder and its manifest (`read_manifest`, the one manifest reader; `open_store` -> `StoreInfo`);
+- `store.py`: a store folder and its manifest (`read_manifest`, the one manifest reader, checking `schema.py`'s
+  MANIFEST_SCHEMA; `open_store` -> `StoreInfo`);
 and `valstore.py`, the Cityscapes-val HDF5 store for mIoU and TC. Import from here, not from the modules.
 See stores/README.md for the layout on disk.
 """
@@ -40,12 +41,9 @@ from pipeline.shards.samples import (
     png_bytes,
     png_pixels,
 )
+from pipeline.shards.schema import MANIFEST_FORMAT, SOURCE_KIND, TARGET_KIND, VAL_KIND
 from pipeline.shards.store import (
-    MANIFEST_FORMAT,
     MANIFEST_NAME,
-    SOURCE_KIND,
-    TARGET_KIND,
-    VAL_KIND,
     ShardEntry,
     StoreInfo,
     check_manifest,

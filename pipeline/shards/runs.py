@@ -95,7 +95,7 @@ def _description(raw: Mapping, where: str) -> tuple[list, dict, list]:
     try:
         run = json.loads(raw[RUN_META])
         keys, shared, pairs = run["keys"], run["shared"], run["pairs"]
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested 100k deep
         raise InputError(f"{where}.{RUN_META}: not a run description of layout {RUN_LAYOUT}") from None
     valid = (
         isinstance(keys, list)

@@ -1,8 +1,9 @@
 """A store: a folder of shards (or the val store's HDF5 file) and the `manifest.json` that describes it.
 
-`read_manifest` is the one reader of manifest.json; `open_store` turns it into a frozen, typed `StoreInfo`, which
-is what the trainer, the demo driver, the val store and the tools ask about a store (kind, size, protocol,
-estimator, counts, shards, plan hash). `write_manifest` is its one writer.
+`read_manifest` is the one reader of manifest.json: it checks the file against the schema of `schema.py` (types,
+ranges, nesting, shard names inside the store folder) before anyone reads a field. `open_store` turns it into a
+frozen, typed `StoreInfo`, which is what the trainer, the demo driver, the val store and the tools ask about a store
+(kind, size, protocol, estimator, counts, shards, plan hash). `write_manifest` is its one writer.
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ from pipeline.errors import InputError
 from pipeline.shards.remote import NotFound, RemotePath, read_remote, store_location
 from pipeline.shards.runs import PAIR_LAYOUT, TARGET_LAYOUTS, raw_items
 from pipeline.shards.samples import decode_sample
+from pipeline.shards.schema import MANIFEST_FORMAT, MAX_MANIFEST_BYTES, TARGET_KIND, parse_manifest
 from pipeline.shards.tar import SHARD_SUFFIX, check_shard_size, shard_name, write_shard
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "i2vda-store/1"  # bump when the manifest's meaning changes
-MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists one line per shard: far below this even for millions of samples
-TARGET_KIND = "target_pairs"
-SOURCE_KIND = "source"
-VAL_KIND = "val"
 
 
 def write_manifest(store_dir: str | os.PathLike, manifest: Mapping) -> dict:
@@ -52,20 +49,15 @@ def _manifest_text(path: Path | RemotePath) -> tuple[Path | RemotePath, str | by
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise InputError(f"{path}: no store manifest here; run `i2vda-prep` to build the store first")
-    return path, path.read_bytes()
+    with open(path, "rb") as f:  # at most one byte past the limit is read: a huge file is refused, not loaded
+        return path, f.read(MAX_MANIFEST_BYTES + 1)
 
 
 def read_manifest(store: str | os.PathLike | RemotePath) -> dict:
     """The manifest of a store folder (or the manifest.json path itself), local or at a URL (`store_location`); a
     one-line InputError if absent or bad."""
-    path, text = _manifest_text(store_location(store))
-    try:
-        manifest = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a valid manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise InputError(f"{path}: not an i2vda store manifest (expected format {MANIFEST_FORMAT})")
-    return manifest
+    path, data = _manifest_text(store_location(store))
+    return parse_manifest(data, str(path))
 
 
 def _field(manifest: Mapping, name: str):
@@ -105,13 +97,14 @@ def check_manifest(manifest: Mapping | str | os.PathLike, **expected) -> dict:
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One file of a store as its manifest lists it."""
+    """One file of a store as its manifest lists it, and the store's picture size its members must declare."""
 
     path: Path | RemotePath
     samples: int  # WebDataset samples in the tar (runs, in a target store of layout 3)
     bytes: int
     sha256: str | None
     pairs: int | None = None  # target pairs in it (None: a source store, or one sample per pair)
+    size_hw: tuple[int, int] | None = None  # (H, W) of every frame, label and flow in it (the store's size_wh)
 
     @property
     def items(self) -> int:
@@ -202,8 +195,9 @@ def open_store(path: str | os.PathLike | RemotePath) -> StoreInfo:
     foreign manifest: one-line InputError."""
     folder = store_location(path)
     folder = folder.parent if folder.name == MANIFEST_NAME else folder
-    m = read_manifest(folder)
+    m = read_manifest(folder)  # checked against the schema: every field below has its type
     size_wh = _field(m, "size_wh")
+    size_hw = None if size_wh is None else (size_wh[1], size_wh[0])
     layout = _field(m, "layout")
     if m.get("kind") == TARGET_KIND:
         layout = PAIR_LAYOUT if layout is None else layout  # stores written before layouts were recorded
@@ -218,8 +212,8 @@ def open_store(path: str | os.PathLike | RemotePath) -> StoreInfo:
         path=folder,
         name=m.get("name"),
         kind=m.get("kind"),
-        complete=bool(m.get("complete", False)),
-        size_wh=(int(size_wh[0]), int(size_wh[1])) if size_wh and len(size_wh) == 2 else None,
+        complete=m.get("complete", False),
+        size_wh=None if size_wh is None else (size_wh[0], size_wh[1]),
         protocol=protocol,
         protocols=tuple(m.get("protocols") or ([protocol] if protocol else [])),
         estimator=_field(m, "estimator"),
@@ -227,19 +221,15 @@ def open_store(path: str | os.PathLike | RemotePath) -> StoreInfo:
         checkpoint_sha256=_field(m, "checkpoint_sha256"),
         codec=_field(m, "codec"),
         frames=_field(m, "frames"),
-        num_samples=int(m.get("num_samples", 0)),
-        num_pairs=int(m.get("num_pairs", m.get("num_samples", 0))) if m.get("kind") == TARGET_KIND else None,
+        num_samples=m.get("num_samples", 0),
+        num_pairs=m.get("num_pairs", m.get("num_samples", 0)) if m.get("kind") == TARGET_KIND else None,
         layout=layout,
-        num_planned=int(m.get("num_planned", 0)),
-        num_skipped=int(m.get("num_skipped", 0)),
-        bytes=int(m.get("bytes", 0)),
+        num_planned=m.get("num_planned", 0),
+        num_skipped=m.get("num_skipped", 0),
+        bytes=m.get("bytes", 0),
         shards=tuple(
             ShardEntry(
-                folder / s["name"],
-                int(s.get("samples", 0)),
-                int(s.get("bytes", 0)),
-                s.get("sha256"),
-                int(s["pairs"]) if "pairs" in s else None,
+                folder / s["name"], s.get("samples", 0), s.get("bytes", 0), s.get("sha256"), s.get("pairs"), size_hw
             )
             for s in m.get("shards", [])
         ),
@@ -260,24 +250,27 @@ def store_shards(store: str | os.PathLike) -> list[str]:
 
 def read_samples(path: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[dict]:
     """Decoded samples of a store folder, one shard, or a list of shards, in shard order (`decode_sample`): source
-    images, or target pairs (runs of layout 3 expanded into their pairs); a store folder's shards are checked
-    against its manifest as they are read (`raw_items`)."""
-    entries: dict[str, ShardEntry] = {}  # a store folder's manifest entries: its shards are checked against them
+    images, or target pairs (runs of layout 3 expanded into their pairs). A shard that the manifest of its folder
+    lists is checked against that entry as it is read (`raw_items`: size, counts, sha256, and the store's size for
+    every member); one outside a store is read with the limits of `pipeline.limits.MAX_SIDE_PX`."""
     if isinstance(path, (str, os.PathLike)):
         if not Path(path).exists():
             raise InputError(f"{path}: no such store or shard")
-        if Path(path).is_dir() and (Path(path) / MANIFEST_NAME).is_file():
-            entries = {str(s.path): s for s in open_store(path).shards}
         shards = store_shards(path) if Path(path).is_dir() else [str(path)]
     else:
         shards = [str(p) for p in path]
     if not shards:
         raise InputError(f"{path}: no shards found")
+    entries: dict[str, ShardEntry] = {}  # the manifest entries of the folders the shards lie in
+    for folder in {Path(shard).parent for shard in shards}:
+        if (folder / MANIFEST_NAME).is_file():
+            entries |= {str(s.path): s for s in open_store(folder).shards}
     for shard in shards:
         if not Path(shard).is_file():
             raise InputError(f"{shard}: shard missing")
-        for sample in raw_items(shard, entries.get(shard)):
-            yield decode_sample(sample)
+        entry = entries.get(str(shard))
+        for sample in raw_items(shard, entry):
+            yield decode_sample(sample, None if entry is None else entry.size_hw)
 
 
 def write_store(

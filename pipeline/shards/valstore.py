@@ -8,6 +8,11 @@
 - `labels/<protocol>`: the gtFine label at its native size in that protocol's train ids (255 = ignore), gzip;
 - attributes `frames` (frame numbers of the clip), `annotated_index`, `meta` (JSON).
 The manifest next to it (`manifest.json`) records the config, the sample count and the file's sha256.
+
+Reading checks what the file declares before it allocates: each dataset's shape and dtype (at most the TC window's
+frames per clip, one flow fewer, labels of uint8 at most MAX_SIDE_PX a side), each frame's PNG header and each flow's
+codec header against the store's size (the manifest's `size_wh`, else the annotated frame's own, bounded), so a
+hostile val.h5 is one InputError line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import numpy as np
 from pipeline.atomic import atomic_path
 from pipeline.errors import InputError
 from pipeline.flow.codec import FLOW_CODEC, decode_flow, encode_flow
+from pipeline.limits import MAX_SIDE_PX
 from pipeline.shards.remote import is_remote
-from pipeline.shards.samples import png_bytes, png_pixels
+from pipeline.shards.samples import JSON_MAX_BYTES, png_bytes, png_pixels
 from pipeline.shards.store import MANIFEST_NAME, StoreInfo, open_store
 
 VAL_FILE = "val.h5"
@@ -32,6 +38,7 @@ VAL_FORMAT = "i2vda-val/1"
 SAMPLES_GROUP = "samples"
 LABEL_GZIP_LEVEL = 4  # labels are piecewise constant: gzip shrinks them to a few percent at any level
 _BYTES = h5py.vlen_dtype(np.uint8)  # one encoded PNG or flow per element
+MAX_CLIP_FRAMES = 64  # frames of a TC clip when the manifest records no tc_window (a Cityscapes snippet has 30)
 
 
 def tc_clip_bounds(snippet_len: int, annotated_index: int, tc_window: int) -> tuple[int, int]:
@@ -131,6 +138,9 @@ class ValStore:
         if not self.path.is_file():
             raise InputError(f"{self.path}: no val store here; run `i2vda-prep val` first")
         self.info: StoreInfo | None = open_store(folder) if (folder / MANIFEST_NAME).is_file() else None
+        self.size_hw = None if self.info is None else self.info.size_hw  # what every frame and flow must declare
+        tc_window = None if self.info is None else self.info.manifest.get("config", {}).get("tc_window")
+        self.max_clip = tc_window or MAX_CLIP_FRAMES
         listed = [s for s in self.info.shards if s.path.name == self.path.name] if self.info else []
         if listed and listed[0].bytes and self.path.stat().st_size != listed[0].bytes:
             raise InputError(
@@ -158,7 +168,47 @@ class ValStore:
     def _group(self, key: str) -> h5py.Group:
         if key not in self._h5()[SAMPLES_GROUP]:
             raise KeyError(f"{key} is not an annotated frame of {self.path}")
-        return self._h5()[SAMPLES_GROUP][key]
+        group = self._h5()[SAMPLES_GROUP][key]
+        where = f"{self.path}:{key}"
+        if not isinstance(group, h5py.Group):
+            raise InputError(f"{where}: not an annotated-frame group; rebuild the val store with `i2vda-prep val`")
+        clip = self._blobs(group, "clip", where, range(1, self.max_clip + 1))
+        self._blobs(group, "clip_flows", where, (len(clip) - 1,))
+        labels = group.get("labels")
+        if not isinstance(labels, h5py.Group):
+            raise InputError(f"{where}: no labels group; rebuild the val store with `i2vda-prep val`")
+        for protocol, label in labels.items():
+            ok = isinstance(label, h5py.Dataset) and label.dtype == np.uint8 and label.ndim == 2
+            if not ok or not all(1 <= side <= MAX_SIDE_PX for side in label.shape):
+                shape = getattr(label, "shape", None)
+                raise InputError(
+                    f"{where}: labels/{protocol} is {shape} {getattr(label, 'dtype', type(label).__name__)}, expected "
+                    f"(H, W) uint8 of at most {MAX_SIDE_PX} a side; refused before reading it"
+                )
+        index, frames = group.attrs.get("annotated_index"), group.attrs.get("frames")
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < len(clip):
+            raise InputError(f"{where}: annotated_index {index!r} is not a frame of its {len(clip)}-frame clip")
+        if frames is None or np.shape(frames) != (len(clip),):
+            raise InputError(f"{where}: its frame numbers do not match its {len(clip)}-frame clip")
+        return group
+
+    def _blobs(self, group: h5py.Group, name: str, where: str, lengths) -> h5py.Dataset:
+        """Dataset `name` of encoded blobs, checked to be 1-D variable-length bytes with a length in `lengths`."""
+        data = group.get(name)
+        ok = isinstance(data, h5py.Dataset) and data.ndim == 1 and h5py.check_vlen_dtype(data.dtype) == np.uint8
+        if not ok or len(data) not in lengths:
+            shape = getattr(data, "shape", None)
+            raise InputError(
+                f"{where}: {name} is {shape} {getattr(data, 'dtype', type(data).__name__)}, expected a list of "
+                f"encoded frames as long as its TC clip (at most {self.max_clip}); refused before reading it"
+            )
+        return data
+
+    def _frame_size_hw(self, group: h5py.Group, where: str) -> tuple[int, int]:
+        """The size every frame and flow of this sample must have: the store's, else the annotated frame's."""
+        if self.size_hw is not None:
+            return self.size_hw
+        return png_pixels(group["clip"][int(group.attrs["annotated_index"])], where).shape[:2]
 
     def keys(self) -> list[str]:
         """Annotated-frame keys `<city>_<seq>_<frame>`, sorted."""
@@ -174,7 +224,7 @@ class ValStore:
 
     def label(self, key: str, protocol: str) -> np.ndarray:
         """(H_label, W_label) uint8 train ids of the annotated frame under `protocol` (native label size)."""
-        labels = self._group(key)["labels"]
+        labels = self._group(key)["labels"]  # shapes and dtypes checked
         if protocol not in labels:
             raise InputError(f"{self.path}: no labels for protocol {protocol!r}; it holds {', '.join(sorted(labels))}")
         return labels[protocol][()]
@@ -182,18 +232,23 @@ class ValStore:
     def image(self, key: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB annotated frame at the input size."""
         group = self._group(key)
-        return png_pixels(group["clip"][int(group.attrs["annotated_index"])], f"{self.path}:{key}")
+        where = f"{self.path}:{key}"
+        return png_pixels(group["clip"][int(group.attrs["annotated_index"])], where, self.size_hw)
 
     def sample(self, key: str) -> dict:
         """Everything about one annotated frame: image, labels {protocol: array}, clip (T, H, W, 3) uint8,
         clip_flows (T-1, 2, H, W) float32 F(t -> t+1) in pixels, frames, annotated_index, meta."""
         group = self._group(key)
         where = f"{self.path}:{key}"
-        clip = np.stack([png_pixels(png, where) for png in group["clip"][()]])
+        size_hw = self._frame_size_hw(group, where)
+        clip = np.stack([png_pixels(png, where, size_hw) for png in group["clip"][()]])
         height, width = clip.shape[1:3]
-        flows = [decode_flow(blob.tobytes(), where) for blob in group["clip_flows"][()]]
+        flows = [decode_flow(blob.tobytes(), where, size_hw) for blob in group["clip_flows"][()]]
         clip_flows = np.stack(flows) if flows else np.zeros((0, 2, height, width), np.float32)
         index = int(group.attrs["annotated_index"])
+        meta = group.attrs.get("meta", "{}")
+        if not isinstance(meta, str) or len(meta) > JSON_MAX_BYTES:
+            raise InputError(f"{where}: its meta attribute is not a JSON text of at most {JSON_MAX_BYTES} bytes")
         return {
             "key": key,
             "image": clip[index],
@@ -202,7 +257,7 @@ class ValStore:
             "clip_flows": clip_flows,
             "frames": [int(f) for f in group.attrs["frames"]],
             "annotated_index": index,
-            "meta": json.loads(group.attrs["meta"]),
+            "meta": _meta(meta, where),
         }
 
     def close(self) -> None:
@@ -216,3 +271,13 @@ class ValStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _meta(text: str, where: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InputError(f"{where}: its meta attribute is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{where}: its meta attribute is not a JSON object")
+    return meta

@@ -1,9 +1,9 @@
 """Dataset readers (Cityscapes-Seq, VIPER, SYNTHIA-SEQS), the registry of labelled datasets and their class protocols.
 
-The face for the trainer: the class protocols (`get_protocol`, `protocol_names`, `Protocol`, `colorize`, `IGNORE_ID`,
-the one home of the ignore label 255), the registry of labelled datasets (`SOURCES`, `SourceDataset`), the image
-helpers it shares with prep (`read_rgb`, `resize_rgb`, `resize_label`, `read_palette_png`, `write_png`), sizes as
-flags write them (`parse_size_wh`, `size_text`), the figure layout every picture shares (`figure_grid`,
+The face for the trainer: the class protocols (`get_protocol`, `protocol_names`, `Protocol`, `colorize`, `id_outside`,
+`IGNORE_ID`, the one home of the ignore label 255), the registry of labelled datasets (`SOURCES`, `SourceDataset`),
+the image helpers it shares with prep (`read_rgb`, `resize_rgb`, `resize_label`, `read_palette_png`, `write_png`),
+sizes as flags write them (`parse_size_wh`, `size_text`), the figure layout every picture shares (`figure_grid`,
 `class_legend` of the classes `legend_classes` finds, `with_legend`, `title_strip`, `tile`, `stack_rows`) and the
 gtFine layout (`label_files`, `label_key`, `read_cityscapes_label`), so no trainer module parses a dataset path.
 """
@@ -44,7 +44,7 @@ from pipeline.sources.images import (
     size_text,
     write_png,
 )
-from pipeline.sources.protocols import IGNORE_ID, Protocol, colorize, make_protocol
+from pipeline.sources.protocols import IGNORE_ID, Protocol, colorize, id_outside, make_protocol
 from pipeline.sources.records import SourceRecord
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "colorize",
     "default_protocol",
     "get_protocol",
+    "id_outside",
     "label_files",
     "label_key",
     "legend_classes",

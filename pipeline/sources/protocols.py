@@ -191,3 +191,15 @@ def colorize(label: np.ndarray, protocol: Protocol) -> np.ndarray:
     ids = np.asarray(label)
     known = (ids >= 0) & (ids < protocol.num_classes)
     return table[np.where(known, ids, IGNORE_ID)]
+
+
+def id_outside(label: np.ndarray, num_classes: int) -> int | None:
+    """The largest id in `label` that is neither a train id 0..num_classes-1 nor IGNORE_ID, or None. One vectorised
+    max over the label; a second pass only when that max is the ignore id."""
+    top = int(label.max()) if label.size else 0
+    if top < num_classes:
+        return None
+    if top != IGNORE_ID:
+        return top
+    outside = label[(label >= num_classes) & (label != IGNORE_ID)]
+    return int(outside.max()) if outside.size else None

@@ -39,6 +39,7 @@ from trainer.evaluation.predict import DEFAULT_BATCH_SIZE, predict_labels, resol
 from trainer.evaluation.visualize import save_prediction_pngs, snippet_frames, write_mp4
 from trainer.training.checkpoint import checkpoint_files, load_segmenter
 from trainer.training.config import TrainConfig
+from trainer.training.monitor import on_terminal
 
 METRICS_NAME, METRICS_TABLE_NAME = "metrics.json", "metrics.md"  # what OUT/ holds besides the pictures
 PRED_SUFFIX = "_pred.png"  # a prediction is named like its gtFine file with _gtFine_labelIds -> _pred
@@ -119,7 +120,8 @@ def score_checkpoints(
 
     protocol = _protocol_for(protocol_name, config, paths[-1])
     _check_store(store, protocol, config, val)
-    options = {"tc_protocol": tc_protocol, "batch_size": batch_size, "progress": True}
+    # A bar on a terminal only: off one (a batch job's log) its carriage-return redraws would fill the file.
+    options = {"tc_protocol": tc_protocol, "batch_size": batch_size, "progress": on_terminal()}
     last = evaluate(model, store, protocol, device, with_tc=with_tc, **options)
     report = {
         "mode": "checkpoint",

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline.errors import InputError
 from pipeline.shards import ValStore, read_samples, store_shards
-from pipeline.sources import IGNORE_ID, Protocol, get_protocol
+from pipeline.sources import IGNORE_ID, Protocol, get_protocol, id_outside
 from trainer.evaluation.predict import DEFAULT_BATCH_SIZE, frames_to_tensor, predict_labels
 
 PERCENT = 100.0
@@ -174,7 +174,9 @@ def evaluate(
 
     mIoU: the annotated frame at the store's input size, logits upsampled (bilinear, align_corners=True) to the
     label size, argmax, one global confusion matrix. TC: every clip frame predicted at the input size (the size of
-    the flows). Values in percent; `keys` limits the frames scored (default: all). The model's mode is restored.
+    the flows). Values in percent; `keys` limits the frames scored (default: all). The model's mode is restored. A
+    label holding an id outside the protocol's train ids (other than 255) is refused (InputError naming the store and
+    the frame): scoring it would change the result without a word.
     """
     protocol = _as_protocol(protocol)
     _check_tc_protocol(tc_protocol)
@@ -195,6 +197,12 @@ def evaluate(
     try:
         for key in tqdm(keys, desc="eval", unit="frame", disable=not progress):
             label_hw = val_store.label(key, protocol.name)  # native label size
+            bad = id_outside(label_hw, k)
+            if bad is not None:
+                raise InputError(
+                    f"{val_store.path}:{key}: its {protocol.name} label holds id {bad}, outside the train ids "
+                    f"0..{k - 1} ({IGNORE_ID} = ignore); the val store is damaged or of another protocol table"
+                )
             pred_hw = predict_labels(model, val_store.image(key)[None], label_hw.shape, device, batch_size)[0]
             cm += confusion_matrix(label_hw, pred_hw, k)
             if with_tc:

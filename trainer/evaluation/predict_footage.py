@@ -21,6 +21,7 @@ from trainer.evaluation.evaluate import tc_confusion, tc_score
 from trainer.evaluation.footage import Footage
 from trainer.evaluation.predict import predict_at_sizes, resize_frames
 from trainer.evaluation.visualize import VideoSink, overlay
+from trainer.training.monitor import on_terminal
 
 VIDEO_TILE_MAX_WIDTH = 960  # each half of a video frame is shrunk to this width at most (a 1080p input stays light)
 VIDEO_TILE_MIN_WIDTH = 320  # and enlarged to this width at least, so titles and the legend stay readable
@@ -138,7 +139,8 @@ def predict_footage(
     frames_done, network_s = 0, 0.0
     started = time.perf_counter()
     try:
-        with tqdm(total=footage.count, unit="frame", desc="predict") as bar:
+        # A bar on a terminal only: off one (a batch job's log) its carriage-return redraws would fill the file.
+        with tqdm(total=footage.count, unit="frame", desc="predict", disable=not on_terminal()) as bar:
             for names, frames in footage.batches(batch_size):
                 net_frames = resize_frames(frames, net_size_hw)
                 tick = time.perf_counter()

@@ -1,6 +1,7 @@
 """Weight files -> networks: the trainer's one `torch.load` (`load_torch_file`, `weights_only=True`: no pickled code
-runs), the fit and finiteness checks every load makes (`check_fit`, `check_finite`, `load_weights`), and the
-ImageNet inits of the segmenter's backbone (the DeepLab-v2 Caffe conversion, torchvision ResNets).
+runs, and a file that pickles more than tensors is refused in plain words), the fit and finiteness checks every load
+makes (`check_fit`, `check_finite`, `load_weights`), and the ImageNet inits of the segmenter's backbone (the
+DeepLab-v2 Caffe conversion, torchvision ResNets).
 
 A file that does not fit the network is refused with one line naming its first mismatched keys. Nothing here knows
 how a network is trained: our training checkpoints are `trainer/training/checkpoint.py`'s, which loads through here.
@@ -8,6 +9,7 @@ how a network is trained: our training checkpoints are `trainer/training/checkpo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,8 +23,10 @@ from trainer.models.deeplab import AUX_HEAD_PREFIX, MAIN_HEAD_PREFIX
 # Heads that the ImageNet inits do not provide: they keep their N(0, 0.01) init (ADVENT, AdaptSegNet).
 CLASSIFIER_PREFIXES = (AUX_HEAD_PREFIX, MAIN_HEAD_PREFIX)
 BN_COUNTER = "num_batches_tracked"  # BatchNorm fills it in when a file (e.g. a caffe-converted one) lacks it
-# What torch.load(weights_only=True) says when a file pickles a class or function (not merely corrupt bytes).
-WEIGHTS_ONLY_REFUSAL = "Unsupported global"
+# What torch.load(weights_only=True) says when a file pickles a class or function (not merely corrupt bytes): torch
+# writes "Unsupported global: GLOBAL os.system ..." or "unsupported GLOBAL posix.system ..." depending on the version,
+# so it is matched without case; the name that follows is the global it refused.
+WEIGHTS_ONLY_REFUSAL = re.compile(r"unsupported global:?\s*(?:global\s+)?([\w.]+)?", re.IGNORECASE)
 KEYS_SHOWN = 3  # offending keys named in a refusal: enough to recognise the file, short enough for one line
 
 
@@ -35,11 +39,15 @@ def load_torch_file(path: str | Path, what: str, where: str | None = None) -> ob
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is bad input, whatever the reason
-        if WEIGHTS_ONLY_REFUSAL in str(exc):
-            reason = "it holds pickled objects beyond tensors, refused rather than run"
-        else:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            reason = f"unreadable as a torch file ({type(exc).__name__}{': ' + first[:200] if first else ''})"
+        refused = WEIGHTS_ONLY_REFUSAL.search(str(exc))
+        if refused is not None:
+            named = f" ({refused[1]})" if refused[1] else ""
+            raise InputError(
+                f"{where}: refused: the file pickles Python objects beyond tensors{named}; it was not loaded and "
+                f"nothing in it was run (checkpoints are read with torch.load(weights_only=True))"
+            ) from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        reason = f"unreadable as a torch file ({type(exc).__name__}{': ' + first[:200] if first else ''})"
         raise InputError(f"{where}: not a weights-only torch checkpoint: {reason}") from None
 
 

@@ -3,16 +3,19 @@ networks and settings they give back.
 
 Files are `RUN/checkpoints/iter_NNNNNNN.pt` (NNNNNNN = iterations done, written with 7 digits), written under a
 temporary name and renamed (`pipeline.shards.atomic_path`), so a crash never leaves a half file under the final
-name. Everything inside is a tensor, a number, a string, a list, a tuple or a dict, read by the trainer's one
-`torch.load` (`trainer.models.weights.load_torch_file`, `weights_only=True`), so no pickled code runs. Resume
-(`read_checkpoint`), eval, predict and the demo's figure (`load_segmenter`), `--init-format segmenter` and
-`--proxy-ckpt` (`load_segmenter_weights`) all read through here. The dict is `training_state`'s
-(docs/DEVELOPING.md, "Checkpoint files").
+name; a write that fails (a full disk, a quota) is one line naming the checkpoint and the cause, and leaves the earlier
+checkpoints as they were. `prune_checkpoints` keeps the newest `--keep-checkpoints` (and the best by `--val`).
+Everything inside is a tensor, a number, a string, a list, a tuple or a dict, read by the trainer's one `torch.load`
+(`trainer.models.weights.load_torch_file`, `weights_only=True`), so no pickled code runs; a file that pickles anything
+else is refused, and nothing in it runs. Resume (`read_checkpoint`), eval, predict and the demo's figure
+(`load_segmenter`), `--init-format segmenter` and `--proxy-ckpt` (`load_segmenter_weights`) all read through here.
+The dict is `training_state`'s (docs/DEVELOPING.md, "Checkpoint files").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
 import sys
@@ -25,7 +28,14 @@ import torch.nn as nn
 from pipeline.errors import InputError
 from pipeline.shards import atomic_path
 from trainer.models import AUX_HEAD_PREFIX, build_segmenter
-from trainer.models.weights import check_finite, load_torch_file, load_weights, nonfinite_tensor, read_state_dict
+from trainer.models.weights import (
+    check_finite,
+    check_fit,
+    load_torch_file,
+    load_weights,
+    nonfinite_tensor,
+    read_state_dict,
+)
 from trainer.training.config import TrainConfig, resume_mismatch
 from trainer.training.rng import restore_rng
 
@@ -92,9 +102,51 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     if bad is not None:
         raise ValueError(f"{path}: not written, {bad} holds NaN or inf")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as partial:
-        torch.save(state, partial)
+    try:
+        with atomic_path(path) as partial, open(partial, "wb") as raw:
+            writer = _WriteErrors(raw)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: torch's writer failed on its own (inline_container.cc)
+        raise InputError(f"{path}: checkpoint not written ({_cause(exc)}); {_newest_left(path)}") from None
     return path
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{exc.strerror or exc}" + (f", {errno.errorcode[exc.errno]}" if exc.errno in errno.errorcode else "")
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _newest_left(path: Path) -> str:
+    """What a failed save leaves: the checkpoints before it, untouched."""
+    earlier = [p for p in checkpoints_in(path.parent) if p != path]
+    return f"the newest checkpoint is still {earlier[-1]}" if earlier else "no earlier checkpoint exists"
+
+
+class _WriteErrors:
+    """A file torch.save writes through: torch turns the OSError of a failed write (ENOSPC, EDQUOT, EFBIG) into a
+    RuntimeError that names no cause, so the first one is kept here and raised instead."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def write(self, data) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def __getattr__(self, name):  # tell, seek, fileno: the file's own
+        return getattr(self.raw, name)
 
 
 def read_checkpoint(
@@ -223,8 +275,17 @@ def training_state(
     }
 
 
-def restore_training_state(nets, state: dict, rank: int) -> int:
-    """Load a training_state() into the networks, optimisers and this rank's RNGs; -> iterations done."""
+def restore_training_state(nets, state: dict, rank: int, where: str | Path = "--resume") -> int:
+    """Load a training_state() into the networks, optimisers and this rank's RNGs; -> iterations done. Every network's
+    weights are fitted first (`check_fit`), so a checkpoint whose weights are not this config's networks (a config
+    edited by hand, another arch) is one InputError line, not a size-mismatch traceback."""
+    where = f"--resume {where}"
+    network = f"the {state['config'].get('arch')} its config names"
+    check_fit(nets.model.state_dict(), state["model"], where, "segmenter", network)
+    for name in ("proxy", "disc"):
+        target = getattr(nets, name)
+        if target is not None and state.get(name) is not None:
+            check_fit(target.state_dict(), state[name], where, name, network if name == "proxy" else "this run's D")
     nets.model.load_state_dict(state["model"])
     # Each of M's groups carries its lr factor (the config's, which a resume may not change); checkpoints written before
     # the groups carried it hold no such key, and loading an optimiser state replaces the groups' settings.
@@ -238,8 +299,27 @@ def restore_training_state(nets, state: dict, rank: int) -> int:
         ("scaler_disc", nets.scaler_disc),
     ):
         if target is not None and state.get(name) is not None:
-            target.load_state_dict(state[name])
+            try:
+                target.load_state_dict(state[name])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # an optimiser state of other groups
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(f"{where}: its {name} state does not fit this run ({first})") from None
     for group, lr_mult in zip(nets.opt_seg.param_groups, lr_mults):
         group["lr_mult"] = lr_mult
-    restore_rng(state["rng"][rank])
+    rng = state["rng"]
+    if not isinstance(rng, list) or not 0 <= rank < len(rng):
+        raise InputError(f"{where}: it holds no random state for rank {rank}")
+    restore_rng(rng[rank])
     return int(state["iteration"])
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int, protect: int | None = None) -> list[Path]:
+    """With keep > 0, delete all but the newest `keep` checkpoints of the run, never the newest and never the one
+    after `protect` iterations (the best by --val); keep = 0 keeps every one; -> the files deleted."""
+    if keep <= 0:
+        return []
+    found = checkpoints_in(Path(run_dir) / CHECKPOINT_DIR)
+    removed = [p for p in found[:-keep] if int(CHECKPOINT_NAME.match(p.name)[1]) != protect]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

@@ -1,16 +1,24 @@
 """`i2vda-train`: train M by Algorithm 1 (or a baseline) on the stores; see docs/TRAINING.md.
 
-Settings come from the TrainConfig defaults (the paper's), then `--config FILE` (JSON or YAML, field names as in
-RUN/config.json), then the flags given on the command line: every setting has a flag, `none` clears an optional one
-(`--init none`: no init file), and each on/off flag has its opposite (`--no-tc` / `--with-tc`). `--check` resolves
-the settings, checks every store and file the run needs and reports every problem, without training. Under
+Settings come from the TrainConfig defaults (the paper's), then, when `--resume` continues a run that has a
+checkpoint, that run's own RUN/config.json, then `--config FILE` (JSON or YAML, field names as in RUN/config.json),
+then the flags given on the command line: every setting has a flag, `none` clears an optional one (`--init none`: no
+init file), and each on/off flag has its opposite (`--no-tc` / `--with-tc`). `i2vda-train --out RUN --resume latest`
+alone continues RUN as it was started; a flag given explicitly wins, and one that a resume may not change (outside
+RESUMABLE_FIELDS) and that differs from the checkpoint's is refused with one line. `--check` resolves the settings,
+checks every store and file the run needs and reports every problem, without training. Under
 `torchrun --nproc_per_node N` it trains with DDP.
+
+Exit status: 0 done, 2 bad input (one `error:` line), 75 stopped by SIGTERM or SIGUSR1 after writing a checkpoint,
+130 stopped by Ctrl-C (`trainer/training/preemption.py`); each stop prints the line to resume with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -19,6 +27,7 @@ from pipeline.errors import InputError, one_line_errors
 from pipeline.sources import parse_size_wh
 from trainer.models import SEGMENTERS
 from trainer.temporal import OCCLUSION_GRIDS, PL_SELECTIONS
+from trainer.training.checkpoint import latest_checkpoint, resolve_resume
 from trainer.training.config import (
     AMP_MODES,
     BN_STATS_MODES,
@@ -32,7 +41,8 @@ from trainer.training.config import (
     TrainConfig,
     read_config_file,
 )
-from trainer.training.loop import train
+from trainer.training.loop import CONFIG_NAME, train
+from trainer.training.preemption import EXIT_INTERRUPTED, Preempted, resume_command
 from trainer.training.preflight import check_run, report
 
 # Every flag's default is the TrainConfig field's (the paper's where it gives one).
@@ -249,6 +259,14 @@ def _choice(values) -> click.Choice:
     help="Iterations between checkpoints.",
 )
 @click.option(
+    "--keep-checkpoints",
+    type=int,
+    default=D["keep_checkpoints"],
+    show_default=True,
+    help="Keep only the newest N checkpoints (and always the best by --val); 0 = keep every one, which "
+    "i2vda-eval --ckpt RUN scores to report the best.",
+)
+@click.option(
     "--log-interval", type=int, default=D["log_interval"], show_default=True, help="Iterations between log.jsonl lines."
 )
 @click.option(
@@ -307,7 +325,8 @@ def _choice(values) -> click.Choice:
     is_flag=False,
     flag_value="latest",
     default=None,
-    help="Continue RUN from its newest checkpoint (bare --resume) or from the given checkpoint file.",
+    help="Continue RUN from its newest checkpoint (bare --resume or latest) or from the given checkpoint file, with "
+    "RUN/config.json's settings (flags given here override those a resume may change).",
 )
 @click.option(
     "--resume-other-stores/--no-resume-other-stores",
@@ -334,7 +353,8 @@ def cli(
 ):
     """Train a segmenter on source images and target video pairs: I2VDA (ECCV 2022) Algorithm 1 or a baseline."""
     problems: list[str] | None = [] if check else None
-    values = read_config_file(config_file, problems) if config_file else {}
+    values = _run_settings(options["out"], options["resume"])
+    values |= read_config_file(config_file, problems) if config_file else {}
     options["t"] = None if t is None or t.lower() in ("random", NONE_WORD) else _number("--t", t)
     for name in CLEARABLE:
         if isinstance(options[name], str) and options[name].lower() == NONE_WORD:
@@ -353,9 +373,31 @@ def cli(
     where = f"--config {config_file}" if config_file else "flags"
     if check:
         sys.exit(report(*check_run(values, where, problems)))
-    result = train(TrainConfig.from_dict(values, where=where))
+    config = TrainConfig.from_dict(values, where=where)
+    try:
+        result = train(config)
+    except Preempted as stop:  # SIGTERM, SIGUSR1 or a first Ctrl-C: the checkpoint of the iteration is written
+        if stop.checkpoint is not None:  # rank 0
+            click.echo(stop.line(), err=True)
+        raise SystemExit(stop.exit_status) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started: click would print "Aborted!"
+        if os.environ.get("RANK", "0") == "0":
+            newest = latest_checkpoint(config.out)
+            last = f"the newest checkpoint is {newest}" if newest else "no checkpoint was written yet"
+            click.echo(f"interrupted; {last}; resume with: {resume_command(config.out)}", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     if result["checkpoint"] is not None:  # rank 0 (the others save nothing)
         click.echo(f"{result['iterations']} iterations done; last checkpoint {result['checkpoint']}")
+
+
+def _run_settings(out: str, resume: str | None) -> dict:
+    """The settings of RUN/config.json when `--resume` continues a run that has a checkpoint; else none."""
+    saved = Path(out) / CONFIG_NAME
+    if resume is None or resolve_resume(resume, out) is None or not saved.is_file():
+        return {}
+    values = read_config_file(saved)
+    values.pop("num_classes", None)  # derived from the protocol, not a setting
+    return values
 
 
 def _number(flag: str, text: str) -> float:

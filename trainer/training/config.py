@@ -62,8 +62,11 @@ RESUMABLE_FIELDS = (
     "resume_other_stores",
     "val",
     "val_interval",
+    "keep_checkpoints",
 )
 _SIZE_FIELDS = ("target_size_hw", "source_size_hw")
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range (numpy's generators take any non-negative integer)
+FLOAT32_MAX = 3.4028234663852886e38  # learning rates and loss weights become float32 tensors: larger ones overflow
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,9 @@ class TrainConfig:
     init_format: str = "deeplab"
     seed: int = 1234  # DA-VSN's RANDOM_SEED
     checkpoint_interval: int = 1000  # DA-VSN's SAVE_PRED_EVERY
+    # Checkpoints kept (the newest N, plus the best by --val); 0 keeps all: i2vda-eval --ckpt RUN scores every one to
+    # report the best (DA-VSN's protocol), and a cluster's scratch space is the user's to size (docs/TRAINING.md).
+    keep_checkpoints: int = 0
     log_interval: int = 10
     image_interval: int = 500
     val: str | None = None  # a val store (`i2vda-prep val`): M scored on it every val_interval iterations, at the end
@@ -236,9 +242,11 @@ def setting_problems(c: TrainConfig) -> list[tuple[str, str]]:
     ):
         if getattr(c, name) < 1:
             bad(name, f"{_flag(name)}: expected a positive integer, got {getattr(c, name)}")
-    for name in ("iter_launch", "num_workers"):
+    for name in ("iter_launch", "num_workers", "keep_checkpoints"):
         if getattr(c, name) < 0:
             bad(name, f"{_flag(name)}: expected an integer >= 0, got {getattr(c, name)}")
+    if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed <= MAX_SEED:
+        bad("seed", f"--seed: expected an integer in 0..{MAX_SEED} (2**64 - 1), got {c.seed}")
     if c.val_interval < 0 or (c.val_interval and c.val is None):
         bad(
             "val_interval",
@@ -257,6 +265,13 @@ def setting_problems(c: TrainConfig) -> list[tuple[str, str]]:
         message = _number_problem(name, getattr(c, name), low, strict)
         if message:
             bad(name, message)
+    rates_ok = not {"lr", "classifier_lr_mult"} & {name for name, _ in problems}
+    if rates_ok and c.lr * c.classifier_lr_mult > FLOAT32_MAX:
+        bad(
+            "lr",
+            f"--lr {c.lr} x --classifier-lr-mult {c.classifier_lr_mult}: the classifier's learning rate exceeds "
+            f"float32's {FLOAT32_MAX:.4g}",
+        )
     if len(c.betas_d) != 2:
         bad("betas_d", f"--betas-d: expected two numbers, got {len(c.betas_d)}")
     for name, values in (("momentum", (c.momentum,)), ("betas_d", c.betas_d)):
@@ -309,11 +324,13 @@ def _flag(name: str) -> str:
 
 
 def _number_problem(name: str, value, low: float, strict: bool) -> str | None:
-    """None for a finite number above `low` (`strict`) or at least `low`; else a one-line message naming the flag."""
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)
-    if ok:
+    """None for a number above `low` (`strict`) or at least `low` that float32 holds; else a one-line message naming
+    the flag."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (value > low if strict else value >= low) and abs(value) <= FLOAT32_MAX:
         return None
-    return f"{_flag(name)}: expected a finite number {'>' if strict else '>='} {low:g}, got {value}"
+    bound = f"{'>' if strict else '>='} {low:g}"
+    return f"{_flag(name)}: expected a number {bound} and at most {FLOAT32_MAX:.4g} (float32), got {value}"
 
 
 # Sizes as the flags write them ("1024x512", width first) -> the (H, W) fields; config files use these keys.

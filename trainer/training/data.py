@@ -13,9 +13,12 @@ the others' samples undecoded; the stream is therefore the same for any number o
 
 `--shards` is a folder or a URL (http://, https://, pipe:COMMAND; `pipeline.shards.remote`): the manifests are read
 first, then every shard is streamed as it is drawn, with no local copy. Every shard is checked against its manifest
-entry: its size when the stores are opened (a URL's when the server sends it), its size read, sample count and
-sha256 whenever the stream reads it to the end (`pipeline.shards.raw_items`). A bad shard in a DataLoader worker comes
-back to the training process as the worker's one-line error, not as its flattened traceback.
+entry: its size when the stores are opened (a URL's when the server sends it), every member's declared size before
+it is read or decoded (the store's size bounds them), its size read, sample count and sha256 whenever the stream
+reads it to the end (`pipeline.shards.raw_items`); a source label's ids must be train ids of the protocol (or 255).
+A bad shard in a DataLoader worker comes back to the training process as the worker's one-line error, not as its
+flattened traceback. Workers ignore SIGTERM, SIGUSR1 and SIGINT: the training process handles them
+(`trainer/training/preemption.py`) and stops its workers itself.
 
 Batches (torch, CPU): target frames `frame0`, `frame1` float RGB 0..255 (B, 3, H, W), flows `flow_01`, `flow_10`
 float32 (B, 2, H, W) pixels (x, y) on the first frame's grid (the shards' members `flow01`, `flow10`); source
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,7 @@ from pipeline.shards import (
     raw_items,
     store_location,
 )
+from pipeline.sources import IGNORE_ID, id_outside
 from trainer.training.config import TrainConfig
 
 # Seed words that keep the source and target streams of one rank independent.
@@ -166,8 +171,9 @@ FLOW_MEMBERS = ("flow01", "flow10")
 
 
 def _decoded(raw: dict, fields: tuple[str, ...], size_hw: tuple[int, int]) -> dict:
-    """decode_sample(raw), refused in one line if a field is missing or not of the size the manifest says."""
-    sample = decode_sample(raw)
+    """decode_sample(raw, size_hw), refused in one line if a field is missing or not of the size the manifest says
+    (the pictures' headers are checked against `size_hw` before they are decoded)."""
+    sample = decode_sample(raw, size_hw)
     where = f"{raw.get('__url__', 'shard')}: {raw.get('__key__', '?')}"
     for field in fields:
         if field not in sample:
@@ -190,9 +196,22 @@ def collate_target(raws: list[dict], size_hw: tuple[int, int]) -> dict:
     }
 
 
-def collate_source(raws: list[dict], size_hw: tuple[int, int]) -> dict:
+def check_label_ids(label: np.ndarray, num_classes: int, where: str) -> None:
+    """Refuse a label holding an id that is neither a train id 0..num_classes-1 nor IGNORE_ID (`id_outside`: one
+    vectorised max in the loader, so the loss never meets it on the GPU)."""
+    bad = id_outside(label, num_classes)
+    if bad is not None:
+        raise InputError(
+            f"{where}.label.png: holds label id {bad}, outside the protocol's train ids 0..{num_classes - 1} "
+            f"({IGNORE_ID} = ignore); the store's labels are of another protocol or damaged"
+        )
+
+
+def collate_source(raws: list[dict], size_hw: tuple[int, int], num_classes: int) -> dict:
     """Raw source samples -> {image (B, 3, H, W) float 0..255; label (B, H, W) long train ids; keys}."""
     samples = [_decoded(r, ("image", "label"), size_hw) for r in raws]
+    for raw, sample in zip(raws, samples):
+        check_label_ids(sample["label"], num_classes, f"{raw.get('__url__', 'shard')}: {sample['__key__']}")
     label = torch.from_numpy(np.stack([s["label"] for s in samples])).long()
     return {
         "image": _image_tensor([s["image"] for s in samples]),
@@ -229,7 +248,7 @@ class IterationBatches(IterableDataset):
             try:
                 yield {
                     "iteration": iteration,
-                    "source": collate_source(cursors["source"].batch(iteration), c.source_size_hw),
+                    "source": collate_source(cursors["source"].batch(iteration), c.source_size_hw, c.num_classes),
                     "target": collate_target(cursors["target"].batch(iteration), c.target_size_hw),
                 }
             except InputError as exc:
@@ -241,9 +260,45 @@ class IterationBatches(IterableDataset):
                 return
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader worker's start: SIGTERM, SIGUSR1 and SIGINT (a batch system's stop, sent to every process of the
+    job; Ctrl-C, sent to every process of the terminal's group) are the training process's to handle, which stops
+    its workers itself; a worker killed by one would abort the checkpoint being written."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+WORKER_DIED = "DataLoader worker"  # how PyTorch's RuntimeError starts when a worker process died (OOM kill, signal)
+
+
+def worker_death_line(exc: BaseException) -> str | None:
+    """The one line for a DataLoader worker that died without a Python error (e.g. killed for memory): PyTorch's
+    RuntimeError, or the ConnectionError or EOFError of reading from its queue as it died; else None."""
+    if isinstance(exc, (ConnectionError, EOFError)):  # its end of the queue closed under the reader
+        reason = f"its queue: {getattr(exc, 'strerror', None) or type(exc).__name__}"
+    elif isinstance(exc, RuntimeError) and WORKER_DIED in str(exc):
+        reason = next((line for line in str(exc).splitlines() if WORKER_DIED in line), "").strip()
+    else:
+        return None
+    return (
+        f"a data-loading worker process died ({reason}); the node may be out of memory: lower --num-workers or "
+        f"--shuffle-buffer, or rerun with --num-workers 0 to see the error in the training process"
+    )
+
+
 def _raise_worker_errors(batches: Iterator[dict]) -> Iterator[dict]:
-    """Re-raise a DataLoader worker's InputError, handed over as {"error": line}, in the training process."""
-    for batch in batches:
+    """Re-raise a DataLoader worker's InputError, handed over as {"error": line}, in the training process; a worker
+    that died is one line too."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            line = worker_death_line(exc)
+            if line is None:
+                raise
+            raise InputError(line) from None
         if "error" in batch:
             raise InputError(batch["error"])
         yield batch
@@ -257,7 +312,12 @@ def iteration_batches(
     if config.num_workers == 0:
         return iter(dataset)
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=config.num_workers, pin_memory=pin_memory, prefetch_factor=PREFETCH_FACTOR
+        dataset,
+        batch_size=None,
+        num_workers=config.num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=PREFETCH_FACTOR,
+        worker_init_fn=ignore_stop_signals,
     )
     return _raise_worker_errors(iter(loader))
 

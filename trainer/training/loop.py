@@ -2,6 +2,9 @@
 
 Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment) every rank streams its own share of the shards,
 M and D are wrapped in DistributedDataParallel (gloo on the CPU, nccl on GPUs), and only rank 0 logs and writes.
+On SIGTERM or SIGUSR1 every rank finishes the iteration, a checkpoint is written and `Preempted` is raised
+(`trainer/training/preemption.py`). Lines for people count iterations from 1 ("iteration 8/12" is the eighth), as
+the checkpoint names count iterations done; log.jsonl's `iteration` field is the 0-based index.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from trainer.training.checkpoint import (
     check_resumable,
     checkpoint_path,
     latest_checkpoint,
+    prune_checkpoints,
     read_checkpoint,
     resolve_resume,
     restore_training_state,
@@ -32,9 +36,10 @@ from trainer.training.checkpoint import (
     training_state,
 )
 from trainer.training.config import TrainConfig, require_init
-from trainer.training.data import StorePlan, data_position, iteration_batches, open_stores
-from trainer.training.monitor import Monitor
+from trainer.training.data import StorePlan, data_position, iteration_batches, open_stores, worker_death_line
+from trainer.training.monitor import Monitor, best_val_iteration
 from trainer.training.networks import build_nets, copy_proxy, set_learning_rates
+from trainer.training.preemption import Preempted, StopRequest
 from trainer.training.rng import gather_rng
 from trainer.training.steps import Iteration, discriminator_step, segmenter_step
 
@@ -100,7 +105,7 @@ def to_device(batch: dict, device: torch.device, it: int) -> dict:
 
 def _diverged(what: str, it: int, saved: Path | None) -> InputError:
     last = f"the last good checkpoint is {saved}" if saved is not None else "no checkpoint was written"
-    return InputError(f"iteration {it}: {what}: the run diverged (try a lower --lr); {last}")
+    return InputError(f"iteration {it + 1}: {what}: the run diverged (try a lower --lr); {last}")
 
 
 def checks_divergence(config: TrainConfig, it: int) -> bool:
@@ -143,18 +148,38 @@ def write_config(config: TrainConfig) -> None:
     write_text_atomic(path, json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
 
 
+def save_state(nets, config: TrainConfig, rt: Runtime, plan: StorePlan, done: int, saved: Path | None) -> Path | None:
+    """Checkpoint the run after `done` iterations (every rank takes part, rank 0 writes, then drops checkpoints beyond
+    --keep-checkpoints); -> the newest checkpoint on this rank (None on the others)."""
+    stop_if_weights_diverged(nets, done - 1, saved)  # on every rank: DDP's ranks hold the same weights
+    rng = gather_rng(rt.device)  # every rank takes part; rank 0 writes
+    if not rt.is_main:
+        return saved
+    state = training_state(nets, config, done, rng, data_position(done, config, rt.world), plan.stores)
+    path = save_checkpoint(state, checkpoint_path(config.out, done))
+    prune_checkpoints(config.out, config.keep_checkpoints, protect=best_val_iteration(config.out))
+    return path
+
+
 def train(config: TrainConfig) -> dict:
-    """Train M by Algorithm 1 (method "i2vda") or a baseline; -> {"iterations", "checkpoint", "last_log", "model"}."""
+    """Train M by Algorithm 1 (method "i2vda") or a baseline; -> {"iterations", "checkpoint", "last_log", "model"}.
+    Raises `Preempted` after the checkpoint of a stop signal."""
     require_init(config)
     runtime = start_runtime(config)
     try:
-        return _train(config, runtime)
+        with StopRequest(runtime.world) as stop:
+            return _train(config, runtime, stop)
+    except RuntimeError as exc:
+        line = worker_death_line(exc)  # PyTorch's many-line report of a worker killed (e.g. for memory)
+        if line is None:
+            raise
+        raise InputError(line) from None
     finally:
         if runtime.owns_group:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, rt: Runtime) -> dict:
+def _train(config: TrainConfig, rt: Runtime, stop: StopRequest) -> dict:
     # Setup: stores, resume point, networks, online flow, data stream, records.
     config, plan = open_stores(config)
     resume_path = resolve_resume(config.resume, config.out)
@@ -164,8 +189,12 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
     if state is not None:
         check_resumable(state, config, rt.world, resume_path, plan.stores)
     nets = build_nets(config, rt.device, distributed=rt.world > 1)
-    start = restore_training_state(nets, state, rt.rank) if state is not None else 0
+    start = restore_training_state(nets, state, rt.rank, resume_path) if state is not None else 0
     del state
+    if resume_path is not None and rt.is_main:
+        print(
+            f"resuming {config.out} from {resume_path} ({start} iterations done) at iteration {start + 1}", flush=True
+        )
     estimate_flow = online_flow(config, plan, rt.device)
     batches = iteration_batches(config, plan, rt.rank, rt.world, start, pin_memory=rt.device.type == "cuda")
     if rt.is_main:  # a save killed mid-write left its temporary file behind
@@ -193,12 +222,14 @@ def _train(config: TrainConfig, rt: Runtime) -> dict:
                 monitor.pictures(it, step.ltc.views())
             monitor.validate(it, nets.model)  # with --val, when due: eval mode, then M's modes as they were
             done = it + 1
-            if done % config.checkpoint_interval == 0 or done == config.max_iter:
-                stop_if_weights_diverged(nets, it, saved)  # on every rank: DDP's ranks hold the same weights
-                rng = gather_rng(rt.device)  # every rank takes part; rank 0 writes
-                if rt.is_main:
-                    state = training_state(nets, config, done, rng, data_position(done, config, rt.world), plan.stores)
-                    saved = save_checkpoint(state, checkpoint_path(config.out, done))
+            due = done % config.checkpoint_interval == 0 or done == config.max_iter
+            if due:
+                saved = save_state(nets, config, rt, plan, done, saved)
+            signum = stop.agreed() if done < config.max_iter else 0  # the same answer on every rank
+            if signum:
+                saved = saved if due else save_state(nets, config, rt, plan, done, saved)
+                stop.stopped_together()
+                raise Preempted(done, saved, signum, config.out)
     finally:  # also on a crash: flush the events, stop the DataLoader workers
         monitor.close()
         del batches

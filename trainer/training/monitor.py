@@ -37,7 +37,18 @@ def _truncate_log(path: Path, start: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _on_terminal() -> bool:
+def best_val_iteration(run: str | Path) -> int | None:
+    """The iterations done at the best `val_miou` in RUN/log.jsonl (the earliest on a tie; a checkpoint of that many
+    iterations is the best by --val), or None when nothing was scored."""
+    path = Path(run) / LOG_NAME
+    if not path.is_file():
+        return None
+    scores = [json.loads(line) for line in path.read_text().splitlines() if '"val_miou"' in line]
+    scored = [(entry["val_miou"], -entry["iteration"]) for entry in scores if entry.get("val_miou") is not None]
+    return -max(scored)[1] + 1 if scored else None
+
+
+def on_terminal() -> bool:
     """Whether the bar has a terminal to redraw on (and TQDM_DISABLE does not turn it off)."""
     return sys.stderr.isatty() and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
 
@@ -76,7 +87,7 @@ class Monitor:
             desc=f"{config.method} {run.name}",
             unit="it",
             dynamic_ncols=True,
-            disable=not _on_terminal(),
+            disable=not on_terminal(),
         )
         self.protocol = get_protocol(config.protocol)
 
