@@ -106,7 +106,7 @@ def test_a_rescoring_row_shares_its_training_run_and_bn_stats_follow_the_preset(
     assert steps["eval_source_only_adabn_seed0"]["adapt_bn"] > 0 and steps["eval_source_only_seed0"]["adapt_bn"] == 0
     assert steps["eval_source_only_adabn_seed0"]["ckpt"] == steps["eval_source_only_seed0"]["ckpt"]
     # Methods that see target frames take the preset's --bn-stats; a row's own flag wins; source-only has none.
-    assert steps["train_adv_only_seed0"]["bn_stats"] == PRESET.bn_stats
+    assert steps["train_adv_only_seed0"]["bn_stats"] == PRESET.bn_stats == "target"
     assert steps["train_i2vda_bn_all_seed0"]["bn_stats"] == "all"
     assert steps["train_source_only_seed0"]["bn_stats"] == steps["train_oracle_seed0"]["bn_stats"] == "all"
     late = parse(plan_runs(PRESET, paths, ["i2vda_late"], [0])[0][0])  # M' at half the schedule: the row's flags win

@@ -389,8 +389,9 @@ def read_config_file(path: str | Path, problems: list[str] | None = None) -> dic
 
 
 def require_init(config: TrainConfig) -> None:
-    """A ResNet segmenter starts from an init file unless random weights are asked for (`--init none`)."""
-    if config.arch in NEEDS_INIT and config.init is None:
+    """A ResNet segmenter starts from an init file unless random weights are asked for (`--init none`); a resumed run
+    starts from its checkpoint."""
+    if config.arch in NEEDS_INIT and config.init is None and config.resume is None:
         raise InputError(
             f"--arch {config.arch} needs --init: the paper fine-tunes an ImageNet-initialised ResNet "
             f"({IMAGENET_INIT_FILE}, README 'Get the data'); pass --init FILE, or --init {RANDOM_INIT} to train "
