@@ -140,20 +140,17 @@ def draw_plot(points: list[dict], line: tuple[float, float], launch: float | Non
             1,
             cv2.LINE_AA,
         )
-    for p in points:
+    placed: list[tuple[int, int, int]] = []  # (x0, x1, baseline y) of the labels drawn: a close one goes below
+    for p in sorted(points, key=lambda p: p["precision"]):
         x, gains = p["precision"], p["gains"]
         cv2.line(img, px(x, min(gains)), px(x, max(gains)), black, 1, cv2.LINE_AA)
         cv2.circle(img, px(x, float(np.mean(gains))), 5, (40, 40, 40), -1, cv2.LINE_AA)
-        cv2.putText(
-            img,
-            p["teacher"],
-            (px(x, float(np.mean(gains)))[0] + 7, px(x, float(np.mean(gains)))[1] - 6),
-            font,
-            0.4,
-            black,
-            1,
-            cv2.LINE_AA,
-        )
+        (tw, th), _ = cv2.getTextSize(p["teacher"], font, 0.4, 1)
+        lx, ly = px(x, float(np.mean(gains)))[0] + 7, px(x, float(np.mean(gains)))[1] - 6
+        while any(x0 < lx + tw and lx < x1 and abs(ly - y) <= th + 4 for x0, x1, y in placed):
+            ly += th + 6
+        placed.append((lx, lx + tw, ly))
+        cv2.putText(img, p["teacher"], (lx, ly), font, 0.4, black, 1, cv2.LINE_AA)
     cv2.putText(img, "teacher's pseudo-label precision (%)", (left + 150, h - 20), font, 0.55, black, 1, cv2.LINE_AA)
     cv2.putText(
         img,
