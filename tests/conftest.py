@@ -1,6 +1,7 @@
 """Test setup: quiet, local, CPU-only, no network."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -20,3 +21,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A clean 128x64 store pair (tests/hostile_stores.py), built once per module that asks for it."""
+    from hostile_stores import clean_stores, warm_up
+
+    warm_up()
+    return clean_stores(tmp_path_factory.mktemp("pristine") / "stores", per_shard=2)
+
+
+@pytest.fixture
+def stores(pristine, tmp_path):
+    """A test's own copy of `pristine`, to damage. Modules that need other stores define their own `stores`."""
+    return shutil.copytree(pristine, tmp_path / "stores")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bz2
 import lzma
-import shutil
 
 import h5py
 import numpy as np
@@ -35,7 +34,6 @@ from hostile_stores import (
     update_manifest,
     update_val_manifest,
     val_store,
-    warm_up,
     with_member,
 )
 
@@ -49,17 +47,6 @@ MAX_GROWTH_MIB = 256
 GIB = 1 << 30
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    warm_up()
-    return clean_stores(tmp_path_factory.mktemp("pristine") / "stores", per_shard=2)
-
-
-@pytest.fixture
-def stores(pristine, tmp_path):
-    return shutil.copytree(pristine, tmp_path / "stores")
 
 
 def refused(outcome, *fragments: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,13 +20,11 @@ import torch
 from hostile_stores import (
     REPO,
     VAL_FILE,
-    clean_stores,
     forked,
     segmenter_checkpoint,
     train_args,
     update_val_manifest,
     val_store,
-    warm_up,
     with_member,
 )
 
@@ -40,17 +37,6 @@ from trainer.training.cli import main as train_main
 from trainer.training.monitor import best_val_iteration
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    warm_up()
-    return clean_stores(tmp_path_factory.mktemp("pristine") / "stores", per_shard=2)
-
-
-@pytest.fixture
-def stores(pristine, tmp_path):
-    return shutil.copytree(pristine, tmp_path / "stores")
 
 
 def one_line(outcome) -> str:

@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from hostile_stores import clean_stores, forked_many, train_args, warm_up
+from hostile_stores import forked_many, train_args
 
 from pipeline.cli import main as prep_main
 from pipeline.errors import EXIT_BAD_INPUT, InputError
@@ -16,17 +16,6 @@ from pipeline.shards.schema import MAX_COUNT, MAX_DEPTH, MAX_MANIFEST_BYTES
 from trainer.training.cli import main as train_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    warm_up()
-    return clean_stores(tmp_path_factory.mktemp("pristine") / "stores", per_shard=2)
-
-
-@pytest.fixture
-def stores(pristine, tmp_path):
-    return shutil.copytree(pristine, tmp_path / "stores")
 
 
 def _write(stores, text: str | bytes) -> None:
